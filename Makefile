@@ -1,0 +1,60 @@
+# edgebridge: set-up, tests, demo, benchmarks. `make test` and `make demo` set everything up first.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+
+# llama-cpp-python compiles llama.cpp (~10-16 min on 2 cores): built once into a cached wheel.
+# The build is portable and crash-free (../shared/ENGINES.md): every x86 CPU variant is built and
+# ggml picks one at run time (edgebridge loads them); -fno-dse works around GCC 12 dropping the
+# AMX tile-config stores, which made quantized GGUFs segfault on AMX CPUs.
+LLAMA_VERSION := 0.3.36
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON \
+	-DCMAKE_INSTALL_BINDIR=llama_cpp/lib -DCMAKE_CXX_FLAGS=-fno-dse -DLLAVA_BUILD=OFF
+LLAMA_KEY := $(shell printf '%s %s' '$(LLAMA_VERSION)' '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
+WHEEL_CACHE ?= $(HOME)/.cache/edgebridge/wheels
+LLAMA_WHEEL_DIR := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_VERSION)-$(LLAMA_KEY)
+STAMP := $(VENV)/.edgebridge-setup
+
+.PHONY: setup llama-wheel system-deps test test-fast demo bench clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(MAKE) --no-print-directory llama-wheel
+	$(PIP) install -q $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl
+	$(PIP) install -q -c constraints.txt -e '.[export,test]'
+	$(PIP) check
+	@touch $@
+
+# Build the llama-cpp-python wheel unless the cache has it (a lock keeps parallel set-ups from building twice).
+llama-wheel:
+	@mkdir -p $(WHEEL_CACHE)
+	@flock $(WHEEL_CACHE)/.lock sh -c '\
+	  if ls $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl >/dev/null 2>&1; then \
+	    echo "llama-cpp-python: cached wheel in $(LLAMA_WHEEL_DIR)"; \
+	  else \
+	    echo "llama-cpp-python: building the wheel once (about 10-16 minutes on 2 cores)"; \
+	    tmp=$$(mktemp -d) && \
+	    CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	      $(PIP) wheel -q --no-deps --no-binary llama-cpp-python llama-cpp-python==$(LLAMA_VERSION) -w $$tmp && \
+	    mkdir -p $(LLAMA_WHEEL_DIR) && mv $$tmp/llama_cpp_python-*.whl $(LLAMA_WHEEL_DIR)/ && rm -rf $$tmp; \
+	  fi'
+
+test: setup
+	$(PY) -m pytest -q
+
+# The tests without the slow end-to-end ones (a quick check while developing).
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+demo: setup
+	$(PY) -m edgebridge.demo
+
+bench: setup
+	$(PY) benchmarks/spine.py
+
+clean-venv:
+	rm -rf $(VENV)

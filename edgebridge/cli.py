@@ -1,0 +1,224 @@
+"""The ``edgebridge`` command line: parses, calls the library, prints.
+
+Errors raised on purpose (``EdgebridgeError``) are printed as one message with its hint and exit
+with status 2; no traceback. Host-only commands (``export``) import torch lazily, so ``run`` and
+``inspect`` work on a device without it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgebridge.errors import EdgebridgeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Export, run and profile multimodal LLMs on edge devices.")
+out = Console()
+err = Console(stderr=True)
+
+
+class EncoderFormat(str, Enum):
+    onnx = "onnx"
+    openvino = "openvino"
+    both = "both"
+
+
+class LlmDtype(str, Enum):
+    f32 = "f32"
+    f16 = "f16"
+
+
+# --- export ----------------------------------------------------------------------------------
+
+
+def _progress_step():
+    """A rich progress display fed by the exporter's stage messages."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                        transient=False)
+    state: dict[str, Any] = {"task": None}
+
+    def step(message: str) -> None:
+        if state["task"] is not None:
+            progress.update(state["task"], completed=1, total=1)
+            progress.stop_task(state["task"])
+        state["task"] = progress.add_task(message, total=None)
+
+    def finish() -> None:
+        if state["task"] is not None:
+            progress.update(state["task"], completed=1, total=1)
+        progress.stop()
+
+    return progress, step, finish
+
+
+@app.command()
+def export(
+    model_dir: Path = typer.Argument(..., help="Local Hugging Face model folder (config.json, weights, tokenizer)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Bundle folder to write."),
+    encoder_format: EncoderFormat = typer.Option(EncoderFormat.both, help="Encoder + bridge format(s)."),
+    llm_dtype: LlmDtype = typer.Option(LlmDtype.f16, help="GGUF weight type of the LLM."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing bundle folder."),
+) -> None:
+    """Export encoder + bridge to ONNX/OpenVINO and the LLM to GGUF, with parity gates."""
+    from edgebridge.exporters.api import export_bundle
+
+    formats = ("onnx", "openvino") if encoder_format == EncoderFormat.both else (encoder_format.value,)
+    progress, step, finish = _progress_step()
+    with progress:
+        try:
+            manifest = export_bundle(model_dir, output, encoder_formats=formats, llm_dtype=llm_dtype.value,
+                                     force=force, step=step)
+        finally:
+            finish()
+    out.print(f"[green]bundle written:[/green] {output}")
+    _print_components(manifest)
+
+
+# --- run -------------------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    bundle: Path = typer.Argument(..., help="Bundle folder written by `edgebridge export`."),
+    prompt: str = typer.Option("", "--prompt", "-p", help="Prompt text; <image> marks where an image goes."),
+    image: List[Path] = typer.Option([], "--image", "-i", help="Image file (repeat for several)."),
+    audio: List[Path] = typer.Option([], "--audio", "-a", help="WAV file (repeat for several)."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", min=1),
+    backend: str = typer.Option("onnxruntime", help="Encoder backend: onnxruntime or openvino."),
+    device: str = typer.Option("CPU", help="Encoder device: CPU, GPU, NPU or AUTO (falls back to CPU, reported)."),
+    precision: str = typer.Option("f32", help="OpenVINO execution precision: f32, bf16, f16 or auto."),
+    threads: Optional[int] = typer.Option(None, help="Threads per engine (default: all available cores)."),
+    n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="LLM context size."),
+    chat: bool = typer.Option(False, "--chat", help="Apply the bundle's chat template."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object {text, token_ids, timings, devices}."),
+) -> None:
+    """Run a bundle on images/audio and a prompt; stream the answer."""
+    from edgebridge.pipeline import Pipeline
+
+    with Pipeline.from_bundle(bundle, encoder_backend=backend, device=device, precision=precision,
+                              threads=threads, n_ctx=n_ctx) as pipe:
+        for warning in pipe.load_warnings:
+            err.print(f"[yellow]warning:[/yellow] {warning}")
+        stream = pipe.generate(prompt, images=image, audio=audio, max_new_tokens=max_new_tokens, chat=chat,
+                               stream=True)
+        for piece in stream:
+            if not as_json:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        result = stream.result
+    if as_json:
+        payload = {k: getattr(result, k) for k in ("text", "token_ids", "timings", "devices")}
+        payload["finish_reason"] = result.finish_reason
+        payload["warnings"] = result.warnings
+        sys.stdout.write(json.dumps(payload) + "\n")
+        return
+    sys.stdout.write("\n")
+    t = result.timings
+    err.print(
+        f"[dim]{len(result.token_ids)} tokens ({result.finish_reason}); prompt {t['prompt_tokens']} positions; "
+        f"preprocess {t['preprocess_ms']:.1f} ms, encode {t['encode_ms']:.1f} ms, prefill {t['prefill_ms']:.1f} ms, "
+        f"TTFT {t['ttft_ms']:.1f} ms, decode {t['decode_tokens_per_s'] or 0:.1f} tok/s[/dim]"
+    )
+
+
+# --- inspect ---------------------------------------------------------------------------------
+
+
+def _fmt_metrics(metrics: dict[str, float]) -> str:
+    keys = ("max_abs", "cosine_min", "top1_agreement", "kl_mean")
+    return ", ".join(f"{k}={metrics[k]:.3g}" for k in keys if k in metrics)
+
+
+def _print_components(manifest) -> None:
+    table = Table(title=f"{manifest.family} bundle")
+    for col in ("component", "format", "files", "precision", "shape", "parity (vs PyTorch)", "gate"):
+        table.add_column(col)
+    for name, comp in manifest.components.items():
+        shape = " -> ".join(str(s.shape) for s in (comp.inputs[:1] + comp.outputs[:1]))
+        for fmt, art in comp.artifacts.items():
+            size = sum(manifest.files[f].bytes for f in art.files if f in manifest.files)
+            parity = art.parity
+            table.add_row(
+                name, fmt, f"{', '.join(art.files)} ({size / 1e6:.1f} MB)", art.precision, shape,
+                _fmt_metrics(parity.metrics) if parity else "-",
+                ("[green]pass[/green]" if parity.passed else "[red]FAIL[/red]") if parity else "-",
+            )
+    out.print(table)
+
+
+@app.command()
+def inspect(
+    bundle: Path = typer.Argument(..., help="Bundle folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest and the verification as JSON."),
+) -> None:
+    """Show a bundle's components, shapes, precisions and parity; verify every sha256."""
+    from edgebridge.bundle import Bundle
+
+    opened = Bundle.open(bundle, verify=False)
+    verified = opened.verify()
+    if as_json:
+        sys.stdout.write(json.dumps({"manifest": opened.manifest.to_dict(), "verified": verified}, indent=2) + "\n")
+        return
+    m = opened.manifest
+    out.print(f"[bold]{bundle}[/bold]: family {m.family}, schema {m.schema_version}, edgebridge {m.edgebridge_version}")
+    _print_components(m)
+    for modality, spec in m.inputs.items():
+        out.print(f"{modality}: '{spec.placeholder}' -> {spec.tokens_per_item} embeddings from {spec.component}; "
+                  f"preprocessing {spec.preprocessing['kind']}")
+    out.print(f"[green]{len(verified)} files verified (sha256)[/green]")
+
+
+@app.command()
+def families() -> None:
+    """List the model families edgebridge exports, with their bridge and survey group."""
+    from edgebridge.exporters.api import describe_families
+
+    table = Table()
+    for col in ("family", "model_type", "bridge", "survey group", "description"):
+        table.add_column(col)
+    for f in describe_families():
+        table.add_row(f["family"], ", ".join(f["model_types"]), f["bridge"], f["survey_group"], f["description"])
+    out.print(table)
+
+
+def _guarded(fn: Callable[[], Any]) -> int:
+    import click
+
+    try:
+        result = fn()
+    except click.exceptions.Exit as exc:  # --help and friends
+        return exc.exit_code
+    except click.ClickException as exc:  # usage errors
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        err.print("aborted")
+        return 1
+    except EdgebridgeError as exc:
+        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        if exc.hint:
+            err.print(f"[dim]{exc.hint}[/dim]", highlight=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+def main() -> None:
+    code = _guarded(lambda: app(standalone_mode=False))
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

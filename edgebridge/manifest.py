@@ -1,0 +1,342 @@
+"""The bundle manifest (``edgebridge.json``): what a bundle holds and how to run it.
+
+The manifest is the *only* thing the runtime reads to run a bundle: components and their files,
+tensor shapes and dtypes, preprocessing, the prompt layout and the measured parity of every
+artifact. ``MANIFEST.md`` beside this file documents every key. Parsing is strict: a missing key
+names its path (``components.llm.artifacts.gguf.files``), and a newer schema is refused with a
+message that says to upgrade edgebridge.
+
+Shape notation (used in ``TensorSpec.shape``): an int is a fixed size, a string names a dynamic
+axis (``"batch"``, ``"frames"``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgebridge.errors import ManifestError
+
+MANIFEST_NAME = "edgebridge.json"
+SCHEMA_VERSION = 1
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # a manifest is a few KiB; anything this big is not ours
+
+
+class _Fields:
+    """Typed access to one JSON object, with errors that name the key path."""
+
+    def __init__(self, data: Any, where: str) -> None:
+        if not isinstance(data, dict):
+            raise ManifestError(
+                f"manifest key '{where}' must be an object, got {type(data).__name__}.",
+                hint="Re-export the bundle with `edgebridge export`.",
+            )
+        self.data = data
+        self.where = where
+
+    def _path(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def req(self, key: str, kind: type | tuple[type, ...]) -> Any:
+        if key not in self.data:
+            raise ManifestError(
+                f"manifest is missing the key '{self._path(key)}'.",
+                hint="The bundle is incomplete or was edited by hand; re-export it with `edgebridge export`.",
+            )
+        return self._check(key, self.data[key], kind)
+
+    def opt(self, key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+        if key not in self.data or self.data[key] is None:
+            return default
+        return self._check(key, self.data[key], kind)
+
+    def _check(self, key: str, value: Any, kind: type | tuple[type, ...]) -> Any:
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # JSON has one number type: accept ints where floats are expected, never bools as numbers
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, bool) and bool not in kinds:
+            value_ok = False
+        else:
+            value_ok = isinstance(value, kinds)
+        if not value_ok:
+            names = "/".join(k.__name__ for k in kinds)
+            raise ManifestError(
+                f"manifest key '{self._path(key)}' must be {names}, got {type(value).__name__}.",
+                hint="Re-export the bundle with `edgebridge export`.",
+            )
+        return value
+
+    def sub(self, key: str) -> "_Fields":
+        return _Fields(self.req(key, dict), self._path(key))
+
+
+@dataclass
+class TensorSpec:
+    """One graph input or output: ``shape`` mixes ints (fixed) and names (dynamic axes)."""
+
+    name: str
+    dtype: str
+    shape: list[int | str]
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> "TensorSpec":
+        f = _Fields(data, where)
+        shape = f.req("shape", list)
+        for dim in shape:
+            if not isinstance(dim, (int, str)) or isinstance(dim, bool):
+                raise ManifestError(f"manifest key '{where}.shape' holds {dim!r}; dims are ints or axis names.")
+        return cls(name=f.req("name", str), dtype=f.req("dtype", str), shape=shape)
+
+
+@dataclass
+class Parity:
+    """Measured agreement of an artifact with its reference, and the tolerance it was held to.
+
+    ``metrics`` and ``tolerance`` share keys; see ``edgebridge.parity`` for which way each bound goes.
+    """
+
+    reference: str
+    metrics: dict[str, float]
+    tolerance: dict[str, float]
+    passed: bool
+    settings: dict[str, Any] = field(default_factory=dict)
+    samples: int = 0
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> "Parity":
+        f = _Fields(data, where)
+        return cls(
+            reference=f.req("reference", str),
+            metrics=f.req("metrics", dict),
+            tolerance=f.req("tolerance", dict),
+            passed=f.req("passed", bool),
+            settings=f.opt("settings", dict, {}),
+            samples=f.opt("samples", int, 0),
+        )
+
+
+@dataclass
+class Artifact:
+    """One engine-format file set of a component (an ONNX file, an IR pair, a GGUF)."""
+
+    format: str
+    files: list[str]
+    precision: str
+    parity: Parity | None = None
+    quantization: dict[str, Any] | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> "Artifact":
+        f = _Fields(data, where)
+        parity = f.opt("parity", dict)
+        return cls(
+            format=f.req("format", str),
+            files=f.req("files", list),
+            precision=f.req("precision", str),
+            parity=Parity.from_dict(parity, f"{where}.parity") if parity is not None else None,
+            quantization=f.opt("quantization", dict),
+            details=f.opt("details", dict, {}),
+        )
+
+
+@dataclass
+class Component:
+    """A stage of the model: an encoder + bridge graph, the LLM, or a tool model."""
+
+    role: str  # "encoder" | "llm" | "tool"
+    modality: str  # "image" | "audio" | "text"
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    artifacts: dict[str, Artifact]
+    bridge: dict[str, Any] | None = None
+    description: str = ""
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> "Component":
+        f = _Fields(data, where)
+        arts = f.sub("artifacts")
+        if not arts.data:
+            raise ManifestError(f"manifest key '{where}.artifacts' is empty; a component needs at least one artifact.")
+        return cls(
+            role=f.req("role", str),
+            modality=f.req("modality", str),
+            inputs=[TensorSpec.from_dict(t, f"{where}.inputs[{i}]") for i, t in enumerate(f.req("inputs", list))],
+            outputs=[TensorSpec.from_dict(t, f"{where}.outputs[{i}]") for i, t in enumerate(f.req("outputs", list))],
+            artifacts={k: Artifact.from_dict(v, f"{where}.artifacts.{k}") for k, v in arts.data.items()},
+            bridge=f.opt("bridge", dict),
+            description=f.opt("description", str, ""),
+        )
+
+
+@dataclass
+class ModalityInput:
+    """How one modality (image, audio) reaches the LLM: preprocessing, encoder, prompt placeholder.
+
+    ``layout`` says how one placeholder in the prompt expands: ``{"kind": "repeat"}`` puts the
+    item's embeddings where the placeholder stands (LLaVA); other kinds add wrapper text.
+    """
+
+    component: str
+    preprocessing: dict[str, Any]
+    placeholder: str
+    tokens_per_item: int
+    layout: dict[str, Any] = field(default_factory=lambda: {"kind": "repeat"})
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> "ModalityInput":
+        f = _Fields(data, where)
+        pre = f.sub("preprocessing")
+        pre.req("kind", str)
+        return cls(
+            component=f.req("component", str),
+            preprocessing=pre.data,
+            placeholder=f.req("placeholder", str),
+            tokens_per_item=f.req("tokens_per_item", int),
+            layout=f.opt("layout", dict, {"kind": "repeat"}),
+        )
+
+
+@dataclass
+class PromptLayout:
+    """How text is turned into tokens: chat template, BOS, stop tokens.
+
+    ``chat_content`` says how the chat template wants a user message: ``"string"`` (the prompt,
+    placeholders included) or ``"parts"`` (a list of ``{"type": "image"}`` / ``{"type": "text"}``).
+    """
+
+    add_bos: bool
+    stop_token_ids: list[int]
+    chat_template: str | None = None
+    chat_content: str = "string"
+    special_tokens: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> "PromptLayout":
+        f = _Fields(data, where)
+        return cls(
+            add_bos=f.req("add_bos", bool),
+            stop_token_ids=f.req("stop_token_ids", list),
+            chat_template=f.opt("chat_template", str),
+            chat_content=f.opt("chat_content", str, "string"),
+            special_tokens=f.opt("special_tokens", dict, {}),
+        )
+
+
+@dataclass
+class FileEntry:
+    sha256: str
+    bytes: int
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> "FileEntry":
+        f = _Fields(data, where)
+        return cls(sha256=f.req("sha256", str), bytes=f.req("bytes", int))
+
+
+@dataclass
+class Manifest:
+    """The whole ``edgebridge.json``."""
+
+    family: str
+    source: dict[str, Any]
+    components: dict[str, Component]
+    inputs: dict[str, ModalityInput]
+    prompt: PromptLayout
+    files: dict[str, FileEntry] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+    edgebridge_version: str = ""
+    created_utc: str = ""
+    static_shapes: dict[str, Any] | None = None
+
+    # --- parsing ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Manifest":
+        f = _Fields(data, "")
+        version = f.req("schema_version", int)
+        if version > SCHEMA_VERSION:
+            raise ManifestError(
+                f"the bundle's manifest uses schema version {version}; this edgebridge reads up to {SCHEMA_VERSION}.",
+                hint="Upgrade edgebridge (`pip install -U edgebridge`) or re-export the bundle with this version.",
+            )
+        if version < 1:
+            raise ManifestError(f"manifest schema_version {version} is not valid (the first schema is 1).")
+        comps = f.sub("components")
+        inputs = f.sub("inputs")
+        files = f.sub("files")
+        manifest = cls(
+            schema_version=version,
+            edgebridge_version=f.opt("edgebridge_version", str, ""),
+            created_utc=f.opt("created_utc", str, ""),
+            family=f.req("family", str),
+            source=f.req("source", dict),
+            components={k: Component.from_dict(v, f"components.{k}") for k, v in comps.data.items()},
+            inputs={k: ModalityInput.from_dict(v, f"inputs.{k}") for k, v in inputs.data.items()},
+            prompt=PromptLayout.from_dict(f.req("prompt", dict), "prompt"),
+            files={k: FileEntry.from_dict(v, f"files.{k}") for k, v in files.data.items()},
+            static_shapes=f.opt("static_shapes", dict),
+        )
+        manifest._check_references()
+        return manifest
+
+    def _check_references(self) -> None:
+        llms = [n for n, c in self.components.items() if c.role == "llm"]
+        if len(llms) != 1:
+            raise ManifestError(f"a bundle needs exactly one component with role 'llm', found {len(llms)}.")
+        for modality, spec in self.inputs.items():
+            if spec.component not in self.components:
+                raise ManifestError(
+                    f"manifest input '{modality}' names component '{spec.component}', which the bundle does not have."
+                )
+        for name, comp in self.components.items():
+            for fmt, art in comp.artifacts.items():
+                for rel in art.files:
+                    if rel not in self.files:
+                        raise ManifestError(
+                            f"components.{name}.artifacts.{fmt} lists '{rel}', which has no entry in 'files'.",
+                            hint="Re-export the bundle.",
+                        )
+
+    # --- convenience -----------------------------------------------------------------------
+
+    @property
+    def llm_name(self) -> str:
+        return next(n for n, c in self.components.items() if c.role == "llm")
+
+    @property
+    def llm(self) -> Component:
+        return self.components[self.llm_name]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if data.get("static_shapes") is None:
+            data.pop("static_shapes")
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+
+def read_manifest(bundle_dir: Path) -> Manifest:
+    """Read and validate ``bundle_dir/edgebridge.json`` (no file hashing; see ``Bundle.open``)."""
+    path = Path(bundle_dir) / MANIFEST_NAME
+    if not Path(bundle_dir).is_dir():
+        raise ManifestError(
+            f"'{bundle_dir}' is not a folder.", hint="Pass the bundle folder that `edgebridge export` wrote."
+        )
+    if not path.is_file():
+        raise ManifestError(
+            f"'{bundle_dir}' has no {MANIFEST_NAME}; it is not an edgebridge bundle.",
+            hint="Pass the folder that `edgebridge export` wrote.",
+        )
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{path} is larger than {MAX_MANIFEST_BYTES} bytes; it is not an edgebridge manifest.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path} is not valid JSON ({exc}).", hint="Re-export the bundle.") from None
+    return Manifest.from_dict(data)

@@ -1,0 +1,348 @@
+"""``Pipeline``: a bundle's engines chained, media in, text out, every stage timed.
+
+    from edgebridge import Pipeline
+    pipe = Pipeline.from_bundle("bundle/", encoder_backend="onnxruntime", device="CPU")
+    result = pipe.generate("<image>\\nWhat is this?", images=["cat.jpg"], max_new_tokens=32)
+    print(result.text, result.timings["ttft_ms"], result.devices)
+
+Flow of one ``generate``: validate the prompt against the media given and the context size,
+preprocess the media (numpy/PIL), run each modality's encoder + bridge graph (onnxruntime or
+OpenVINO), then prefill llama.cpp with text tokens and the embeddings in prompt order (handed
+over in memory), and decode greedily. Requested devices that are not present fall back to CPU;
+``result.devices`` and ``result.warnings`` say so.
+
+Imports no torch and no transformers.
+"""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Generator, Iterator, Sequence
+
+import numpy as np
+
+from edgebridge.bundle import Bundle
+from edgebridge.errors import BackendUnavailableError, InputError, NonFiniteError, StaticShapeError
+from edgebridge.manifest import Component, Manifest
+from edgebridge.preprocess import Prepared, get_preprocessor
+from edgebridge.prompt import Segment, place_media, render_chat, split_segments
+from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
+from edgebridge.runtimes.registry import EncoderSession, artifact_format, open_encoder
+from edgebridge.timing import StageTimes, now_ms, percentile
+
+
+@dataclass
+class GenerationResult:
+    """What one ``generate`` call produced, how long each stage took, and where it ran."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    finish_reason: str  # "stop" (a stop token), "length" (max_new_tokens), "context" (n_ctx full)
+    timings: dict[str, Any]
+    devices: dict[str, dict[str, Any]]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class GenerationStream:
+    """Iterate to receive text pieces as they are decoded; ``result`` is set at the end."""
+
+    def __init__(self, steps: Generator[str, None, GenerationResult]) -> None:
+        self._steps = steps
+        self.result: GenerationResult | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        self.result = yield from self._steps
+
+
+@dataclass
+class _Encoder:
+    modality: str
+    component: Component
+    session: EncoderSession
+
+
+class Pipeline:
+    """A loaded bundle: encoder sessions per modality and the llama.cpp LLM."""
+
+    def __init__(self, bundle: Bundle, encoders: dict[str, _Encoder], llm: LlamaCppLLM, load_ms: float,
+                 warnings: list[str]) -> None:
+        self.bundle = bundle
+        self.manifest: Manifest = bundle.manifest
+        self.encoders = encoders
+        self.llm = llm
+        self.load_ms = load_ms
+        self.load_warnings = warnings
+        self._bos = self._bos_token()
+
+    # --- construction --------------------------------------------------------------------
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | Path,
+        *,
+        encoder_backend: str = "onnxruntime",
+        device: str = "CPU",
+        precision: str | None = "f32",
+        threads: int | None = None,
+        n_ctx: int | None = None,
+        llm_settings: LlamaSettings | None = None,
+        verify: bool = True,
+    ) -> "Pipeline":
+        """Open a bundle and load its engines.
+
+        ``device`` (CPU|GPU|NPU|AUTO) applies to the encoders; an unavailable device falls back to
+        CPU and is reported. ``precision`` is the OpenVINO execution precision (``f32`` strict,
+        ``bf16``/``f16`` faster, ``auto`` the device default). ``verify`` checks every file's sha256.
+        """
+        start = now_ms()
+        bundle = Bundle.open(path, verify=verify)
+        manifest = bundle.manifest
+        fmt = artifact_format(encoder_backend)
+        warnings: list[str] = []
+        encoders: dict[str, _Encoder] = {}
+        for modality, spec in manifest.inputs.items():
+            comp = manifest.components[spec.component]
+            art = comp.artifacts.get(fmt)
+            if art is None:
+                raise BackendUnavailableError(
+                    f"the bundle has no {fmt} artifact for {spec.component} (it has: {', '.join(comp.artifacts)}).",
+                    hint=f"Choose another --backend, or re-export with --encoder-format {fmt}.",
+                )
+            session = open_encoder(encoder_backend, [bundle.path(f) for f in art.files], device=device,
+                                   threads=threads, precision=precision, artifact_precision=art.precision)
+            if session.report.fallback_reason:
+                warnings.append(f"{spec.component}: {session.report.fallback_reason}; ran on {session.report.executed}.")
+            encoders[modality] = _Encoder(modality, comp, session)
+        llm_comp = manifest.llm
+        gguf = llm_comp.artifacts["gguf"]
+        settings = llm_settings or LlamaSettings()
+        ctx_train = int(gguf.details.get("n_ctx_train") or settings.n_ctx)
+        settings = settings.with_(n_ctx=n_ctx or min(settings.n_ctx, ctx_train), threads=threads or settings.threads)
+        llm = LlamaCppLLM(bundle.path(gguf.files[0]), settings,
+                          expect_architecture=gguf.details.get("architecture"),
+                          expect_n_embd=int(llm_comp.inputs[0].shape[-1]))
+        if llm.report.fallback_reason:
+            warnings.append(f"llm: {llm.report.fallback_reason}; ran on {llm.report.executed}.")
+        return cls(bundle, encoders, llm, now_ms() - start, warnings)
+
+    def close(self) -> None:
+        self.llm.close()
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- pieces usable on their own ----------------------------------------------------------
+
+    def prepare(self, modality: str, items: Sequence[Any]) -> Prepared:
+        spec = self.manifest.inputs[modality]
+        prepared = get_preprocessor(spec.preprocessing["kind"])(list(items), spec.preprocessing)
+        self._check_inputs(self.encoders[modality].component, prepared.inputs)
+        return prepared
+
+    def encode(self, modality: str, prepared: Prepared) -> np.ndarray:
+        """Encoder + bridge on prepared inputs -> ``[items, N, D]`` float32 embeddings."""
+        enc = self.encoders[modality]
+        out = enc.session.run(prepared.inputs)[0]
+        if not np.isfinite(out).all():
+            raise NonFiniteError(
+                f"the {enc.component.description or modality} encoder produced NaN/Inf embeddings.",
+                hint="The input or the encoder artifact is bad; check the bundle with `edgebridge inspect`.",
+            )
+        return out
+
+    def _check_inputs(self, comp: Component, inputs: dict[str, np.ndarray]) -> None:
+        for spec in comp.inputs:
+            arr = inputs.get(spec.name)
+            if arr is None:
+                raise InputError(f"the encoder needs input '{spec.name}', the preprocessing did not produce it.")
+            if arr.ndim != len(spec.shape) or any(
+                isinstance(d, int) and d != a for d, a in zip(spec.shape, arr.shape)
+            ):
+                err = StaticShapeError if self.manifest.static_shapes else InputError
+                raise err(
+                    f"input '{spec.name}' has shape {tuple(arr.shape)}, the encoder takes {spec.shape}.",
+                    hint="Re-export without --static for other shapes." if self.manifest.static_shapes else None,
+                )
+            if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+                raise NonFiniteError(f"input '{spec.name}' holds NaN or Inf values.",
+                                     hint="Pass real images/audio; check any arrays you built yourself.")
+
+    def _bos_token(self) -> int | None:
+        if not self.manifest.prompt.add_bos:
+            return None
+        bos = self.llm.lib.llama_vocab_bos(self.llm._vocab)
+        return int(bos) if bos >= 0 else None
+
+    # --- generation --------------------------------------------------------------------------
+
+    def build_prompt(self, prompt: str, counts: dict[str, int], chat: bool = False, system: str | None = None) -> str:
+        text = place_media(prompt, self.manifest.inputs, counts)
+        return render_chat(text, self.manifest.prompt, self.manifest.inputs, system) if chat else text
+
+    def tokenize_segments(self, segments: list[Segment]) -> list[Segment | list[int]]:
+        """Text segments -> token id lists (BOS first when the model adds one); media kept."""
+        out: list[Segment | list[int]] = [[self._bos]] if self._bos is not None else []
+        for seg in segments:
+            if seg.kind == "text":
+                ids = self.llm.tokenize(seg.text, add_bos=False)
+                if ids:
+                    out.append(ids)
+            else:
+                out.append(seg)
+        return out
+
+    def generate(
+        self,
+        prompt: str,
+        images: Sequence[Any] | None = None,
+        audio: Sequence[Any] | None = None,
+        *,
+        max_new_tokens: int = 64,
+        stream: bool = False,
+        chat: bool = False,
+        system: str | None = None,
+        stop_at_eos: bool = True,
+    ) -> GenerationResult | GenerationStream:
+        """Greedy generation. ``stream=True`` returns a ``GenerationStream`` of text pieces."""
+        steps = self._steps(prompt, {"image": list(images or []), "audio": list(audio or [])},
+                            max_new_tokens, chat, system, stop_at_eos)
+        if stream:
+            return GenerationStream(steps)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    def _steps(self, prompt: str, media: dict[str, list[Any]], max_new_tokens: int, chat: bool,
+               system: str | None, stop_at_eos: bool) -> Generator[str, None, GenerationResult]:
+        if max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+        start = now_ms()
+        times = StageTimes()
+        logits, n_prompt, encoded = self._prefill_prompt(prompt, media, chat, system, times)
+        token = int(np.argmax(logits))
+        ttft = now_ms() - start
+        stop_ids = set(self.manifest.prompt.stop_token_ids) if stop_at_eos else set()
+        tokens: list[int] = []
+        per_token: list[float] = []
+        raw = bytearray()
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        finish = "length"
+        decode_start = now_ms()
+        while True:
+            if token in stop_ids:
+                finish = "stop"
+                break
+            tokens.append(token)
+            piece = self.llm.token_bytes(token)
+            raw += piece
+            text_piece = decoder.decode(piece)
+            if text_piece:
+                yield text_piece
+            if len(tokens) >= max_new_tokens:
+                break
+            if self.llm.n_past >= self.llm.n_ctx:
+                finish = "context"
+                break
+            t0 = now_ms()
+            logits = self.llm.eval_tokens([token])
+            token = int(np.argmax(logits))
+            per_token.append(now_ms() - t0)
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield tail
+        decode_ms = now_ms() - decode_start
+        timings = self._timings(times, ttft, per_token, decode_ms, now_ms() - start, n_prompt, len(tokens))
+        devices = {self.manifest.inputs[m].component: self.encoders[m].session.report.as_dict() for m in encoded}
+        devices["llm"] = self.llm.report.as_dict()
+        return GenerationResult(
+            text=bytes(raw).decode("utf-8", errors="replace"),
+            token_ids=tokens,
+            prompt_tokens=n_prompt,
+            finish_reason=finish,
+            timings=timings,
+            devices=devices,
+            warnings=list(self.load_warnings),
+        )
+
+    def prefill_logits(self, prompt: str, images: Sequence[Any] | None = None, audio: Sequence[Any] | None = None,
+                       *, chat: bool = False, system: str | None = None) -> np.ndarray:
+        """Next-token logits ``[V]`` after the prompt and media (first generation step)."""
+        media = {"image": list(images or []), "audio": list(audio or [])}
+        return self._prefill_prompt(prompt, media, chat, system, StageTimes())[0]
+
+    def _prefill_prompt(self, prompt: str, media: dict[str, list[Any]], chat: bool, system: str | None,
+                        times: StageTimes) -> tuple[np.ndarray, int, list[str]]:
+        """Validate, preprocess, encode and prefill; returns (last logits, prompt positions, modalities)."""
+        counts = {m: len(items) for m, items in media.items() if items}
+        with times.stage("prompt"):
+            text = self.build_prompt(prompt, counts, chat, system)
+            pieces = self.tokenize_segments(split_segments(text, self.manifest.inputs))
+        n_prompt = self._count_positions(pieces)
+        self.llm.reset()
+        self.llm.check_room(n_prompt)  # refuse before spending time on the encoders
+        embeds: dict[str, np.ndarray] = {}
+        for modality, items in media.items():
+            if not items:
+                continue
+            with times.stage(f"preprocess_{modality}"):
+                prepared = self.prepare(modality, items)
+            with times.stage(f"encode_{modality}"):
+                embeds[modality] = self.encode(modality, prepared)
+        with times.stage("prefill"):
+            logits = self._prefill(pieces, embeds)
+        return logits, n_prompt, list(embeds)
+
+    def _count_positions(self, pieces: list[Segment | list[int]]) -> int:
+        n = 0
+        for piece in pieces:
+            if isinstance(piece, Segment):
+                n += self.manifest.inputs[piece.modality].tokens_per_item
+            else:
+                n += len(piece)
+        return n
+
+    def _prefill(self, pieces: list[Segment | list[int]], embeds: dict[str, np.ndarray]) -> np.ndarray:
+        if not pieces:
+            raise InputError("the prompt is empty.", hint="Give a prompt or at least one image/audio input.")
+        logits = None
+        for i, piece in enumerate(pieces):
+            want = "last" if i == len(pieces) - 1 else "none"
+            if isinstance(piece, Segment):
+                logits = self.llm.eval_embeddings(embeds[piece.modality][piece.index], logits=want)
+            else:
+                logits = self.llm.eval_tokens(piece, logits=want)
+        return logits
+
+    @staticmethod
+    def _timings(times: StageTimes, ttft: float, per_token: list[float], decode_ms: float, total: float,
+                 n_prompt: int, n_new: int) -> dict[str, Any]:
+        st = times.stages
+        prefill = st.get("prefill", 0.0)
+        out: dict[str, Any] = {k + "_ms": round(v, 3) for k, v in st.items()}
+        out["preprocess_ms"] = round(sum(v for k, v in st.items() if k.startswith("preprocess_")), 3)
+        out["encode_ms"] = round(sum(v for k, v in st.items() if k.startswith("encode_")), 3)
+        out.update(
+            ttft_ms=round(ttft, 3),
+            prompt_tokens=n_prompt,
+            prefill_tokens_per_s=round(n_prompt / (prefill / 1000.0), 1) if prefill > 0 else None,
+            new_tokens=n_new,
+            decode_ms=round(decode_ms, 3),
+            per_token_ms=[round(x, 3) for x in per_token],
+            per_token_p50_ms=round(percentile(per_token, 50), 3) if per_token else None,
+            per_token_p95_ms=round(percentile(per_token, 95), 3) if per_token else None,
+            decode_tokens_per_s=round(len(per_token) / (sum(per_token) / 1000.0), 1) if per_token else None,
+            total_ms=round(total, 3),
+        )
+        return out

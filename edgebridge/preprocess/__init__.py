@@ -1,0 +1,53 @@
+"""Preprocessing kinds, looked up by the manifest's ``preprocessing.kind``.
+
+Each module in this package may register kinds with ``@register_preprocessor``; modules are
+imported on first lookup, so a new kind is one new file. A preprocessor turns a list of user
+items (images, audio clips) into the encoder graph's input arrays.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from edgebridge.errors import ManifestError
+
+
+@dataclass
+class Prepared:
+    """Encoder inputs for a batch of items, and what each item becomes in the prompt."""
+
+    inputs: dict[str, np.ndarray]
+    tokens_per_item: list[int] | None = None  # None: the manifest's fixed count for every item
+    info: list[dict[str, Any]] = field(default_factory=list)  # per item, e.g. original size, tiles
+
+
+Preprocessor = Callable[[list[Any], dict[str, Any]], Prepared]
+_KINDS: dict[str, Preprocessor] = {}
+_discovered = False
+
+
+def register_preprocessor(kind: str) -> Callable[[Preprocessor], Preprocessor]:
+    def deco(fn: Preprocessor) -> Preprocessor:
+        _KINDS[kind] = fn
+        return fn
+
+    return deco
+
+
+def get_preprocessor(kind: str) -> Preprocessor:
+    global _discovered
+    if not _discovered:
+        for info in pkgutil.iter_modules(__path__):
+            importlib.import_module(f"{__name__}.{info.name}")
+        _discovered = True
+    if kind not in _KINDS:
+        raise ManifestError(
+            f"the bundle needs preprocessing kind '{kind}', which this edgebridge does not have.",
+            hint=f"Known kinds: {', '.join(sorted(_KINDS))}. Upgrade edgebridge.",
+        )
+    return _KINDS[kind]

@@ -1,0 +1,111 @@
+"""Prompts: placeholders, chat templates, and the split into text and media segments.
+
+The prompt is used the way the model's HF processor uses it: each placeholder (``<image>``,
+``<|AUDIO|>`` ...) marks where one item's embeddings go. Without placeholders, the items go
+first, each placeholder followed by a newline (documented default). Text between placeholders is
+tokenized piece by piece, which is what HF tokenizers do around special tokens.
+
+Chat templates are Jinja templates rendered in a sandbox, as transformers renders them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from edgebridge.errors import PromptError
+from edgebridge.manifest import ModalityInput, PromptLayout
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A piece of the prompt: text to tokenize, or the ``index``-th item of a modality."""
+
+    kind: str  # "text" | "media"
+    text: str = ""
+    modality: str = ""
+    index: int = 0
+
+
+def _placeholders(inputs: dict[str, ModalityInput]) -> dict[str, str]:
+    return {spec.placeholder: modality for modality, spec in inputs.items()}
+
+
+def place_media(prompt: str, inputs: dict[str, ModalityInput], counts: dict[str, int]) -> str:
+    """Check placeholder counts against the items given; put missing placeholders first."""
+    prefix = ""
+    for modality, n in counts.items():
+        if n and modality not in inputs:
+            raise PromptError(
+                f"{n} {modality} input(s) given, but this bundle takes no {modality}.",
+                hint=f"It takes: {', '.join(inputs) or 'text only'}.",
+            )
+        if modality not in inputs:
+            continue
+        ph = inputs[modality].placeholder
+        found = prompt.count(ph)
+        if found == 0 and n:
+            prefix += (ph + "\n") * n
+        elif found != n:
+            raise PromptError(
+                f"the prompt has {found} '{ph}' placeholder(s) but {n} {modality} input(s) were given.",
+                hint=f"Use one '{ph}' per {modality}, or none to put them all before the text.",
+            )
+    return prefix + prompt
+
+
+def split_segments(text: str, inputs: dict[str, ModalityInput]) -> list[Segment]:
+    """Split rendered prompt text at placeholders into text and media segments, in order."""
+    phs = _placeholders(inputs)
+    if not phs:
+        return [Segment("text", text=text)] if text else []
+    pattern = re.compile("|".join(re.escape(p) for p in sorted(phs, key=len, reverse=True)))
+    segments: list[Segment] = []
+    seen: dict[str, int] = {}
+    pos = 0
+    for m in pattern.finditer(text):
+        if m.start() > pos:
+            segments.append(Segment("text", text=text[pos:m.start()]))
+        modality = phs[m.group(0)]
+        segments.append(Segment("media", modality=modality, index=seen.get(modality, 0)))
+        seen[modality] = seen.get(modality, 0) + 1
+        pos = m.end()
+    if pos < len(text):
+        segments.append(Segment("text", text=text[pos:]))
+    return segments
+
+
+def _chat_parts(prompt: str, inputs: dict[str, ModalityInput]) -> list[dict[str, Any]]:
+    parts = []
+    for seg in split_segments(prompt, inputs):
+        parts.append({"type": seg.modality} if seg.kind == "media" else {"type": "text", "text": seg.text})
+    return parts
+
+
+def render_chat(prompt: str, layout: PromptLayout, inputs: dict[str, ModalityInput],
+                system: str | None = None) -> str:
+    """The bundle's chat template applied to one user turn (plus an optional system turn)."""
+    if not layout.chat_template:
+        raise PromptError("this bundle has no chat template.", hint="Run without --chat and write the prompt in full.")
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    content: Any = _chat_parts(prompt, inputs) if layout.chat_content == "parts" else prompt
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
+    try:
+        return env.from_string(layout.chat_template).render(
+            messages=messages,
+            add_generation_prompt=True,
+            bos_token=layout.special_tokens.get("bos", ""),
+            eos_token=layout.special_tokens.get("eos", ""),
+        )
+    except TemplateError as exc:
+        raise PromptError(f"the bundle's chat template failed: {exc}", hint="Run without --chat.") from None

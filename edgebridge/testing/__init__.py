@@ -1,0 +1,26 @@
+"""Seeded model folders for tests, demos and benchmarks (host side: imports torch/transformers).
+
+Every builder writes a real Hugging Face folder (safetensors weights, tokenizer.json, processor
+files) that loads with ``from_pretrained`` and never touches a hub.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+
+def _llava(out_dir: Path, **options: Any) -> Path:
+    from edgebridge.testing.llava import make_llava
+
+    return make_llava(out_dir, **options)
+
+
+# kind -> builder(out_dir, **options); options a builder does not take are ignored
+BUILDERS: dict[str, Callable[..., Path]] = {"llava": _llava}
+
+
+def make_tiny(kind: str, out_dir: str | Path, **options: Any) -> Path:
+    if kind not in BUILDERS:
+        raise ValueError(f"unknown tiny model kind {kind!r}; choose from {sorted(BUILDERS)}")
+    return BUILDERS[kind](Path(out_dir), **options)

@@ -1,0 +1,30 @@
+"""``python -m edgebridge.testing make-tiny KIND [options] OUT_DIR``: seeded test models, offline."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from edgebridge.testing import BUILDERS, make_tiny
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m edgebridge.testing")
+    sub = parser.add_subparsers(dest="command", required=True)
+    tiny = sub.add_parser("make-tiny", help="write a seeded tiny model folder")
+    tiny.add_argument("kind", choices=sorted(BUILDERS))
+    tiny.add_argument("out_dir", type=Path)
+    tiny.add_argument("--vision", default="clip", choices=["clip", "siglip"], help="llava: vision tower")
+    tiny.add_argument("--text", default="llama", choices=["llama", "qwen2"], help="llava: text model")
+    tiny.add_argument("--size", default="tiny", choices=["tiny", "bench"], help="tiny (tests) or bench (benchmarks)")
+    tiny.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    options = {"vision": args.vision, "text": args.text, "size": args.size, "seed": args.seed}
+    path = make_tiny(args.kind, args.out_dir, **options)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

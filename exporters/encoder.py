@@ -1,0 +1,165 @@
+"""Encoder + bridge graphs to ONNX and OpenVINO IR, each checked against PyTorch.
+
+- ONNX: ``torch.onnx.export(dynamo=True)`` at opset 20 (half the nodes of the legacy exporter
+  and ~1.5x faster in onnxruntime here). A batch-1 example with a dynamic batch Dim silently
+  fixes the batch at 1, so the example batch is 2. The file must pass ``onnx.checker``.
+- OpenVINO: converted from the ONNX file (the fastest path), saved *without* the default fp16
+  weight compression so the IR holds exactly the exported weights.
+- Parity: the artifact runs through edgebridge's own runtime backend (what users run), strict
+  precision, on seeded inputs at two batch sizes, against the family's reference function.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgebridge.errors import ExportError, ShapeMismatchError
+from edgebridge.exporters.families.base import EncoderExport
+from edgebridge.manifest import Parity, TensorSpec
+from edgebridge.parity import embedding_metrics, violations
+from edgebridge.runtimes.registry import open_encoder
+
+OPSET = 20
+EXPORT_BATCH = 2
+PARITY_BATCHES = (2, 3)  # 3 also proves the batch axis really is dynamic
+PARITY_SEED = 1234
+
+# Default gates (recorded in the manifest with the figures they held).
+ENCODER_TOLERANCE = {"max_abs": 1e-4, "cosine_min": 0.99999}
+
+
+@contextlib.contextmanager
+def _quiet():
+    """torch.onnx prints progress and warnings to stdout/stderr; keep the CLI output ours."""
+    buf = io.StringIO()
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "torch._dynamo", "torch.export")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            warnings.simplefilter("ignore")
+            yield buf
+    finally:
+        for lg, lvl in zip(loggers, levels):
+            lg.setLevel(lvl)
+
+
+def tensor_specs(enc: EncoderExport, static_batch: int | None = None) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Input and output specs with dynamic axes named (or fixed for a static export)."""
+    example = enc.make_inputs(1, 0)
+    with torch.no_grad():
+        out = enc.module(**example)
+
+    def spec(name: str, t: torch.Tensor) -> TensorSpec:
+        axes = enc.dynamic_axes.get(name, {})
+        shape: list[int | str] = [
+            (static_batch if static_batch and axes.get(i) == "batch" else axes[i]) if i in axes else int(d)
+            for i, d in enumerate(t.shape)
+        ]
+        return TensorSpec(name=name, dtype=str(t.dtype).replace("torch.", ""), shape=shape)
+
+    return [spec(n, example[n]) for n in enc.input_names], [spec(enc.output_name, out)]
+
+
+def export_onnx(enc: EncoderExport, path: Path, *, static_batch: int | None = None) -> None:
+    """Write ``enc.module`` as ONNX; raises ``ExportError`` with the exporter's reason."""
+    import onnx
+
+    batch = static_batch or EXPORT_BATCH
+    inputs = enc.make_inputs(batch, 0)
+    dynamic = None
+    if not static_batch:
+        dynamic = {
+            name: {axis: torch.export.Dim(label, min=1, max=1024) for axis, label in enc.dynamic_axes.get(name, {}).items()}
+            for name in enc.input_names
+        }
+    n_bytes = sum(p.numel() * p.element_size() for p in enc.module.parameters())
+    try:
+        with _quiet(), torch.no_grad():
+            torch.onnx.export(
+                enc.module,
+                args=(),
+                kwargs=inputs,
+                f=str(path),
+                input_names=enc.input_names,
+                output_names=[enc.output_name],
+                dynamic_shapes=dynamic,
+                opset_version=OPSET,
+                dynamo=True,
+                external_data=n_bytes > 1_800_000_000,  # protobuf's 2 GiB limit
+                verbose=False,
+            )
+    except Exception as exc:
+        raise ExportError(
+            f"torch.onnx could not export {enc.component}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        ) from exc
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:
+        raise ExportError(f"the exported {enc.component} ONNX fails onnx.checker: {exc}") from exc
+
+
+def convert_openvino(onnx_path: Path, xml_path: Path) -> None:
+    import openvino as ov
+
+    try:
+        model = ov.convert_model(str(onnx_path))
+        ov.save_model(model, str(xml_path), compress_to_fp16=False)
+    except Exception as exc:
+        raise ExportError(f"OpenVINO could not convert {onnx_path.name}: {str(exc).splitlines()[0][:300]}") from exc
+
+
+def reference_outputs(enc: EncoderExport, batches: tuple[int, ...] = PARITY_BATCHES, seed: int = PARITY_SEED):
+    """[(numpy inputs, reference output)] for each parity batch size, from the family's HF code path."""
+    cases = []
+    for i, b in enumerate(batches):
+        inputs = enc.make_inputs(b, seed + i)
+        with torch.no_grad():
+            ref = enc.reference(inputs).float().numpy()
+        cases.append(({k: v.numpy() for k, v in inputs.items()}, ref))
+    return cases
+
+
+def measure_encoder(
+    backend: str,
+    files: list[Path],
+    cases: list[tuple[dict[str, np.ndarray], np.ndarray]],
+    tokens_per_item: int,
+    tolerance: dict[str, float],
+    **options: Any,
+) -> Parity:
+    """Run an artifact through the runtime backend on the reference cases; return its ``Parity``."""
+    session = open_encoder(backend, files, **options)
+    outs, refs = [], []
+    for inputs, ref in cases:
+        out = session.run(inputs)[0]
+        if out.shape != ref.shape:
+            raise ShapeMismatchError(
+                f"{backend} output shape {out.shape} differs from PyTorch's {ref.shape} "
+                f"(batch {ref.shape[0]}).",
+                hint="The exported graph lost its dynamic batch axis or dropped tokens.",
+            )
+        if ref.shape[1] != tokens_per_item:
+            raise ShapeMismatchError(
+                f"the encoder yields {ref.shape[1]} embeddings per item, the prompt layout expects {tokens_per_item}."
+            )
+        outs.append(out.reshape(-1, out.shape[-1]))
+        refs.append(ref.reshape(-1, ref.shape[-1]))
+    metrics = embedding_metrics(np.concatenate(outs), np.concatenate(refs))
+    return Parity(
+        reference="pytorch",
+        metrics=metrics,
+        tolerance=dict(tolerance),
+        passed=not violations(metrics, tolerance),
+        settings={"backend": backend, **session.report.as_dict()},
+        samples=int(sum(r.shape[0] for _, r in cases)),
+    )

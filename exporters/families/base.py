@@ -1,0 +1,140 @@
+"""What a model family tells the exporter.
+
+A family is one file in ``exporters/families/`` with a ``Family`` subclass decorated by
+``@register_family``. It loads the HF folder (real ``from_pretrained``), and hands the generic
+export steps:
+
+- ``encoders()``: one ``EncoderExport`` per modality: a torch module mapping encoder inputs to
+  LLM-width embeddings (encoder + bridge as ONE graph), seeded parity inputs, the reference
+  function the exported graph is compared with, preprocessing and prompt placement;
+- ``text_model()``: the decoder LLM for the GGUF writer;
+- ``prompt_layout()``: BOS, stop tokens, chat template.
+
+Shape legend used in docstrings: ``B`` batch, ``N`` embeddings per item, ``D`` LLM width,
+``C/H/W`` image channels/height/width, ``M/T`` mel bins/frames.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from edgebridge.errors import UnsupportedModelError
+from edgebridge.exporters.gguf.writer import TextModel
+from edgebridge.manifest import PromptLayout
+
+
+@dataclass
+class EncoderExport:
+    """One encoder + bridge graph: ``inputs -> [B, N, D]`` embeddings."""
+
+    component: str
+    modality: str
+    module: torch.nn.Module
+    input_names: list[str]
+    output_name: str
+    dynamic_axes: dict[str, dict[int, str]]  # e.g. {"pixel_values": {0: "batch"}}
+    make_inputs: Callable[[int, int], dict[str, torch.Tensor]]  # (batch, seed) -> seeded inputs
+    reference: Callable[[dict[str, torch.Tensor]], torch.Tensor]  # the HF code path, for parity
+    preprocessing: dict[str, Any]
+    placeholder: str
+    tokens_per_item: int
+    bridge: dict[str, Any]
+    layout: dict[str, Any] = field(default_factory=lambda: {"kind": "repeat"})
+    description: str = ""
+
+
+@dataclass
+class Loaded:
+    """A model folder loaded by its family."""
+
+    folder: Path
+    config: Any
+    model: torch.nn.Module
+    processor: Any
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Family(ABC):
+    """One model family (looked up by ``config.json``'s ``model_type``)."""
+
+    name: str = ""
+    model_types: tuple[str, ...] = ()
+    bridge_type: str = ""
+    survey_group: str = ""  # "converter" | "perceiver" | "tool" (arXiv 2311.07594)
+    description: str = ""
+
+    @abstractmethod
+    def load(self, folder: Path) -> Loaded: ...
+
+    @abstractmethod
+    def encoders(self, loaded: Loaded) -> list[EncoderExport]: ...
+
+    @abstractmethod
+    def text_model(self, loaded: Loaded) -> TextModel: ...
+
+    @abstractmethod
+    def prompt_layout(self, loaded: Loaded) -> PromptLayout: ...
+
+    @abstractmethod
+    def reference_inputs(self, loaded: Loaded, prompt: str, media: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
+        """The HF processor's output for a prompt and media (images as PIL), for reference runs."""
+
+    def bridge_info(self) -> dict[str, Any]:
+        return {"type": self.bridge_type, "survey_group": self.survey_group}
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise UnsupportedModelError(
+            f"'{folder}' has no config.json; it is not a Hugging Face model folder.",
+            hint="Pass the folder that holds config.json, the weights and the tokenizer/processor files.",
+        )
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UnsupportedModelError(f"{path} is not valid JSON ({exc}).") from None
+
+
+def seeded_normal(shape: tuple[int, ...], seed: int, std: float = 1.0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=gen) * std
+
+
+def causal_lm_state_dict(model: torch.nn.Module, prefix: str, lm_head: str = "lm_head.weight") -> dict[str, torch.Tensor]:
+    """The text model's tensors renamed to ``*ForCausalLM`` names (``model.layers...``, ``lm_head``)."""
+    state = model.state_dict()
+    out = {"model." + k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if lm_head in state:
+        out["lm_head.weight"] = state[lm_head]
+    embed = out.get("model.embed_tokens.weight")
+    if embed is not None and "lm_head.weight" in out and torch.equal(out["lm_head.weight"], embed):
+        del out["lm_head.weight"]  # tied: llama.cpp reuses token_embd for the output
+    return out
+
+
+def stop_token_ids(generation_config: Any, tokenizer: Any) -> list[int]:
+    eos = getattr(generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    ids = eos if isinstance(eos, list) else [eos]
+    return [int(i) for i in ids if i is not None]
+
+
+def chat_content_format(processor: Any, placeholder: str, part_type: str) -> str:
+    """'parts' if the chat template renders ``{"type": part_type}`` parts as the placeholder."""
+    template = getattr(processor, "chat_template", None)
+    if not template:
+        return "string"
+    messages = [{"role": "user", "content": [{"type": part_type}, {"type": "text", "text": "x"}]}]
+    try:
+        rendered = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception:
+        return "string"
+    return "parts" if placeholder in rendered else "string"

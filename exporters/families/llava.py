@@ -1,0 +1,130 @@
+"""LLaVA: a CLIP/SigLIP tower, feature-layer selection, an MLP projector, a llama/qwen2 LLM.
+
+Survey group: converter (a two-layer MLP maps each patch feature to one LLM embedding).
+Prompt: every ``<image>`` in the prompt becomes the image's N embeddings, in place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgebridge.errors import UnsupportedModelError
+from edgebridge.exporters.families import register_family
+from edgebridge.exporters.families.base import (
+    EncoderExport,
+    Family,
+    Loaded,
+    causal_lm_state_dict,
+    chat_content_format,
+    seeded_normal,
+    stop_token_ids,
+)
+from edgebridge.exporters.gguf.vocab import vocab_from_folder
+from edgebridge.exporters.gguf.writer import TextModel
+from edgebridge.exporters.image_spec import image_spec
+from edgebridge.manifest import PromptLayout
+
+
+class LlavaImageGraph(torch.nn.Module):
+    """``pixel_values [B, C, H, W] -> image embeddings [B, N, D]``: tower, layer pick, projector."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        cfg = model.config
+        self.vision_tower = model.model.vision_tower
+        self.projector = model.model.multi_modal_projector
+        self.layers = cfg.vision_feature_layer
+        self.drop_cls = cfg.vision_feature_select_strategy == "default"
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        hidden = self.vision_tower(pixel_values, output_hidden_states=True).hidden_states
+        picks = [self.layers] if isinstance(self.layers, int) else list(self.layers)
+        feats = [hidden[i][:, 1:] if self.drop_cls else hidden[i] for i in picks]
+        return self.projector(torch.cat(feats, dim=-1) if len(feats) > 1 else feats[0])
+
+
+@register_family
+class LlavaFamily(Family):
+    name = "llava"
+    model_types = ("llava",)
+    bridge_type = "mlp"
+    survey_group = "converter"
+    description = "CLIP/SigLIP ViT + 2-layer MLP projector (LLaVA-1.5 style)"
+
+    def load(self, folder: Path) -> Loaded:
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+        model = LlavaForConditionalGeneration.from_pretrained(
+            folder, dtype=torch.float32, local_files_only=True
+        ).eval()
+        processor = AutoProcessor.from_pretrained(folder, local_files_only=True, use_fast=False)
+        text_type = model.config.text_config.model_type
+        if text_type not in ("llama", "qwen2", "mistral"):
+            raise UnsupportedModelError(
+                f"LLaVA with a '{text_type}' text model is not supported.", hint="Supported: llama, qwen2, mistral."
+            )
+        return Loaded(folder=Path(folder), config=model.config, model=model, processor=processor)
+
+    def _image_tokens(self, loaded: Loaded, height: int, width: int) -> int:
+        proc = loaded.processor
+        n = (height // proc.patch_size) * (width // proc.patch_size) + proc.num_additional_image_tokens
+        return n - 1 if loaded.config.vision_feature_select_strategy == "default" else n
+
+    def encoders(self, loaded: Loaded) -> list[EncoderExport]:
+        cfg = loaded.config
+        model = loaded.model
+        spec = image_spec(loaded.processor.image_processor)
+        size = cfg.vision_config.image_size
+        graph = LlavaImageGraph(model).eval()
+
+        def make_inputs(batch: int, seed: int) -> dict[str, torch.Tensor]:
+            return {"pixel_values": seeded_normal((batch, 3, size, size), seed)}
+
+        def reference(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+            feats = model.get_image_features(pixel_values=inputs["pixel_values"])
+            return torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
+
+        return [
+            EncoderExport(
+                component="vision_encoder",
+                modality="image",
+                module=graph,
+                input_names=["pixel_values"],
+                output_name="image_embeds",
+                dynamic_axes={"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"}},
+                make_inputs=make_inputs,
+                reference=reference,
+                preprocessing=spec,
+                placeholder=loaded.processor.image_token,
+                tokens_per_item=self._image_tokens(loaded, size, size),
+                bridge={**self.bridge_info(), "feature_layer": cfg.vision_feature_layer,
+                        "select_strategy": cfg.vision_feature_select_strategy},
+                description=f"{cfg.vision_config.model_type} vision tower + MLP projector",
+            )
+        ]
+
+    def text_model(self, loaded: Loaded) -> TextModel:
+        cfg = loaded.config
+        state = causal_lm_state_dict(loaded.model, prefix="model.language_model.")
+        eos = stop_token_ids(loaded.model.generation_config, loaded.processor.tokenizer)
+        vocab = vocab_from_folder(loaded.folder, cfg.text_config.vocab_size, eos_id=eos[0] if eos else None)
+        return TextModel(config=cfg.text_config, state_dict=state, vocab=vocab, name=loaded.folder.name)
+
+    def prompt_layout(self, loaded: Loaded) -> PromptLayout:
+        tok = loaded.processor.tokenizer
+        probe = tok("a", add_special_tokens=True)["input_ids"]
+        add_bos = tok.bos_token_id is not None and probe[:1] == [tok.bos_token_id]
+        return PromptLayout(
+            add_bos=add_bos,
+            stop_token_ids=stop_token_ids(loaded.model.generation_config, tok),
+            chat_template=getattr(loaded.processor, "chat_template", None) or tok.chat_template,
+            chat_content=chat_content_format(loaded.processor, loaded.processor.image_token, "image"),
+            special_tokens={k: v for k, v in {"bos": tok.bos_token, "eos": tok.eos_token}.items() if v},
+        )
+
+    def reference_inputs(self, loaded: Loaded, prompt: str, media: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
+        images = media.get("image") or None
+        return dict(loaded.processor(images=images, text=prompt, return_tensors="pt"))

@@ -1,0 +1,109 @@
+"""Loading llama-cpp-python's shared libraries once, quietly, with the CPU variants registered.
+
+The set-up builds llama.cpp with ``GGML_BACKEND_DL=ON`` and ``GGML_CPU_ALL_VARIANTS=ON``: one
+``libggml-cpu-<variant>.so`` per x86 level, picked at run time (``sapphirerapids`` on AMX
+machines). llama-cpp-python 0.3.36 does not load those variants itself ("no backends are
+loaded"), so we call ggml's ``ggml_backend_load_all_from_path`` on the package's ``lib`` folder
+through ``libggml.so.0`` there (the copy llama.cpp links against) before the first model load.
+A build without the DL backends (CPU code linked in) needs nothing and is detected.
+
+llama.cpp logs to stderr by default; we route its log into a small ring buffer instead, so a
+failed load can quote llama.cpp's own reason in our error message.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import threading
+from pathlib import Path
+from typing import Any
+
+from edgebridge.errors import BackendUnavailableError
+
+_lock = threading.Lock()
+_state: dict[str, Any] = {}
+LOG_TAIL: collections.deque[str] = collections.deque(maxlen=64)
+
+
+def _log_callback_type(llama_cpp: Any):
+    return llama_cpp.ggml_log_callback if hasattr(llama_cpp, "ggml_log_callback") else ctypes.CFUNCTYPE(
+        None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p
+    )
+
+
+def _install_log_sink(llama_cpp: Any) -> None:
+    @(_log_callback_type(llama_cpp))
+    def sink(level, text, user_data):  # noqa: ARG001 - ctypes signature
+        if text:
+            LOG_TAIL.append(text.decode("utf-8", errors="replace"))
+
+    _state["log_sink"] = sink  # keep the callback alive as long as the library
+    llama_cpp.llama_log_set(sink, ctypes.c_void_p(0))
+
+
+def _load_cpu_variants(lib_dir: Path) -> list[str]:
+    """Register ggml's dynamically loaded backends; returns the registered backend names."""
+    ggml_path = lib_dir / "libggml.so.0"
+    if not ggml_path.exists():
+        candidates = sorted(lib_dir.glob("libggml.so*"))
+        if not candidates:
+            return []
+        ggml_path = candidates[0]
+    ggml = ctypes.CDLL(str(ggml_path), mode=ctypes.RTLD_GLOBAL)
+    ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
+    if any(lib_dir.glob("libggml-cpu*.so")) and ggml.ggml_backend_reg_count() == 0:
+        ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
+        ggml.ggml_backend_load_all_from_path(str(lib_dir).encode())
+    ggml.ggml_backend_reg_get.restype = ctypes.c_void_p
+    ggml.ggml_backend_reg_get.argtypes = [ctypes.c_size_t]
+    ggml.ggml_backend_reg_name.restype = ctypes.c_char_p
+    ggml.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
+    names = [ggml.ggml_backend_reg_name(ggml.ggml_backend_reg_get(i)).decode() for i in range(ggml.ggml_backend_reg_count())]
+    _state["ggml"] = ggml
+    return names
+
+
+def _cpu_variant(lib_dir: Path) -> str:
+    """Which CPU variant ggml picked: the best-scoring libggml-cpu-*.so that this CPU runs."""
+    for line in LOG_TAIL:
+        if "loaded CPU backend from" in line:
+            return Path(line.strip().split()[-1]).stem.replace("libggml-cpu-", "")
+    return "native" if not any(lib_dir.glob("libggml-cpu-*.so")) else "unknown"
+
+
+def llama() -> Any:
+    """The ``llama_cpp`` module, initialised once (backends loaded, logging captured)."""
+    with _lock:
+        if "module" in _state:
+            return _state["module"]
+        try:
+            import llama_cpp
+        except Exception as exc:  # ImportError, or OSError when the shared library cannot load
+            raise BackendUnavailableError(
+                f"llama-cpp-python is not usable ({exc}).",
+                hint="Run `make setup` to build and install it (see README).",
+            ) from None
+        lib_dir = Path(llama_cpp.__file__).parent / "lib"
+        _install_log_sink(llama_cpp)
+        backends = _load_cpu_variants(lib_dir) if lib_dir.is_dir() else []
+        llama_cpp.llama_backend_init()
+        if not backends:
+            raise BackendUnavailableError(
+                "llama.cpp has no compute backend registered.",
+                hint="Reinstall llama-cpp-python with `make setup`.",
+            )
+        _state["backends"] = backends
+        _state["cpu_variant"] = _cpu_variant(lib_dir)
+        _state["module"] = llama_cpp
+        return llama_cpp
+
+
+def backend_info() -> dict[str, Any]:
+    llama()
+    return {"backends": list(_state["backends"]), "cpu_variant": _state["cpu_variant"]}
+
+
+def last_log(n: int = 3) -> str:
+    lines = [line.strip() for line in LOG_TAIL if line.strip()]
+    return " | ".join(lines[-n:])

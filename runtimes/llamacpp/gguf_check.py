@@ -1,0 +1,123 @@
+"""GGUF validation in Python, before llama.cpp sees the file.
+
+llama.cpp fails cleanly on truncated or garbage files, but a *valid* GGUF with the wrong
+architecture label runs and answers wrong, and a wrong embedding width over-reads the heap when
+embeddings are injected. We read the header and tensor table with gguf-py's reader and check
+what the bundle expects: architecture, embedding width, the tensors every decoder needs, and
+that every tensor's data lies inside the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgebridge.errors import CorruptArtifactError
+
+GGUF_MAGIC = b"GGUF"
+REQUIRED_TENSORS = ("token_embd.weight", "output_norm.weight")
+
+
+@dataclass
+class GgufInfo:
+    architecture: str
+    n_embd: int
+    n_layer: int
+    n_ctx_train: int
+    vocab_size: int
+    file_type: int | None
+    tensor_types: dict[str, int]
+    n_tensors: int
+    name: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _field(reader: Any, key: str) -> Any:
+    field = reader.fields.get(key)
+    if field is None:
+        return None
+    value = field.contents()
+    return value
+
+
+def read_gguf_info(path: Path) -> GgufInfo:
+    """Parse the GGUF header and tensor table; raise ``CorruptArtifactError`` on anything odd."""
+    import gguf
+
+    path = Path(path)
+    if not path.is_file():
+        raise CorruptArtifactError(f"GGUF file '{path}' does not exist.")
+    with open(path, "rb") as fh:
+        if fh.read(4) != GGUF_MAGIC:
+            raise CorruptArtifactError(
+                f"'{path.name}' is not a GGUF file (bad magic).", hint="Pass a .gguf file written by llama.cpp tools."
+            )
+    try:
+        reader = gguf.GGUFReader(str(path), "r")
+        arch = _field(reader, "general.architecture")
+        if not isinstance(arch, str):
+            raise ValueError("no general.architecture")
+        size = path.stat().st_size
+        types: dict[str, int] = {}
+        names = set()
+        for t in reader.tensors:
+            end = int(t.data_offset) + int(t.n_bytes)
+            if end > size:
+                raise ValueError(f"tensor {t.name} extends past the end of the file")
+            types[t.tensor_type.name.lower()] = types.get(t.tensor_type.name.lower(), 0) + 1
+            names.add(t.name)
+        n_embd = _field(reader, f"{arch}.embedding_length")
+        n_layer = _field(reader, f"{arch}.block_count")
+        info = GgufInfo(
+            architecture=arch,
+            n_embd=int(n_embd) if n_embd is not None else -1,
+            n_layer=int(n_layer) if n_layer is not None else -1,
+            n_ctx_train=int(_field(reader, f"{arch}.context_length") or 0),
+            vocab_size=len(reader.fields["tokenizer.ggml.tokens"].data) if "tokenizer.ggml.tokens" in reader.fields else 0,
+            file_type=_field(reader, "general.file_type"),
+            tensor_types=types,
+            n_tensors=len(reader.tensors),
+            name=_field(reader, "general.name"),
+        )
+    except CorruptArtifactError:
+        raise
+    except Exception as exc:  # gguf-py raises ValueError/IndexError/struct errors on bad data
+        raise CorruptArtifactError(
+            f"GGUF file '{path.name}' is corrupt or truncated ({type(exc).__name__}: {str(exc)[:200]}).",
+            hint="Re-export the bundle or re-download the GGUF.",
+        ) from None
+    missing = [t for t in REQUIRED_TENSORS if t not in names]
+    if missing or info.n_embd <= 0 or info.n_layer <= 0 or info.vocab_size <= 0:
+        raise CorruptArtifactError(
+            f"GGUF file '{path.name}' lacks what a decoder LLM needs "
+            f"(missing tensors: {missing or 'none'}, n_embd={info.n_embd}, n_layer={info.n_layer}, "
+            f"vocab={info.vocab_size}).",
+            hint="Pass a decoder LLM GGUF with its tokenizer.",
+        )
+    token_embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    if int(np.asarray(token_embd.shape)[0]) != info.n_embd:
+        raise CorruptArtifactError(
+            f"GGUF file '{path.name}': token_embd width {int(token_embd.shape[0])} differs from "
+            f"embedding_length {info.n_embd}."
+        )
+    return info
+
+
+def check_expected(info: GgufInfo, path: Path, *, architecture: str | None = None, n_embd: int | None = None) -> None:
+    """Refuse a GGUF whose architecture or width differs from what the bundle expects."""
+    if architecture is not None and info.architecture != architecture:
+        raise CorruptArtifactError(
+            f"GGUF file '{Path(path).name}' is labelled architecture '{info.architecture}', "
+            f"the bundle expects '{architecture}'.",
+            hint="A GGUF with the wrong architecture label runs but answers wrong; re-export the bundle.",
+        )
+    if n_embd is not None and info.n_embd != n_embd:
+        raise CorruptArtifactError(
+            f"GGUF file '{Path(path).name}' has embedding width {info.n_embd}, the bundle's encoders produce {n_embd}.",
+            hint="Use the LLM the encoders were trained with.",
+        )

@@ -1,0 +1,298 @@
+"""The LLM stage on llama.cpp's C API (through llama-cpp-python's ctypes bindings).
+
+One ``LlamaCppLLM`` holds a model, a context and two reusable batches: one for token ids and
+one for embeddings (a llama.cpp batch carries tokens or embeddings, never both). Positions are
+tracked here. Everything handed to C is validated first, because llama.cpp trusts its caller:
+
+- a batch larger than ``n_batch`` aborts the process  -> we chunk to ``n_batch``;
+- an embedding row narrower than ``n_embd_inp`` is read past its end -> we check the width;
+- token ids outside the vocabulary index out of bounds -> we check the range;
+- a sequence past ``n_ctx`` fails deep inside          -> ``ContextOverflowError`` first.
+
+Shapes: ``T`` tokens, ``N`` embeddings, ``D`` = ``n_embd_inp``, ``V`` vocabulary size.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+from edgebridge.errors import (
+    BackendError,
+    ContextOverflowError,
+    CorruptArtifactError,
+    EmbeddingShapeError,
+    InputError,
+    NonFiniteError,
+)
+from edgebridge.runtimes.llamacpp._lib import backend_info, last_log, llama
+from edgebridge.runtimes.llamacpp.gguf_check import GgufInfo, check_expected, read_gguf_info
+from edgebridge.runtimes.registry import DeviceReport, default_threads
+
+KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}  # ggml_type numbers
+Logits = Literal["last", "all", "none"]
+
+
+@dataclass(frozen=True)
+class LlamaSettings:
+    """llama.cpp context settings. ``strict()`` gives f32-exact ones for parity checks."""
+
+    n_ctx: int = 4096
+    n_batch: int = 512
+    n_ubatch: int = 512
+    threads: int | None = None
+    flash_attn: bool | None = None  # None: llama.cpp decides (on for CPU)
+    kv_type: str = "f16"
+    use_extra_bufts: bool = True  # AMX / repacked weight buffers; needs the crash-free build
+    n_gpu_layers: int = 0
+    device: str = "CPU"
+
+    @classmethod
+    def strict(cls, **kw: Any) -> "LlamaSettings":
+        """No flash attention and an f32 KV cache: an f32 GGUF then matches transformers to ~1e-6."""
+        return cls(flash_attn=False, kv_type="f32", **kw)
+
+    def with_(self, **kw: Any) -> "LlamaSettings":
+        return replace(self, **kw)
+
+
+class _Batch:
+    """A ``llama_batch`` with numpy views over its arrays (filled without per-element ctypes calls)."""
+
+    def __init__(self, lib: Any, capacity: int, n_embd: int) -> None:
+        self.lib = lib
+        self.capacity = capacity
+        self.n_embd = n_embd
+        self.batch = lib.llama_batch_init(capacity, n_embd, 1)
+        b = self.batch
+        self.pos = np.ctypeslib.as_array(b.pos, shape=(capacity,))
+        self.n_seq_id = np.ctypeslib.as_array(b.n_seq_id, shape=(capacity,))
+        self.logits = np.ctypeslib.as_array(b.logits, shape=(capacity,))
+        self.token = np.ctypeslib.as_array(b.token, shape=(capacity,)) if n_embd == 0 else None
+        self.embd = np.ctypeslib.as_array(b.embd, shape=(capacity, n_embd)) if n_embd else None
+        for i in range(capacity):
+            b.seq_id[i][0] = 0
+        self.n_seq_id[:] = 1
+
+    def fill(self, start_pos: int, n: int, want_logits: Logits) -> None:
+        self.batch.n_tokens = n
+        self.pos[:n] = np.arange(start_pos, start_pos + n, dtype=self.pos.dtype)
+        self.logits[:n] = 1 if want_logits == "all" else 0
+        if want_logits == "last":
+            self.logits[n - 1] = 1
+
+    def free(self) -> None:
+        if self.batch is not None:
+            self.lib.llama_batch_free(self.batch)
+            self.batch = None
+
+
+class LlamaCppLLM:
+    """A GGUF LLM loaded into llama.cpp, fed with token ids and/or embeddings."""
+
+    def __init__(self, path: str | Path, settings: LlamaSettings | None = None, *,
+                 expect_architecture: str | None = None, expect_n_embd: int | None = None) -> None:
+        self.path = Path(path)
+        self.settings = settings or LlamaSettings()
+        self.info: GgufInfo = read_gguf_info(self.path)
+        check_expected(self.info, self.path, architecture=expect_architecture, n_embd=expect_n_embd)
+        self.lib = lib = llama()
+        self._model = self._ctx = None
+        self._batches: list[_Batch] = []
+        s = self.settings
+        if s.n_batch < 1 or s.n_ctx < 8:
+            raise InputError(f"n_batch ({s.n_batch}) and n_ctx ({s.n_ctx}) must be positive (n_ctx >= 8).")
+        mparams = lib.llama_model_default_params()
+        mparams.n_gpu_layers = s.n_gpu_layers
+        mparams.use_extra_bufts = s.use_extra_bufts
+        self._model = lib.llama_model_load_from_file(str(self.path).encode(), mparams)
+        if not self._model:
+            raise CorruptArtifactError(
+                f"llama.cpp could not load '{self.path.name}' ({last_log()}).",
+                hint="The GGUF is corrupt or uses an architecture this llama.cpp does not know.",
+            )
+        cparams = lib.llama_context_default_params()
+        cparams.n_ctx = s.n_ctx
+        cparams.n_batch = s.n_batch
+        cparams.n_ubatch = min(s.n_ubatch, s.n_batch)
+        cparams.n_seq_max = 1
+        threads = s.threads or default_threads()
+        cparams.n_threads = cparams.n_threads_batch = threads
+        if s.flash_attn is not None:
+            cparams.flash_attn_type = 1 if s.flash_attn else 0
+        if s.kv_type not in KV_TYPES:
+            raise InputError(f"unknown KV cache type '{s.kv_type}'.", hint=f"Choose one of {', '.join(KV_TYPES)}.")
+        cparams.type_k = cparams.type_v = KV_TYPES[s.kv_type]
+        self._ctx = lib.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            self.close()
+            raise BackendError(f"llama.cpp could not create a context ({last_log()}).",
+                               hint="Lower n_ctx, or free memory.")
+        self._vocab = lib.llama_model_get_vocab(self._model)
+        self._mem = lib.llama_get_memory(self._ctx)
+        self.n_embd = int(lib.llama_model_n_embd_inp(self._model))
+        self.n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
+        self.n_ctx = int(lib.llama_n_ctx(self._ctx))
+        self.n_batch = s.n_batch
+        self.n_past = 0
+        self._tokens = _Batch(lib, s.n_batch, 0)
+        self._embeds = _Batch(lib, s.n_batch, self.n_embd)
+        self._batches = [self._tokens, self._embeds]
+        self._piece_buf = ctypes.create_string_buffer(256)
+        info = backend_info()
+        requested = s.device.upper()
+        gpu_backends = [b for b in info["backends"] if b.upper() not in ("CPU", "BLAS")]
+        self.report = DeviceReport(
+            requested=requested,
+            executed="CPU" if not (s.n_gpu_layers and gpu_backends) else gpu_backends[0],
+            precision=self.precision,
+            fallback_reason=(
+                f"this llama.cpp build has no {requested} backend (has: {', '.join(info['backends'])})"
+                if requested not in ("CPU", "AUTO") and not gpu_backends else None
+            ),
+            details={"cpu_variant": info["cpu_variant"], "threads": threads, "flash_attn": s.flash_attn,
+                     "kv_type": s.kv_type, "n_ctx": self.n_ctx, "n_batch": s.n_batch},
+        )
+
+    # --- description ---------------------------------------------------------------------
+
+    @property
+    def precision(self) -> str:
+        types = self.info.tensor_types
+        quant = {k: v for k, v in types.items() if k not in ("f32",)}
+        return max(quant, key=quant.get) if quant else "f32"
+
+    # --- tokens ----------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_bos: bool, parse_special: bool = True) -> list[int]:
+        """Text -> token ids with the GGUF's own tokenizer (special tokens recognised, like HF)."""
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (ctypes.c_int32 * cap)()
+        n = self.lib.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, parse_special)
+        if n < 0:  # buffer too small: -n is the size needed
+            cap = -n
+            buf = (ctypes.c_int32 * cap)()
+            n = self.lib.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, parse_special)
+        if n < 0:
+            raise BackendError("llama.cpp failed to tokenize the prompt.")
+        return list(buf[:n])
+
+    def token_bytes(self, token: int, *, special: bool = False) -> bytes:
+        n = self.lib.llama_token_to_piece(self._vocab, token, self._piece_buf, len(self._piece_buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self.lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+            return buf.raw[:n]
+        return self._piece_buf.raw[:n]
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self.lib.llama_vocab_is_eog(self._vocab, token))
+
+    # --- evaluation --------------------------------------------------------------------------
+
+    def reset(self, keep: int = 0) -> None:
+        """Forget the KV cache from position ``keep`` on (0: everything)."""
+        keep = max(0, min(keep, self.n_past))
+        if keep == 0:
+            self.lib.llama_memory_clear(self._mem, True)
+        else:
+            self.lib.llama_memory_seq_rm(self._mem, 0, keep, -1)
+        self.n_past = keep
+
+    def check_room(self, n: int) -> None:
+        if self.n_past + n > self.n_ctx:
+            raise ContextOverflowError(
+                f"the sequence needs {self.n_past + n} positions, the context holds {self.n_ctx}.",
+                hint="Shorten the prompt, use fewer images, or raise n_ctx (--n-ctx).",
+            )
+
+    def eval_tokens(self, tokens: Sequence[int], logits: Logits = "last") -> np.ndarray | None:
+        """Decode ``T`` token ids at the next positions; returns ``[V]`` (last) or ``[T, V]`` (all) logits."""
+        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            raise InputError("no tokens to evaluate.")
+        if ids.min() < 0 or ids.max() >= self.n_vocab:
+            raise InputError(f"token id out of range [0, {self.n_vocab}): {int(ids.min())}..{int(ids.max())}.")
+        self.check_room(ids.size)
+        batch = self._tokens
+        return self._run_chunks(ids.size, logits, lambda lo, hi: batch.token.__setitem__(slice(0, hi - lo), ids[lo:hi]), batch)
+
+    def eval_embeddings(self, embeds: np.ndarray, logits: Logits = "last") -> np.ndarray | None:
+        """Decode ``[N, D]`` embeddings at the next positions (image/audio tokens)."""
+        arr = self.validate_embeddings(embeds)
+        self.check_room(arr.shape[0])
+        batch = self._embeds
+        return self._run_chunks(arr.shape[0], logits, lambda lo, hi: batch.embd.__setitem__(slice(0, hi - lo), arr[lo:hi]), batch)
+
+    def validate_embeddings(self, embeds: Any) -> np.ndarray:
+        if not isinstance(embeds, np.ndarray):
+            raise EmbeddingShapeError(f"embeddings must be a numpy array, got {type(embeds).__name__}.")
+        if embeds.ndim != 2 or embeds.shape[1] != self.n_embd:
+            raise EmbeddingShapeError(
+                f"embeddings have shape {embeds.shape}; the LLM takes [n, {self.n_embd}].",
+                hint="The encoder and the LLM do not belong together; use the bundle's own LLM.",
+            )
+        if embeds.shape[0] == 0:
+            raise EmbeddingShapeError("embeddings are empty (0 rows).")
+        if not np.issubdtype(embeds.dtype, np.floating):
+            raise EmbeddingShapeError(f"embeddings must be floating point, got {embeds.dtype}.")
+        arr = np.ascontiguousarray(embeds, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            raise NonFiniteError("embeddings hold NaN or Inf values.", hint="Check the encoder's input and artifact.")
+        return arr
+
+    def _run_chunks(self, n: int, logits: Logits, put, batch: _Batch) -> np.ndarray | None:
+        rows: list[np.ndarray] = []
+        last: np.ndarray | None = None
+        for lo in range(0, n, self.n_batch):
+            hi = min(n, lo + self.n_batch)
+            put(lo, hi)
+            final = hi == n
+            want: Logits = "all" if logits == "all" else ("last" if final and logits == "last" else "none")
+            batch.fill(self.n_past, hi - lo, want)
+            rc = self.lib.llama_decode(self._ctx, batch.batch)
+            if rc != 0:
+                raise BackendError(f"llama_decode failed with code {rc} ({last_log()}).",
+                                   hint="The context may be full; raise n_ctx or shorten the prompt.")
+            self.n_past += hi - lo
+            if want == "all":
+                rows.extend(self._logits_row(i) for i in range(hi - lo))
+            elif want == "last":
+                last = self._logits_row(hi - lo - 1)
+        if logits == "all":
+            return np.stack(rows)
+        return last
+
+    def _logits_row(self, i: int) -> np.ndarray:
+        ptr = self.lib.llama_get_logits_ith(self._ctx, i)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+
+    # --- lifetime ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        for b in self._batches:
+            b.free()
+        self._batches = []
+        if self._ctx:
+            self.lib.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            self.lib.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self) -> "LlamaCppLLM":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

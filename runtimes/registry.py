@@ -1,0 +1,108 @@
+"""Encoder backends, found by name.
+
+A backend is one module ``runtimes/encoder_<name>.py`` that decorates its class with
+``@register_encoder("<name>")``; modules are discovered on first lookup, so adding a backend is
+one new file (plus its test). Engines are imported inside the backend, never at discovery, so
+listing backends stays cheap and works when an engine is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from edgebridge.errors import BackendUnavailableError
+
+DEVICES = ("CPU", "GPU", "NPU", "AUTO")
+
+
+@dataclass
+class DeviceReport:
+    """What ran where: the device asked for, the one that ran, and why they differ."""
+
+    requested: str
+    executed: str
+    precision: str
+    fallback_reason: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {"requested": self.requested, "executed": self.executed, "precision": self.precision}
+        if self.fallback_reason:
+            out["fallback_reason"] = self.fallback_reason
+        out.update(self.details)
+        return out
+
+
+class EncoderSession(Protocol):
+    """A loaded encoder + bridge graph."""
+
+    backend: str
+    report: DeviceReport
+
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+
+EncoderFactory = Callable[..., EncoderSession]
+_REGISTRY: dict[str, EncoderFactory] = {}
+_FORMATS: dict[str, str] = {}  # backend name -> the artifact format it runs
+_discovered = False
+
+
+def register_encoder(name: str, artifact_format: str) -> Callable[[EncoderFactory], EncoderFactory]:
+    def deco(factory: EncoderFactory) -> EncoderFactory:
+        _REGISTRY[name] = factory
+        _FORMATS[name] = artifact_format
+        return factory
+
+    return deco
+
+
+def _discover() -> None:
+    global _discovered
+    if _discovered:
+        return
+    pkg_dir = Path(__file__).parent
+    for info in pkgutil.iter_modules([str(pkg_dir)]):
+        if info.name.startswith("encoder_"):
+            importlib.import_module(f"edgebridge.runtimes.{info.name}")
+    _discovered = True
+
+
+def encoder_backends() -> dict[str, str]:
+    """{backend name: artifact format} of every registered encoder backend."""
+    _discover()
+    return dict(_FORMATS)
+
+
+def artifact_format(backend: str) -> str:
+    return encoder_backends().get(backend) or _unknown(backend)
+
+
+def open_encoder(backend: str, files: list[Path], **options: Any) -> EncoderSession:
+    """Load an encoder artifact with the named backend (``device``, ``threads``, ``precision``...)."""
+    _discover()
+    if backend not in _REGISTRY:
+        _unknown(backend)
+    return _REGISTRY[backend](files, **options)
+
+
+def _unknown(backend: str):
+    raise BackendUnavailableError(
+        f"unknown encoder backend '{backend}'.", hint=f"Choose one of: {', '.join(sorted(_REGISTRY)) or 'none'}."
+    )
+
+
+def default_threads() -> int:
+    """Threads for compute-bound engines: the CPUs this process may run on."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)

@@ -1,0 +1,106 @@
+"""Shared, session-scoped fixtures: tiny model folders, their bundles and HF reference outputs.
+
+Exports are the expensive part (~15 s each), so every bundle is built once per session and
+shared by all tests that read it. Tests that need to break a bundle copy it first.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "tests" / "artifacts"  # screenshots and reports kept after a run (git-ignored)
+
+LLAVA_COMBOS = [("clip", "llama"), ("clip", "qwen2"), ("siglip", "llama"), ("siglip", "qwen2")]
+PROMPT = "USER: <image>\nWhat is in this image? ASSISTANT:"
+
+
+def combo_id(combo: tuple[str, str]) -> str:
+    return f"{combo[0]}-{combo[1]}"
+
+
+@dataclass
+class Exported:
+    """A tiny model folder and the bundle exported from it."""
+
+    model_dir: Path
+    bundle: Path
+    manifest: Any
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("edgebridge")
+
+
+@pytest.fixture(scope="session")
+def photo() -> np.ndarray:
+    from skimage import data
+
+    return data.chelsea()  # a real photo (a cat), shipped inside scikit-image
+
+
+_model_dirs: dict[tuple[str, str], Path] = {}
+_bundles: dict[tuple[str, str, str], Exported] = {}
+
+
+def tiny_llava(workdir: Path, combo: tuple[str, str]) -> Path:
+    if combo not in _model_dirs:
+        from edgebridge.testing import make_tiny
+
+        _model_dirs[combo] = make_tiny("llava", workdir / f"model-{combo_id(combo)}", vision=combo[0], text=combo[1])
+    return _model_dirs[combo]
+
+
+def exported_llava(workdir: Path, combo: tuple[str, str], llm_dtype: str = "f32") -> Exported:
+    key = (*combo, llm_dtype)
+    if key not in _bundles:
+        from edgebridge.exporters.api import export_bundle
+
+        model_dir = tiny_llava(workdir, combo)
+        bundle = workdir / f"bundle-{combo_id(combo)}-{llm_dtype}"
+        manifest = export_bundle(model_dir, bundle, llm_dtype=llm_dtype)
+        _bundles[key] = Exported(model_dir, bundle, manifest)
+    return _bundles[key]
+
+
+@pytest.fixture(scope="session")
+def clip_llama_f32(workdir) -> Exported:
+    return exported_llava(workdir, ("clip", "llama"), "f32")
+
+
+@pytest.fixture(scope="session")
+def clip_llama_f16(workdir) -> Exported:
+    return exported_llava(workdir, ("clip", "llama"), "f16")
+
+
+def copy_bundle(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def run_isolated(code: str, *args: str, timeout: int = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run Python code in a fresh interpreter (a crash there cannot take the test run down)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
+                          env=full_env)
+
+
+def run_cli(*args: str, timeout: int = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The installed ``edgebridge`` command, in a subprocess."""
+    exe = Path(sys.executable).parent / "edgebridge"
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout, env=full_env)
