@@ -11,7 +11,7 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, List, Optional
 
 import typer
 from rich.console import Console
@@ -101,12 +101,13 @@ def run(
     n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="LLM context size."),
     chat: bool = typer.Option(False, "--chat", help="Apply the bundle's chat template."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object {text, token_ids, timings, devices}."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip the sha256 check of the bundle's files."),
 ) -> None:
     """Run a bundle on images/audio and a prompt; stream the answer."""
     from edgebridge.pipeline import Pipeline
 
     with Pipeline.from_bundle(bundle, encoder_backend=backend, device=device, precision=precision,
-                              threads=threads, n_ctx=n_ctx) as pipe:
+                              threads=threads, n_ctx=n_ctx, verify=not no_verify) as pipe:
         for warning in pipe.load_warnings:
             err.print(f"[yellow]warning:[/yellow] {warning}")
         stream = pipe.generate(prompt, images=image, audio=audio, max_new_tokens=max_new_tokens, chat=chat,
@@ -191,33 +192,18 @@ def families() -> None:
     out.print(table)
 
 
-def _guarded(fn: Callable[[], Any]) -> int:
-    import click
-
+def main() -> None:
+    """Entry point: typer handles usage errors and --help; our errors print without a traceback."""
     try:
-        result = fn()
-    except click.exceptions.Exit as exc:  # --help and friends
-        return exc.exit_code
-    except click.ClickException as exc:  # usage errors
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Abort:
-        err.print("aborted")
-        return 1
+        app()
     except EdgebridgeError as exc:
-        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        err.print(f"[red]error:[/red] {exc.message}", highlight=False, soft_wrap=True)
         if exc.hint:
-            err.print(f"[dim]{exc.hint}[/dim]", highlight=False)
-        return exc.exit_code
+            err.print(f"[dim]{exc.hint}[/dim]", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")
-        return 130
-    return result if isinstance(result, int) else 0
-
-
-def main() -> None:
-    code = _guarded(lambda: app(standalone_mode=False))
-    sys.exit(code)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

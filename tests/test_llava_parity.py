@@ -16,6 +16,7 @@ from edgebridge.runtimes.llamacpp import LlamaSettings
 from tests.conftest import LLAVA_COMBOS, PROMPT, combo_id, exported_llava
 from tests.reference import hf_reference
 
+COVERS_FAMILIES = ["llava"]  # tests/test_registry.py: every registered family needs a parity test
 BACKENDS = ["onnxruntime", "openvino"]
 pytestmark = pytest.mark.slow
 

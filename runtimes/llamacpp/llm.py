@@ -136,11 +136,14 @@ class LlamaCppLLM:
         self._mem = lib.llama_get_memory(self._ctx)
         self.n_embd = int(lib.llama_model_n_embd_inp(self._model))
         self.n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
-        self.n_ctx = int(lib.llama_n_ctx(self._ctx))
-        self.n_batch = s.n_batch
+        # llama.cpp may round n_ctx up (to 256) and clamp n_batch down to n_ctx; a batch above
+        # the context's real n_batch aborts the process, so read both back. Our limit is the
+        # n_ctx asked for, even when the context holds more.
+        self.n_ctx = min(s.n_ctx, int(lib.llama_n_ctx(self._ctx)))
+        self.n_batch = int(lib.llama_n_batch(self._ctx))
         self.n_past = 0
-        self._tokens = _Batch(lib, s.n_batch, 0)
-        self._embeds = _Batch(lib, s.n_batch, self.n_embd)
+        self._tokens = _Batch(lib, self.n_batch, 0)
+        self._embeds = _Batch(lib, self.n_batch, self.n_embd)
         self._batches = [self._tokens, self._embeds]
         self._piece_buf = ctypes.create_string_buffer(256)
         info = backend_info()
@@ -155,7 +158,7 @@ class LlamaCppLLM:
                 if requested not in ("CPU", "AUTO") and not gpu_backends else None
             ),
             details={"cpu_variant": info["cpu_variant"], "threads": threads, "flash_attn": s.flash_attn,
-                     "kv_type": s.kv_type, "n_ctx": self.n_ctx, "n_batch": s.n_batch},
+                     "kv_type": s.kv_type, "n_ctx": self.n_ctx, "n_batch": self.n_batch},
         )
 
     # --- description ---------------------------------------------------------------------
