@@ -21,8 +21,9 @@ from edgebridge.errors import EdgebridgeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Export, run and profile multimodal LLMs on edge devices.")
-out = Console()
-err = Console(stderr=True)
+# pipes and logs get wide lines (rich would wrap at 80 columns); terminals keep their own width
+out = Console(width=None if sys.stdout.isatty() else 140)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 
 class EncoderFormat(str, Enum):
@@ -142,15 +143,14 @@ def _fmt_metrics(metrics: dict[str, float]) -> str:
 
 def _print_components(manifest) -> None:
     table = Table(title=f"{manifest.family} bundle")
-    for col in ("component", "format", "files", "precision", "shape", "parity (vs PyTorch)", "gate"):
+    for col in ("component", "format", "precision", "MB", "output shape", "parity vs PyTorch", "gate"):
         table.add_column(col)
     for name, comp in manifest.components.items():
-        shape = " -> ".join(str(s.shape) for s in (comp.inputs[:1] + comp.outputs[:1]))
         for fmt, art in comp.artifacts.items():
             size = sum(manifest.files[f].bytes for f in art.files if f in manifest.files)
             parity = art.parity
             table.add_row(
-                name, fmt, f"{', '.join(art.files)} ({size / 1e6:.1f} MB)", art.precision, shape,
+                name, fmt, art.precision, f"{size / 1e6:.1f}", str(comp.outputs[0].shape),
                 _fmt_metrics(parity.metrics) if parity else "-",
                 ("[green]pass[/green]" if parity.passed else "[red]FAIL[/red]") if parity else "-",
             )

@@ -1,0 +1,90 @@
+"""Helpers shared by the benchmark scripts: the benchmark model, timing, tables.
+
+Benchmarks print ratios against baselines measured in the same run (machines here are noisy);
+they never assert. The benchmark model is a seeded random LLaVA: a CLIP ViT-B/16 tower at
+224 px (196 image tokens) and a 12-layer, 768-wide llama (~85M parameters).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+BENCH_DIR = Path(os.environ.get("EDGEBRIDGE_BENCH_DIR", ROOT / "bench-out"))
+
+
+def bench_model(kind: str = "llava", **options) -> Path:
+    """The seeded benchmark-size model folder, built once and reused."""
+    from edgebridge.testing import make_tiny
+
+    name = "-".join([kind, *(f"{v}" for v in options.values()), "bench"])
+    folder = BENCH_DIR / name
+    if not (folder / "config.json").is_file():
+        make_tiny(kind, folder, size="bench", **options)
+    return folder
+
+
+def bench_bundle(model: Path, name: str, **export_options) -> Path:
+    """Export ``model`` once into ``BENCH_DIR/name`` (reused when present)."""
+    from edgebridge.exporters.api import export_bundle
+
+    target = BENCH_DIR / name
+    if not (target / "edgebridge.json").is_file():
+        start = time.perf_counter()
+        export_bundle(model, target, force=True, step=lambda s: print(f"  [{time.perf_counter() - start:6.1f}s] {s}",
+                                                                         flush=True), **export_options)
+    return target
+
+
+def median_ms(fn: Callable[[], object], runs: int = 7, warmup: int = 2) -> float:
+    """Median wall time of ``fn`` in ms after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(runs):
+        gc.collect()
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(samples)
+
+
+def machine() -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = ""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        flags = " ".join(f for f in ("avx2", "avx512f", "amx_tile") if f" {f}" in text)
+    except OSError:
+        pass
+    return f"{cpu} ({flags}), {len(os.sched_getaffinity(0))} threads, Python {platform.python_version()}"
+
+
+def print_table(title: str, header: list[str], rows: list[list[object]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in header:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*[f"{c:.3g}" if isinstance(c, float) else str(c) for c in row])
+    Console(width=160).print(table)
