@@ -30,6 +30,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	@touch $@
 
 # Build the llama-cpp-python wheel unless the cache has it (a lock keeps parallel set-ups from building twice).
+# --no-cache-dir: pip's own wheel cache ignores CMAKE_ARGS and would hand back a wheel built with other flags.
 llama-wheel:
 	@mkdir -p $(WHEEL_CACHE)
 	@flock $(WHEEL_CACHE)/.lock sh -c '\
@@ -39,7 +40,7 @@ llama-wheel:
 	    echo "llama-cpp-python: building the wheel once (about 10-16 minutes on 2 cores)"; \
 	    tmp=$$(mktemp -d) && \
 	    CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
-	      $(PIP) wheel -q --no-deps --no-binary llama-cpp-python llama-cpp-python==$(LLAMA_VERSION) -w $$tmp && \
+	      $(PIP) wheel -q --no-cache-dir --no-deps --no-binary llama-cpp-python llama-cpp-python==$(LLAMA_VERSION) -w $$tmp && \
 	    mkdir -p $(LLAMA_WHEEL_DIR) && mv $$tmp/llama_cpp_python-*.whl $(LLAMA_WHEEL_DIR)/ && rm -rf $$tmp; \
 	  fi'
 

@@ -67,10 +67,20 @@ def export(
     model_dir: Path = typer.Argument(..., help="Local Hugging Face model folder (config.json, weights, tokenizer)."),
     output: Path = typer.Option(..., "-o", "--output", help="Bundle folder to write."),
     encoder_format: EncoderFormat = typer.Option(EncoderFormat.both, help="Encoder + bridge format(s)."),
-    llm_dtype: LlmDtype = typer.Option(LlmDtype.f16, help="GGUF weight type of the LLM."),
+    llm_dtype: LlmDtype = typer.Option(LlmDtype.f16, help="GGUF weight type of the LLM (without --quantize llm=)."),
+    quantize: Optional[str] = typer.Option(
+        None, help="auto, or COMPONENT=PRECISION pairs: encoder[.onnx|.openvino]=fp16|int8|int8-static|int4, "
+                   "llm=f16|q8_0|q6_k|q5_k_m|q4_k_m|q4_0 (each may be auto)."),
+    max_drift: List[str] = typer.Option(
+        [], help="Drift budget, COMPONENT.METRIC=VALUE (repeatable): encoder.cosine_min=0.99, llm.kl_mean=0.05, "
+                 "llm.top1_agreement=0.9."),
+    calibration: Optional[Path] = typer.Option(None, help="Folder of calibration images (default: a built-in set)."),
+    llm_gguf: Optional[Path] = typer.Option(None, help="Use this existing GGUF as the LLM instead of converting."),
+    int4_mode: str = typer.Option("sym", help="OpenVINO int4 weight compression: sym or asym."),
+    int4_group_size: int = typer.Option(128, help="OpenVINO int4 group size (lowered to divide every layer)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle folder."),
 ) -> None:
-    """Export encoder + bridge to ONNX/OpenVINO and the LLM to GGUF, with parity gates."""
+    """Export encoder + bridge to ONNX/OpenVINO and the LLM to GGUF, with parity gates and quantization."""
     from edgebridge.exporters.api import export_bundle
 
     formats = ("onnx", "openvino") if encoder_format == EncoderFormat.both else (encoder_format.value,)
@@ -78,11 +88,35 @@ def export(
     with progress:
         try:
             manifest = export_bundle(model_dir, output, encoder_formats=formats, llm_dtype=llm_dtype.value,
+                                     quantize=quantize, max_drift=max_drift, calibration=calibration,
+                                     llm_gguf=llm_gguf, int4_mode=int4_mode, int4_group_size=int4_group_size,
                                      force=force, step=step)
         finally:
             finish()
     out.print(f"[green]bundle written:[/green] {output}")
+    _print_trials(manifest)
     _print_components(manifest)
+
+
+def _print_trials(manifest) -> None:
+    """The candidates ``--quantize auto`` tried per component: size, speed, drift, verdict."""
+    for name, comp in manifest.components.items():
+        for fmt, art in comp.artifacts.items():
+            trials = (art.quantization or {}).get("trials")
+            if not trials:
+                continue
+            table = Table(title=f"auto: {name} ({fmt}), kept {art.precision}")
+            for col in ("precision", "MB", "speed", "drift", "budget", "verdict"):
+                table.add_column(col)
+            for t in trials:
+                kept = t["precision"] == art.precision
+                table.add_row(
+                    f"[bold]{t['precision']}[/bold]" if kept else t["precision"], f"{t['bytes'] / 1e6:.2f}",
+                    ", ".join(f"{k}={v:g}" for k, v in t["speed"].items()), _fmt_metrics(t["metrics"]),
+                    ", ".join(f"{k}={v:g}" for k, v in t["tolerance"].items()),
+                    ("[green]kept[/green]: " if kept else "[red]refused[/red]: " if not t["passed"] else "") + t["verdict"],
+                )
+            out.print(table)
 
 
 # --- run -------------------------------------------------------------------------------------
@@ -143,16 +177,19 @@ def _fmt_metrics(metrics: dict[str, float]) -> str:
 
 def _print_components(manifest) -> None:
     table = Table(title=f"{manifest.family} bundle")
-    for col in ("component", "format", "precision", "MB", "output shape", "parity vs PyTorch", "gate"):
+    for col in ("component", "format", "precision", "MB", "output shape", "parity / drift", "vs", "gate", "speed"):
         table.add_column(col)
     for name, comp in manifest.components.items():
         for fmt, art in comp.artifacts.items():
             size = sum(manifest.files[f].bytes for f in art.files if f in manifest.files)
             parity = art.parity
+            speed = (art.quantization or {}).get("speed") or {}
             table.add_row(
                 name, fmt, art.precision, f"{size / 1e6:.1f}", str(comp.outputs[0].shape),
                 _fmt_metrics(parity.metrics) if parity else "-",
+                parity.reference if parity else "-",
                 ("[green]pass[/green]" if parity.passed else "[red]FAIL[/red]") if parity else "-",
+                ", ".join(f"{k}={v:g}" for k, v in speed.items()) or "-",
             )
     out.print(table)
 

@@ -62,7 +62,7 @@ class ParityError(ExportError):
         self.value = value
         self.limit = limit
         super().__init__(
-            f"parity gate failed for {component}: {figure} = {value:.3g} (limit {limit:.3g}).",
+            f"parity gate failed for {component}: {figure} = {value:.6g} (limit {limit:.6g}).",
             hint=hint or "The export was not written. Report this with the model folder's config.json.",
         )
 

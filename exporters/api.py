@@ -7,17 +7,22 @@ target stays as it was).
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import numpy as np
+import torch
+
 from edgebridge import __version__
 from edgebridge.bundle import BundleWriter
-from edgebridge.errors import EdgebridgeError, ExportError
+from edgebridge.errors import EdgebridgeError, ExportError, ParityError
 from edgebridge.exporters.encoder import (
     ENCODER_TOLERANCE,
-    convert_openvino,
+    OPSET,
     export_onnx,
     measure_encoder,
     reference_outputs,
@@ -25,11 +30,17 @@ from edgebridge.exporters.encoder import (
 )
 from edgebridge.exporters.families import family_for
 from edgebridge.exporters.families.base import EncoderExport, Family, Loaded, read_config
-from edgebridge.exporters.gguf.export import export_llm
-from edgebridge.manifest import Artifact, Component, Manifest, ModalityInput, TensorSpec
-from edgebridge.parity import enforce
+from edgebridge.exporters.gguf.export import export_llm, import_gguf, validate_existing_gguf
+from edgebridge.exporters.quantize import QuantPlan, Trial, first_within_budget, parse_budget, parse_quantize, verdict
+from edgebridge.exporters.quantize.calibration import CalibrationSet, calibration_for
+from edgebridge.exporters.quantize.onnx_quant import quantize_onnx
+from edgebridge.exporters.quantize.openvino_quant import quantize_openvino
+from edgebridge.manifest import Artifact, Component, Manifest, ModalityInput, Parity, TensorSpec
+from edgebridge.parity import violations
+from edgebridge.runtimes.registry import open_encoder
 
 ENCODER_FORMATS = ("onnx", "openvino")
+FORMAT_BACKEND = {"onnx": "onnxruntime", "openvino": "openvino"}  # the runtime backend that runs each format
 LLM_DTYPES = ("f32", "f16")
 
 Step = Callable[[str], None]
@@ -47,32 +58,102 @@ def _load(family: Family, model_dir: Path) -> Loaded:
         ) from exc
 
 
-def _export_encoder(enc: EncoderExport, writer: BundleWriter, scratch: Path, formats: Iterable[str],
+@dataclass
+class _EncoderCandidate:
+    trial: Trial
+    files: list[Path]
+    parity: Parity
+    method: dict[str, Any]
+
+
+def _produce(fmt: str, precision: str, onnx_fp32: Path, out_dir: Path, component: str,
+             calib: CalibrationSet | None, options: dict[str, Any]) -> tuple[list[Path], dict[str, Any]]:
+    """Write the ``fmt`` artifact at ``precision`` into ``out_dir``; returns (files, method)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if fmt == "onnx":
+        dst = out_dir / f"{component}.onnx"
+        return [dst], quantize_onnx(onnx_fp32, dst, precision, calib, **options)
+    xml = out_dir / f"{component}.xml"
+    method = quantize_openvino(onnx_fp32, xml, precision, calib, **options)
+    return [xml, xml.with_suffix(".bin")], method
+
+
+def _latency_ms(backend: str, files: list[Path], inputs: dict[str, np.ndarray], **options: Any) -> float:
+    session = open_encoder(backend, files, **options)
+    session.run(inputs)
+    samples = []
+    for _ in range(5):
+        start = time.perf_counter()
+        session.run(inputs)
+        samples.append((time.perf_counter() - start) * 1000.0)
+    return round(float(np.median(samples)), 3)
+
+
+def _export_encoder(enc: EncoderExport, writer: BundleWriter, scratch: Path, plan: QuantPlan,
                     tolerance: dict[str, float], step: Step) -> Component:
-    formats = tuple(formats)
     inputs, outputs = tensor_specs(enc)
     step(f"{enc.component}: PyTorch reference outputs")
     cases = reference_outputs(enc)
-    onnx_rel = f"{enc.component}.onnx"
-    onnx_path = writer.path(onnx_rel) if "onnx" in formats else scratch / onnx_rel
+    onnx_fp32 = scratch / enc.component / "fp32.onnx"
+    onnx_fp32.parent.mkdir(parents=True, exist_ok=True)
     step(f"{enc.component}: exporting ONNX (torch.onnx, dynamo, opset 20)")
-    export_onnx(enc, onnx_path)
+    export_onnx(enc, onnx_fp32)
+    calib: CalibrationSet | None = None
+    eval_cases: list[tuple[dict[str, np.ndarray], np.ndarray]] = []
+    if plan.quantizes_encoders:
+        step(f"{enc.component}: calibration set and PyTorch references on held-out inputs")
+        calib = calibration_for(enc.modality, enc.preprocessing, plan.calibration)
+        with torch.no_grad():
+            eval_cases = [(item, enc.reference({k: torch.from_numpy(v) for k, v in item.items()}).float().numpy())
+                          for item in calib.evaluate]
+    budget = plan.budget["encoder"]
+    timing_input = {k: v[:1] for k, v in cases[0][0].items()}
     artifacts: dict[str, Artifact] = {}
-    if "onnx" in formats:
-        step(f"{enc.component}: ONNX parity (onnxruntime)")
-        parity = measure_encoder("onnxruntime", [onnx_path], cases, enc.tokens_per_item, tolerance)
-        enforce(f"{enc.component} (ONNX, onnxruntime)", parity.metrics, tolerance)
-        artifacts["onnx"] = Artifact(format="onnx", files=[onnx_rel], precision="fp32", parity=parity,
-                                     details={"opset": 20})
-    if "openvino" in formats:
-        step(f"{enc.component}: converting to OpenVINO IR")
-        xml_rel, bin_rel = f"{enc.component}.xml", f"{enc.component}.bin"
-        convert_openvino(onnx_path, writer.path(xml_rel))
-        step(f"{enc.component}: OpenVINO parity (f32 precision hint)")
-        files = [writer.path(xml_rel), writer.path(bin_rel)]
-        parity = measure_encoder("openvino", files, cases, enc.tokens_per_item, tolerance, precision="f32")
-        enforce(f"{enc.component} (OpenVINO IR, f32)", parity.metrics, tolerance)
-        artifacts["openvino"] = Artifact(format="openvino", files=[xml_rel, bin_rel], precision="fp32", parity=parity)
+    for fmt in plan.encoder:
+        backend = FORMAT_BACKEND[fmt]
+        engine_opts = {"precision": "f32"} if fmt == "openvino" else {}
+        tried: dict[str, _EncoderCandidate] = {}
+
+        def evaluate(precision: str, fmt: str = fmt, backend: str = backend, engine_opts=engine_opts) -> Trial:
+            step(f"{enc.component}: {fmt} {precision} (write, parity, latency)")
+            files, method = _produce(fmt, precision, onnx_fp32, scratch / enc.component / fmt / precision,
+                                     enc.component, calib, plan.options)
+            if precision == "fp32":  # the strict gate, on seeded inputs at two batch sizes
+                parity = measure_encoder(backend, files, cases, enc.tokens_per_item, tolerance, **engine_opts)
+            else:  # drift against PyTorch on held-out real inputs, held to the budget
+                parity = measure_encoder(backend, files, eval_cases, enc.tokens_per_item, budget, **engine_opts)
+            passed, why = verdict(parity.metrics, parity.tolerance)
+            size = sum(f.stat().st_size for f in files)
+            trial = Trial(precision, size, {"latency_ms": _latency_ms(backend, files, timing_input, **engine_opts)},
+                          parity.metrics, parity.tolerance, passed, why)
+            tried[precision] = _EncoderCandidate(trial, files, parity, method)
+            return trial
+
+        candidates = plan.candidates(fmt)
+        kept, trials = first_within_budget(candidates, evaluate)
+        if kept is None:
+            last = trials[-1]
+            key, value, limit = violations(last.metrics, last.tolerance)[0]
+            raise ParityError(
+                f"{enc.component} ({fmt} {last.precision})", key, value, limit,
+                hint="Raise the budget (--max-drift encoder.cosine_min=...) or choose a larger precision "
+                     "(--quantize encoder=fp16)." if last.precision != "fp32" else None,
+            )
+        chosen = tried[kept.precision]
+        rel_files = []
+        for f in chosen.files:
+            rel = f"{enc.component}{f.suffix}"
+            shutil.copyfile(f, writer.path(rel))
+            rel_files.append(rel)
+        quantization = None
+        if kept.precision != "fp32" or len(candidates) > 1:
+            quantization = {"precision": kept.precision, **chosen.method, "speed": kept.speed, "bytes": kept.bytes}
+            if calib is not None:
+                quantization["calibration"] = calib.description
+            if len(candidates) > 1:
+                quantization["trials"] = [t.as_dict() for t in trials]
+        artifacts[fmt] = Artifact(format=fmt, files=rel_files, precision=kept.precision, parity=chosen.parity,
+                                  quantization=quantization, details={"opset": OPSET} if fmt == "onnx" else {})
     return Component(
         role="encoder",
         modality=enc.modality,
@@ -90,14 +171,21 @@ def export_bundle(
     *,
     encoder_formats: Iterable[str] = ENCODER_FORMATS,
     llm_dtype: str = "f16",
+    quantize: str | None = None,
+    max_drift: list[str] | dict[str, dict[str, float]] | None = None,
+    calibration: str | Path | None = None,
+    llm_gguf: str | Path | None = None,
+    int4_mode: str = "sym",
+    int4_group_size: int = 128,
     force: bool = False,
     encoder_tolerance: dict[str, float] | None = None,
-    llm_drift_tolerance: dict[str, float] | None = None,
     step: Step | None = None,
 ) -> Manifest:
     """Export ``model_dir`` (a local HF folder) into the bundle folder ``out_dir``.
 
-    ``step`` receives a short message as each stage starts (the CLI shows them as progress).
+    ``quantize`` is the ``--quantize`` text (``auto``, or ``encoder=int8,llm=q4_k_m`` ...);
+    ``max_drift`` the ``--max-drift`` items (or a ready budget dict); ``llm_gguf`` an existing
+    GGUF to use as the LLM. ``step`` receives a short message as each stage starts.
     """
     step = step or (lambda _msg: None)
     model_dir = Path(model_dir)
@@ -108,6 +196,13 @@ def export_bundle(
                           hint=f"Choose from: {', '.join(ENCODER_FORMATS)}.")
     if llm_dtype not in LLM_DTYPES:
         raise ExportError(f"unknown LLM dtype '{llm_dtype}'.", hint=f"Choose from: {', '.join(LLM_DTYPES)}.")
+    parsed = parse_quantize(quantize, formats, llm_dtype)
+    if llm_gguf is not None and quantize and "llm" in quantize and parsed["llm"] != llm_dtype:
+        raise ExportError("--llm-gguf uses the GGUF as it is; it cannot be combined with --quantize llm=...")
+    budget = max_drift if isinstance(max_drift, dict) else parse_budget(max_drift)
+    plan = QuantPlan(encoder=parsed["encoder"], llm=parsed["llm"], budget=budget,
+                     calibration=Path(calibration) if calibration else None,
+                     options={"int4_mode": int4_mode, "int4_group_size": int4_group_size})
     family = family_for(model_dir)
     tolerance = dict(encoder_tolerance or ENCODER_TOLERANCE)
     started = time.perf_counter()
@@ -115,10 +210,14 @@ def export_bundle(
         step(f"loading {family.name} model from {model_dir}")
         loaded = _load(family, model_dir)
         layout = family.prompt_layout(loaded)
+        encoders = family.encoders(loaded)
+        n_embd = _llm_width(family, loaded)
+        if llm_gguf is not None:  # refuse a wrong GGUF before the long encoder work (and before any C call)
+            validate_existing_gguf(Path(llm_gguf), n_embd)
         components: dict[str, Component] = {}
         inputs: dict[str, ModalityInput] = {}
-        for enc in family.encoders(loaded):
-            components[enc.component] = _export_encoder(enc, writer, Path(scratch), formats, tolerance, step)
+        for enc in encoders:
+            components[enc.component] = _export_encoder(enc, writer, Path(scratch), plan, tolerance, step)
             inputs[enc.modality] = ModalityInput(
                 component=enc.component,
                 preprocessing=enc.preprocessing,
@@ -126,16 +225,21 @@ def export_bundle(
                 tokens_per_item=enc.tokens_per_item,
                 layout=enc.layout,
             )
-        llm_art, text = export_llm(family, loaded, layout, writer.path("llm.gguf"), llm_dtype,
-                                   drift_tolerance=llm_drift_tolerance, step=step)
-        n_embd = int(text.config.hidden_size)
+        if llm_gguf is not None:
+            llm_art = import_gguf(Path(llm_gguf), loaded, layout, writer.path("llm.gguf"), plan, n_embd, step=step)
+            text_type, n_vocab = llm_art.details["architecture"], int(llm_art.details["vocab_size"])
+            description = f"existing GGUF {Path(llm_gguf).name} ({text_type})"
+        else:
+            llm_art, text = export_llm(family, loaded, layout, writer.path("llm.gguf"), plan, step=step)
+            text_type, n_vocab = text.model_type, int(text.config.vocab_size)
+            description = f"{text.model_type} decoder, {llm_art.details['n_params'] / 1e6:.1f}M parameters"
         components["llm"] = Component(
             role="llm",
             modality="text",
             inputs=[TensorSpec(name="inputs_embeds", dtype="float32", shape=["tokens", n_embd])],
-            outputs=[TensorSpec(name="logits", dtype="float32", shape=["tokens", int(text.config.vocab_size)])],
+            outputs=[TensorSpec(name="logits", dtype="float32", shape=["tokens", n_vocab])],
             artifacts={"gguf": llm_art},
-            description=f"{text.model_type} decoder, {llm_art.details['n_params'] / 1e6:.1f}M parameters",
+            description=description,
         )
         config = read_config(model_dir)
         manifest = Manifest(
@@ -144,7 +248,7 @@ def export_bundle(
                 "model_type": config.get("model_type"),
                 "architectures": config.get("architectures", []),
                 "folder": model_dir.name,
-                "text_model_type": text.model_type,
+                "text_model_type": text_type,
                 "export_seconds": round(time.perf_counter() - started, 1),
             },
             components=components,
@@ -156,6 +260,11 @@ def export_bundle(
         step("writing manifest and moving the bundle into place")
         writer.commit(manifest)
     return manifest
+
+
+def _llm_width(family: Family, loaded: Loaded) -> int:
+    """The LLM's input embedding width (what every encoder + bridge must produce)."""
+    return int(loaded.model.get_input_embeddings().weight.shape[1])
 
 
 def _check_widths(manifest: Manifest, n_embd: int) -> None:

@@ -3,8 +3,8 @@
 - ONNX: ``torch.onnx.export(dynamo=True)`` at opset 20 (half the nodes of the legacy exporter
   and ~1.5x faster in onnxruntime here). A batch-1 example with a dynamic batch Dim silently
   fixes the batch at 1, so the example batch is 2. The file must pass ``onnx.checker``.
-- OpenVINO: converted from the ONNX file (the fastest path), saved *without* the default fp16
-  weight compression so the IR holds exactly the exported weights.
+- OpenVINO: converted from the ONNX file (the fastest path) by ``quantize.openvino_quant``, saved
+  *without* the default fp16 weight compression unless fp16 is asked for.
 - Parity: the artifact runs through edgebridge's own runtime backend (what users run), strict
   precision, on seeded inputs at two batch sizes, against the family's reference function.
 """
@@ -106,16 +106,6 @@ def export_onnx(enc: EncoderExport, path: Path, *, static_batch: int | None = No
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
         raise ExportError(f"the exported {enc.component} ONNX fails onnx.checker: {exc}") from exc
-
-
-def convert_openvino(onnx_path: Path, xml_path: Path) -> None:
-    import openvino as ov
-
-    try:
-        model = ov.convert_model(str(onnx_path))
-        ov.save_model(model, str(xml_path), compress_to_fp16=False)
-    except Exception as exc:
-        raise ExportError(f"OpenVINO could not convert {onnx_path.name}: {str(exc).splitlines()[0][:300]}") from exc
 
 
 def reference_outputs(enc: EncoderExport, batches: tuple[int, ...] = PARITY_BATCHES, seed: int = PARITY_SEED):

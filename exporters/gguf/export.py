@@ -1,36 +1,46 @@
-"""The LLM to GGUF, with its parity gates.
+"""The LLM to GGUF, with its parity gates and quantization.
 
 1. Write an f32 GGUF and hold it to transformers with strict llama.cpp settings (no flash
    attention, f32 KV cache) on seeded inputs: token ids alone, and tokens / injected embeddings /
    tokens in one sequence (how image embeddings reach the LLM). max-abs of logits <= 1e-3.
 2. Check the GGUF's tokenizer (llama.cpp's) against the HF tokenizer on a fixed text set:
    every id must match.
-3. For an f16 file, measure what users get (the runtime's default settings: flash attention,
-   f16 KV cache) against transformers, and hold it to a drift budget (top-1 agreement, KL).
+3. For any other precision (f16, q8_0 ... q4_0, or ``auto``), measure what users get: next-token
+   distributions at every position of a reference text set under the runtime's default settings,
+   against the f32 GGUF under the same settings (top-1 agreement, KL), held to the drift budget.
+
+``import_gguf`` takes a GGUF the user already has instead: validated in Python (architecture,
+tensors, embedding width) before llama.cpp sees it, then held to the same tokenizer check and to
+the drift budget against the HF text model.
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from edgebridge.errors import ParityError
+from edgebridge.errors import ExportError, ParityError
 from edgebridge.exporters.families.base import Family, Loaded
 from edgebridge.exporters.gguf.writer import TextModel, write_gguf
+from edgebridge.exporters.quantize import QuantPlan, Trial, first_within_budget, verdict
+from edgebridge.exporters.quantize.gguf_quant import quantize_gguf, tensor_types
 from edgebridge.manifest import Artifact, Parity, PromptLayout
 from edgebridge.parity import enforce, logit_metrics, violations
 from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
+from edgebridge.runtimes.llamacpp.gguf_check import check_expected, read_gguf_info
 
 STRICT_TOLERANCE = {"max_abs": 1e-3}
-# f16 weights + flash attention + f16 KV against the f32 reference (over all checked positions)
-DEFAULT_DRIFT_TOLERANCE = {"top1_agreement": 0.95, "kl_mean": 0.01}
 N_TOKENS = 24
 N_EMBEDS = 10
 SEED = 4321
+N_CTX = 256
 
 TOKENIZER_TEXTS = [
     "Hello world",
@@ -44,6 +54,17 @@ TOKENIZER_TEXTS = [
     "symbols #@%&()[]{} <tag> </tag> a+b=c",
 ]
 
+# The fixed reference text set for LLM drift: next-token distributions at every position.
+REFERENCE_TEXTS = [
+    "The quick brown fox jumps over the lazy dog. A photograph shows a cat sitting on a red chair next to "
+    "a window, with the afternoon sun falling across the floor.",
+    "Question: what is the capital of France? Answer: the capital of France is Paris, a city on the Seine.",
+    "Edge devices such as phones, cameras and cars run small language models so that answers arrive quickly "
+    "and private data never leaves the device. In 2024 there were 3 new chips and 12 new boards.",
+    "User: describe the image in one sentence.\nAssistant: a rocket lifts off from the launch pad into a "
+    "clear blue sky, leaving a trail of white smoke behind it.",
+]
+
 
 def text_logits(loaded: Loaded, input_ids: torch.Tensor | None = None,
                 inputs_embeds: torch.Tensor | None = None) -> np.ndarray:
@@ -53,7 +74,7 @@ def text_logits(loaded: Loaded, input_ids: torch.Tensor | None = None,
     return out.logits[0].float().numpy()
 
 
-def _reference_cases(loaded: Loaded, vocab_rows: int) -> tuple[list[dict[str, Any]], np.ndarray]:
+def _reference_cases(loaded: Loaded, vocab_rows: int) -> tuple[list[Any], np.ndarray]:
     """Seeded sequences and HF logits: ids only; ids + embeddings + ids."""
     gen = torch.Generator().manual_seed(SEED)
     embed = loaded.model.get_input_embeddings()
@@ -76,12 +97,13 @@ def _reference_cases(loaded: Loaded, vocab_rows: int) -> tuple[list[dict[str, An
 
 
 def run_llamacpp(llm: LlamaCppLLM, cases: list[list[tuple[str, np.ndarray]]]) -> np.ndarray:
+    """All-position logits of each case (a list of token / embedding segments), concatenated."""
     rows = []
     for case in cases:
         llm.reset()
         for kind, data in case:
             if kind == "tokens":
-                rows.append(llm.eval_tokens(data.tolist(), logits="all"))
+                rows.append(llm.eval_tokens(np.asarray(data).tolist(), logits="all"))
             else:
                 rows.append(llm.eval_embeddings(data, logits="all"))
     return np.concatenate(rows)
@@ -91,68 +113,177 @@ def tokenizer_mismatches(llm: LlamaCppLLM, tokenizer: Any, add_bos: bool) -> lis
     bad = []
     for text in TOKENIZER_TEXTS:
         ref = tokenizer(text, add_special_tokens=True)["input_ids"]
-        got = llm.tokenize(text, add_bos=add_bos)
-        if list(ref) != got:
+        if list(ref) != llm.tokenize(text, add_bos=add_bos):
             bad.append(text)
     return bad
 
 
-def measure(path: Path, settings: LlamaSettings, cases, reference: np.ndarray, tolerance: dict[str, float],
-            label: str) -> Parity:
+def _tokenizer_of(loaded: Loaded) -> Any:
+    return loaded.processor.tokenizer if hasattr(loaded.processor, "tokenizer") else loaded.processor
+
+
+def _check_tokenizer(llm: LlamaCppLLM, loaded: Loaded, layout: PromptLayout, pre: str) -> None:
+    bad = tokenizer_mismatches(llm, _tokenizer_of(loaded), layout.add_bos)
+    if bad:
+        raise ParityError(
+            "llm tokenizer", "texts tokenized differently", len(bad), 0,
+            hint=f"llama.cpp's '{pre}' tokenizer disagrees with the HF tokenizer on: {bad[0]!r}.",
+        )
+
+
+def _measure(path: Path, settings: LlamaSettings, cases, reference: np.ndarray, tolerance: dict[str, float],
+             label: str, reference_name: str = "pytorch") -> Parity:
     with LlamaCppLLM(path, settings) as llm:
         metrics = logit_metrics(run_llamacpp(llm, cases), reference)
         report = llm.report.as_dict()
-    return Parity(
-        reference="pytorch",
-        metrics=metrics,
-        tolerance=dict(tolerance),
-        passed=not violations(metrics, tolerance),
-        settings={"llama_settings": label, **report},
-        samples=int(reference.shape[0]),
-    )
+    return Parity(reference=reference_name, metrics=metrics, tolerance=dict(tolerance),
+                  passed=not violations(metrics, tolerance), settings={"llama_settings": label, **report},
+                  samples=int(reference.shape[0]))
 
 
-def export_llm(
-    family: Family,
-    loaded: Loaded,
-    layout: PromptLayout,
-    out_path: Path,
-    dtype: str,
-    *,
-    drift_tolerance: dict[str, float] | None = None,
-    step: Callable[[str], None] = lambda _: None,
-) -> tuple[Artifact, TextModel]:
-    """Write the LLM GGUF at ``out_path`` in ``dtype`` ("f32" or "f16"), gated; returns its artifact."""
+def reference_text_cases(path: Path, add_bos: bool) -> list[list[tuple[str, np.ndarray]]]:
+    """The reference texts tokenized by the GGUF's own tokenizer (one case per text)."""
+    with LlamaCppLLM(path, LlamaSettings(n_ctx=N_CTX)) as llm:
+        return [[("tokens", np.asarray(llm.tokenize(t, add_bos=add_bos)[: N_CTX - 1]))] for t in REFERENCE_TEXTS]
+
+
+def _speed(path: Path, cases) -> dict[str, float]:
+    """Prefill tokens/s over the reference texts and greedy decode tokens/s (16 steps), default settings."""
+    with LlamaCppLLM(path, LlamaSettings(n_ctx=N_CTX)) as llm:
+        tokens = [int(t) for case in cases for kind, data in case for t in data][: N_CTX // 2]
+        llm.eval_tokens(tokens, logits="none")  # warm-up
+        llm.reset()
+        start = time.perf_counter()
+        logits = llm.eval_tokens(tokens)
+        prefill = time.perf_counter() - start
+        start = time.perf_counter()
+        for _ in range(16):
+            logits = llm.eval_tokens([int(np.argmax(logits))])
+        decode = time.perf_counter() - start
+    return {"prefill_tokens_per_s": round(len(tokens) / prefill, 1), "decode_tokens_per_s": round(16 / decode, 1)}
+
+
+@dataclass
+class _Candidate:
+    trial: Trial
+    path: Path
+    parity: Parity
+    method: dict[str, Any]
+
+
+def export_llm(family: Family, loaded: Loaded, layout: PromptLayout, out_path: Path, plan: QuantPlan, *,
+               step: Callable[[str], None] = lambda _: None) -> tuple[Artifact, TextModel]:
+    """Write the gated LLM GGUF at ``out_path`` at the plan's precision (or the one ``auto`` picks)."""
     text = family.text_model(loaded)
-    tokenizer = loaded.processor.tokenizer if hasattr(loaded.processor, "tokenizer") else loaded.processor
-    vocab_rows = min(len(tokenizer), text.config.vocab_size)
+    vocab_rows = min(len(_tokenizer_of(loaded)), text.config.vocab_size)
     cases, reference = _reference_cases(loaded, vocab_rows)
-    n_ctx = 128
     with tempfile.TemporaryDirectory(prefix="edgebridge-gguf-") as scratch:
-        f32_path = out_path if dtype == "f32" else Path(scratch) / "llm-f32.gguf"
+        scratch = Path(scratch)
+        f32_path = scratch / "llm-f32.gguf"
         step("writing f32 GGUF")
         details = write_gguf(text, f32_path, "f32")
         step("checking GGUF f32 logits against transformers (strict settings)")
-        strict = measure(f32_path, LlamaSettings.strict(n_ctx=n_ctx), cases, reference, STRICT_TOLERANCE, "strict")
+        strict = _measure(f32_path, LlamaSettings.strict(n_ctx=N_CTX), cases, reference, STRICT_TOLERANCE, "strict")
         enforce("llm (GGUF f32, strict llama.cpp settings)", strict.metrics, STRICT_TOLERANCE)
-        with LlamaCppLLM(f32_path, LlamaSettings.strict(n_ctx=n_ctx)) as llm:
-            bad = tokenizer_mismatches(llm, tokenizer, layout.add_bos)
-        if bad:
-            raise ParityError(
-                "llm tokenizer", "texts tokenized differently", len(bad), 0,
-                hint=f"llama.cpp's '{text.vocab.pre}' pre-tokenizer disagrees with the HF tokenizer on: {bad[0]!r}.",
-            )
+        with LlamaCppLLM(f32_path, LlamaSettings.strict(n_ctx=N_CTX)) as llm:
+            _check_tokenizer(llm, loaded, layout, text.vocab.pre)
         checks = {"strict_f32": strict.__dict__, "tokenizer_texts_matched": len(TOKENIZER_TEXTS)}
-        if dtype == "f32":
-            parity = strict
-        else:
-            step(f"writing {dtype} GGUF")
-            details = write_gguf(text, out_path, dtype)
-            step(f"measuring {dtype} GGUF drift (default llama.cpp settings)")
-            tol = drift_tolerance or DEFAULT_DRIFT_TOLERANCE
-            parity = measure(out_path, LlamaSettings(n_ctx=n_ctx), cases, reference, tol, "default")
-            enforce(f"llm (GGUF {dtype}, default llama.cpp settings)", parity.metrics, tol,
-                    hint="Export with --llm-dtype f32, or raise the budget with --max-drift llm=...")
+        candidates = plan.candidates("llm")
+        if candidates == ["f32"]:
+            shutil.copyfile(f32_path, out_path)
+            details["checks"] = checks
+            return Artifact(format="gguf", files=[out_path.name], precision="f32", parity=strict,
+                            details=details), text
+        text_cases = reference_text_cases(f32_path, layout.add_bos)
+        with LlamaCppLLM(f32_path, LlamaSettings(n_ctx=N_CTX)) as llm:
+            ref_logits = run_llamacpp(llm, text_cases)
+        budget = plan.budget["llm"]
+        tried: dict[str, _Candidate] = {}
+
+        def evaluate(precision: str) -> Trial:
+            step(f"LLM {precision}: writing and measuring drift against the f32 GGUF")
+            path = scratch / f"llm-{precision}.gguf"
+            if precision == "f32":
+                shutil.copyfile(f32_path, path)
+                method: dict[str, Any] = {"method": "none"}
+            elif precision == "f16":
+                write_gguf(text, path, "f16")
+                method = {"method": "edgebridge gguf writer", "tensor_types": tensor_types(path)}
+            else:
+                method = quantize_gguf(f32_path, path, precision)
+            parity = _measure(path, LlamaSettings(n_ctx=N_CTX), text_cases, ref_logits, budget, "default",
+                              reference_name="gguf-f32")
+            passed, why = verdict(parity.metrics, budget)
+            trial = Trial(precision, path.stat().st_size, _speed(path, text_cases), parity.metrics, dict(budget),
+                          passed, why)
+            tried[precision] = _Candidate(trial, path, parity, method)
+            return trial
+
+        kept, trials = first_within_budget(candidates, evaluate)
+        if kept is None:
+            last = trials[-1]
+            key, value, limit = violations(last.metrics, budget)[0]
+            raise ParityError(f"llm (GGUF {last.precision})", key, value, limit,
+                              hint="Raise the budget (--max-drift llm.kl_mean=..., llm.top1_agreement=...) "
+                                   "or choose a larger precision (--quantize llm=q8_0).")
+        chosen = tried[kept.precision]
+        shutil.copyfile(chosen.path, out_path)
     details["checks"] = checks
-    artifact = Artifact(format="gguf", files=[out_path.name], precision=dtype, parity=parity, details=details)
+    details["tensor_types"] = _type_counts(chosen.method.get("tensor_types") or tensor_types(out_path))
+    quantization = {
+        "precision": kept.precision,
+        **{k: v for k, v in chosen.method.items() if k != "tensor_type_counts"},
+        "drift_reference": "f32 GGUF, default llama.cpp settings, reference text set",
+        "reference_positions": int(ref_logits.shape[0]),
+        "speed": kept.speed,
+        "bytes": kept.bytes,
+    }
+    if len(candidates) > 1:
+        quantization["trials"] = [t.as_dict() for t in trials]
+    artifact = Artifact(format="gguf", files=[out_path.name], precision=kept.precision, parity=chosen.parity,
+                        quantization=quantization, details=details)
     return artifact, text
+
+
+def _type_counts(types: dict[str, str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in types.values():
+        counts[t] = counts.get(t, 0) + 1
+    return counts
+
+
+def import_gguf(gguf_path: Path, loaded: Loaded, layout: PromptLayout, out_path: Path, plan: QuantPlan,
+                n_embd: int, *, step: Callable[[str], None] = lambda _: None) -> Artifact:
+    """Use an existing GGUF as the bundle's LLM, validated and held to the drift budget vs transformers."""
+    gguf_path = Path(gguf_path)
+    step(f"validating {gguf_path.name}")
+    info = read_gguf_info(gguf_path)  # Python only: nothing reaches llama.cpp before these checks
+    check_expected(info, gguf_path, n_embd=n_embd)
+    step("checking the GGUF tokenizer against the HF tokenizer")
+    with LlamaCppLLM(gguf_path, LlamaSettings.strict(n_ctx=N_CTX)) as llm:
+        _check_tokenizer(llm, loaded, layout, "gguf")
+        cases = [[("tokens", np.asarray(llm.tokenize(t, add_bos=layout.add_bos)[: N_CTX - 1]))]
+                 for t in REFERENCE_TEXTS]
+    step("measuring the GGUF's drift against the HF text model")
+    reference = np.concatenate([text_logits(loaded, input_ids=torch.from_numpy(c[0][1]).long()[None]) for c in cases])
+    budget = plan.budget["llm"]
+    parity = _measure(gguf_path, LlamaSettings(n_ctx=N_CTX), cases, reference, budget, "default")
+    enforce(f"llm (existing GGUF {gguf_path.name})", parity.metrics, budget,
+            hint="The GGUF does not behave like the HF folder's text model; pass the matching GGUF, or raise "
+                 "the budget with --max-drift llm.kl_mean=...")
+    shutil.copyfile(gguf_path, out_path)
+    precision = max((k for k in info.tensor_types if k not in ("f32",)), key=info.tensor_types.get, default="f32")
+    return Artifact(
+        format="gguf", files=[out_path.name], precision=precision, parity=parity,
+        quantization={"precision": precision, "method": "existing GGUF", "source": gguf_path.name,
+                      "speed": _speed(out_path, cases)},
+        details={**info.as_dict(), "n_ctx_train": info.n_ctx_train,
+                 "checks": {"tokenizer_texts_matched": len(TOKENIZER_TEXTS)}},
+    )
+
+
+def validate_existing_gguf(path: Path, n_embd: int) -> None:
+    """Python-only checks of a user GGUF (raise before any export work or C call)."""
+    if not Path(path).is_file():
+        raise ExportError(f"--llm-gguf file '{path}' does not exist.")
+    check_expected(read_gguf_info(Path(path)), Path(path), n_embd=n_embd)

@@ -1,0 +1,150 @@
+"""Per-component quantization: what to try, the drift budget, and the search for ``auto``.
+
+``--quantize`` takes ``auto`` or comma-separated ``COMPONENT=PRECISION`` pairs, where COMPONENT
+is ``encoder`` (every encoder + bridge graph, both formats), ``encoder.onnx`` /
+``encoder.openvino`` (one format) or ``llm``; PRECISION may be ``auto``.
+
+``--max-drift`` takes ``COMPONENT.METRIC=VALUE`` pairs (``encoder.cosine_min=0.99``,
+``llm.kl_mean=0.05``). Defaults (``DEFAULT_BUDGET``):
+
+- encoder: worst-vector cosine >= 0.99 against PyTorch on held-out photos;
+- llm: top-1 agreement >= 0.90 and mean KL <= 0.05 nats against the f32 GGUF on the reference
+  text set (next-token distributions at every position).
+
+``auto`` tries each component's candidates from smallest/fastest to largest (``AUTO_ORDER``)
+and keeps the first within budget; every trial (size, latency, drift, verdict) is recorded.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from edgebridge.errors import ExportError
+from edgebridge.exporters.quantize.gguf_quant import LLM_FTYPES
+from edgebridge.exporters.quantize.onnx_quant import PRECISIONS as ONNX_PRECISIONS
+from edgebridge.exporters.quantize.openvino_quant import PRECISIONS as OPENVINO_PRECISIONS
+from edgebridge.parity import LOWER_BOUNDS, UPPER_BOUNDS, violations
+
+ENCODER_PRECISIONS = {"onnx": ONNX_PRECISIONS, "openvino": OPENVINO_PRECISIONS}
+LLM_PRECISIONS = ("f32", "f16", *LLM_FTYPES)
+AUTO_ORDER = {
+    "onnx": ["int8-static", "int8", "fp16", "fp32"],
+    "openvino": ["int4", "int8-static", "int8", "fp16", "fp32"],
+    "llm": ["q4_0", "q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16", "f32"],
+}
+DEFAULT_BUDGET: dict[str, dict[str, float]] = {
+    "encoder": {"cosine_min": 0.99},
+    "llm": {"top1_agreement": 0.90, "kl_mean": 0.05},
+}
+
+
+@dataclass
+class QuantPlan:
+    """Precision per encoder format and for the LLM (``auto`` allowed), and the drift budget."""
+
+    encoder: dict[str, str]
+    llm: str
+    budget: dict[str, dict[str, float]] = field(default_factory=lambda: copy.deepcopy(DEFAULT_BUDGET))
+    calibration: Path | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # int4_mode, int4_group_size
+
+    def candidates(self, target: str) -> list[str]:
+        """The precisions to try for ``target`` ("onnx", "openvino" or "llm"), in order."""
+        precision = self.llm if target == "llm" else self.encoder[target]
+        return list(AUTO_ORDER[target]) if precision == "auto" else [precision]
+
+    @property
+    def quantizes_encoders(self) -> bool:
+        return any(p != "fp32" for p in self.encoder.values())
+
+
+def parse_quantize(spec: str | None, formats: tuple[str, ...], llm_dtype: str = "f16") -> dict[str, Any]:
+    """``--quantize`` text -> ``{"encoder": {format: precision}, "llm": precision}``."""
+    encoder = {fmt: "fp32" for fmt in formats}
+    llm = llm_dtype
+    if spec and spec.strip() == "auto":
+        return {"encoder": {fmt: "auto" for fmt in formats}, "llm": "auto"}
+    for item in filter(None, (s.strip() for s in (spec or "").split(","))):
+        if "=" not in item:
+            raise ExportError(f"--quantize item '{item}' is not COMPONENT=PRECISION.",
+                              hint="Example: --quantize encoder=int8,llm=q4_k_m (or --quantize auto).")
+        key, precision = (s.strip().lower() for s in item.split("=", 1))
+        if key == "llm":
+            if precision not in (*LLM_PRECISIONS, "auto"):
+                raise ExportError(f"unknown LLM precision '{precision}'.",
+                                  hint=f"Choose from: {', '.join(LLM_PRECISIONS)}, auto.")
+            llm = precision
+            continue
+        targets = formats if key == "encoder" else (key.split(".", 1)[1],) if key.startswith("encoder.") else ()
+        if not targets:
+            raise ExportError(f"unknown --quantize component '{key}'.",
+                              hint="Use encoder, encoder.onnx, encoder.openvino or llm.")
+        for fmt in targets:
+            if fmt not in formats:
+                raise ExportError(f"--quantize names {key}, but the export writes no {fmt} encoder.",
+                                  hint="Add it with --encoder-format.")
+            if precision not in (*ENCODER_PRECISIONS[fmt], "auto"):
+                raise ExportError(f"{fmt} encoders cannot be quantized to '{precision}'.",
+                                  hint=f"{fmt} takes: {', '.join(ENCODER_PRECISIONS[fmt])}, auto.")
+            encoder[fmt] = precision
+    return {"encoder": encoder, "llm": llm}
+
+
+def parse_budget(items: list[str] | None) -> dict[str, dict[str, float]]:
+    """``--max-drift`` items -> the budget, defaults filled in."""
+    budget = copy.deepcopy(DEFAULT_BUDGET)
+    for item in items or []:
+        for part in filter(None, (s.strip() for s in item.split(","))):
+            try:
+                key, value = part.split("=", 1)
+                component, metric = key.strip().split(".", 1)
+                number = float(value)
+            except ValueError:
+                raise ExportError(f"--max-drift item '{part}' is not COMPONENT.METRIC=VALUE.",
+                                  hint="Example: --max-drift encoder.cosine_min=0.99,llm.kl_mean=0.05") from None
+            if component not in budget:
+                raise ExportError(f"--max-drift names unknown component '{component}' (use encoder or llm).")
+            if metric not in UPPER_BOUNDS | LOWER_BOUNDS:
+                raise ExportError(f"--max-drift names unknown metric '{metric}'.",
+                                  hint=f"Metrics: {', '.join(sorted(UPPER_BOUNDS | LOWER_BOUNDS))}.")
+            budget[component][metric] = number
+    return budget
+
+
+@dataclass
+class Trial:
+    """One candidate precision tried: its size, speed, drift and verdict."""
+
+    precision: str
+    bytes: int
+    speed: dict[str, float]
+    metrics: dict[str, float]
+    tolerance: dict[str, float]
+    passed: bool
+    verdict: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def verdict(metrics: dict[str, float], tolerance: dict[str, float]) -> tuple[bool, str]:
+    broken = violations(metrics, tolerance)
+    if not broken:
+        return True, "within budget"
+    key, value, limit = broken[0]
+    sign = "<" if key in LOWER_BOUNDS else ">"
+    return False, f"{key} {value:.4g} {sign} {limit:.4g}"
+
+
+def first_within_budget(candidates: list[str], evaluate: Callable[[str], Trial]) -> tuple[Trial | None, list[Trial]]:
+    """Evaluate candidates in order until one passes; returns (the kept trial or None, all trials)."""
+    trials = []
+    for precision in candidates:
+        trial = evaluate(precision)
+        trials.append(trial)
+        if trial.passed:
+            return trial, trials
+    return None, trials

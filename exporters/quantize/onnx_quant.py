@@ -1,0 +1,87 @@
+"""ONNX encoder + bridge quantization with onnxruntime's own tools.
+
+| precision   | method                                                                          |
+|-------------|---------------------------------------------------------------------------------|
+| fp32        | the exported graph as is                                                        |
+| fp16        | ``onnxruntime.transformers.float16`` (weights and compute fp16, fp32 inputs/outputs) |
+| int8        | ``quantize_dynamic``: int8 weights of MatMul/Gemm, activations quantized at run time |
+| int8-static | ``quantize_static``, QDQ format: int8 weights (per channel), uint8 activations calibrated (MinMax) on the calibration set |
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from edgebridge.errors import ExportError
+from edgebridge.exporters.quantize.calibration import CalibrationSet
+
+PRECISIONS = ("fp32", "fp16", "int8", "int8-static")
+NEEDS_CALIBRATION = {"int8-static"}
+QUANTIZED_OPS = ["MatMul", "Gemm", "Conv"]
+
+
+def _preprocessed(src: Path, work: Path) -> Path:
+    """onnxruntime's recommended pre-processing (shape inference, graph clean-up) before quantizing."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out = work / "pre.onnx"
+    try:
+        quant_pre_process(str(src), str(out), skip_symbolic_shape=False)
+        return out
+    except Exception:  # symbolic shape inference does not know every op; quantize the graph as exported
+        return src
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over a list of input dicts."""
+
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        self._items = iter(items)
+
+    def get_next(self):
+        return next(self._items, None)
+
+    def rewind(self) -> None:  # pragma: no cover - not used by MinMax
+        pass
+
+
+def quantize_onnx(src: Path, dst: Path, precision: str, calib: CalibrationSet | None = None,
+                  **_: Any) -> dict[str, Any]:
+    """Write ``src`` at ``precision`` to ``dst``; returns the method description for the manifest."""
+    if precision not in PRECISIONS:
+        raise ExportError(f"ONNX encoders take precisions {', '.join(PRECISIONS)}, not '{precision}'.")
+    if precision == "fp32":
+        shutil.copyfile(src, dst)
+        return {"method": "none"}
+    try:
+        if precision == "fp16":
+            import onnx
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            onnx.save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True), str(dst))
+            return {"method": "onnxruntime.transformers.float16", "io_types": "float32"}
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+        with tempfile.TemporaryDirectory(prefix="edgebridge-ortq-") as work:
+            pre = _preprocessed(src, Path(work))
+            if precision == "int8":
+                quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+                return {"method": "onnxruntime.quantization.quantize_dynamic", "weights": "int8",
+                        "ops": ["MatMul", "Gemm"]}
+            if calib is None or not calib.calibrate:
+                raise ExportError("int8-static quantization needs a calibration set.")
+            quantize_static(
+                str(pre), str(dst), _Reader(calib.calibrate),
+                quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                per_channel=True, calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=QUANTIZED_OPS,
+            )
+            return {"method": "onnxruntime.quantization.quantize_static", "format": "QDQ", "weights": "int8 per-channel",
+                    "activations": "uint8", "calibration": "MinMax", "ops": QUANTIZED_OPS,
+                    "calibration_items": len(calib.calibrate)}
+    except ExportError:
+        raise
+    except Exception as exc:
+        raise ExportError(f"onnxruntime could not quantize the encoder to {precision}: {str(exc)[:300]}") from exc
