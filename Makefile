@@ -16,9 +16,24 @@ WHEEL_CACHE ?= $(HOME)/.cache/edgebridge/wheels
 LLAMA_WHEEL_DIR := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_VERSION)-$(LLAMA_KEY)
 STAMP := $(VENV)/.edgebridge-setup
 
+# Debian packages the tests and demos use: chromium (the HTML report is tested in a real browser),
+# espeak-ng (synthesized speech), alsa-utils (real voice recordings in its sounds folder).
+SYSTEM_PACKAGES := chromium espeak-ng alsa-utils
+
 .PHONY: setup llama-wheel system-deps test test-fast demo bench clean-venv
 
-setup: $(STAMP)
+setup: $(STAMP) system-deps
+
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "warning: missing Debian packages:$$missing; install them (as root: apt-get install$$missing)"; \
+	  fi; \
+	fi
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

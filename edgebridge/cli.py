@@ -167,6 +167,73 @@ def run(
     )
 
 
+# --- profile ---------------------------------------------------------------------------------
+
+
+def _split(values: List[str]) -> list[str]:
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+@app.command()
+def profile(
+    bundle: Path = typer.Argument(..., help="Bundle folder."),
+    output: Path = typer.Option(..., "-o", "--output", help="Folder for report.json and report.html."),
+    image: List[Path] = typer.Option([], "--image", "-i", help="Image file (repeat for several)."),
+    audio: List[Path] = typer.Option([], "--audio", "-a", help="WAV file (repeat for several)."),
+    prompt: str = typer.Option("", "--prompt", "-p"),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", "-n", min=1),
+    runs: int = typer.Option(5, min=1, help="Timed runs per configuration."),
+    warmup: int = typer.Option(1, min=0, help="Untimed runs first (excluded from statistics)."),
+    backend: List[str] = typer.Option(["onnxruntime"], help="Encoder backend(s), comma-separated or repeated."),
+    device: List[str] = typer.Option(["CPU"], help="Device(s): CPU, GPU, NPU, AUTO."),
+    threads: Optional[int] = typer.Option(None, help="Threads per engine (default: all available cores)."),
+    precision: str = typer.Option("f32", help="OpenVINO execution precision: f32, bf16, f16 or auto."),
+    baseline: List[str] = typer.Option([], help="torch and/or optimum-openvino (needs --model-dir)."),
+    model_dir: Optional[Path] = typer.Option(None, help="The Hugging Face folder the bundle came from."),
+) -> None:
+    """Profile a bundle over backends x devices (and baselines); write report.json and report.html."""
+    from edgebridge.profiling import Profiler
+    from edgebridge.profiling.runner import profile_bundle
+
+    progress, step, finish = _progress_step()
+    with progress:
+        try:
+            report = profile_bundle(bundle, prompt=prompt, images=[str(i) for i in image],
+                                    audio=[str(a) for a in audio], max_new_tokens=max_new_tokens, runs=runs,
+                                    warmup=warmup, backends=_split(backend), devices=_split(device), threads=threads,
+                                    precision=precision, baselines=_split(baseline), model_dir=model_dir, step=step)
+        finally:
+            finish()
+    paths = Profiler().write(output, report)
+    _print_profile(report)
+    out.print(f"[green]wrote[/green] {paths['json']} and {paths['html']}")
+
+
+def _print_profile(report: dict) -> None:
+    table = Table(title="profile (p50; per token p50 / p95)")
+    for col in ("configuration", "status", "load ms", "preprocess", "encode", "bridge", "prefill", "TTFT",
+                "per token", "decode tok/s", "peak RSS MB"):
+        table.add_column(col)
+    for c in report["configurations"]:
+        s = c["stages"]
+
+        def p50(stage: str) -> str:
+            v = (s.get(stage) or {}).get("p50")
+            return "-" if v is None else f"{v:,.1f}"
+
+        tok = s.get("per_token_ms") or {}
+        table.add_row(c["name"], c["status"] if not c.get("error") else f"{c['status']}: {c['error'][:60]}",
+                      p50("load_ms"), p50("preprocess_ms"),
+                      p50("encode_ms") if c["kind"] == "edgebridge" else p50("encode_bridge_ms"),
+                      p50("bridge_ms"), p50("prefill_ms"), p50("ttft_ms"),
+                      f"{tok['p50']:.2f} / {tok['p95']:.2f}" if tok.get("n") else "-", p50("decode_tokens_per_s"),
+                      f"{c['peak_rss_bytes'] / 1e6:,.0f}" if c.get("peak_rss_bytes") else "-")
+    out.print(table)
+    for comp in report["comparisons"]:
+        ratios = ", ".join(f"{k} {v['ratio']:.2f}x" for k, v in comp["ratios"].items())
+        out.print(f"{comp['configuration']} / {comp['baseline']}: {ratios}")
+
+
 # --- inspect ---------------------------------------------------------------------------------
 
 

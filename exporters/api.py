@@ -97,7 +97,7 @@ def _export_encoder(enc: EncoderExport, writer: BundleWriter, scratch: Path, pla
     onnx_fp32 = scratch / enc.component / "fp32.onnx"
     onnx_fp32.parent.mkdir(parents=True, exist_ok=True)
     step(f"{enc.component}: exporting ONNX (torch.onnx, dynamo, opset 20)")
-    export_onnx(enc, onnx_fp32)
+    bridge_nodes = export_onnx(enc, onnx_fp32)
     calib: CalibrationSet | None = None
     eval_cases: list[tuple[dict[str, np.ndarray], np.ndarray]] = []
     if plan.quantizes_encoders:
@@ -118,10 +118,11 @@ def _export_encoder(enc: EncoderExport, writer: BundleWriter, scratch: Path, pla
             step(f"{enc.component}: {fmt} {precision} (write, parity, latency)")
             files, method = _produce(fmt, precision, onnx_fp32, scratch / enc.component / fmt / precision,
                                      enc.component, calib, plan.options)
+            opts = {**engine_opts, "artifact_precision": precision}
             if precision == "fp32":  # the strict gate, on seeded inputs at two batch sizes
-                parity = measure_encoder(backend, files, cases, enc.tokens_per_item, tolerance, **engine_opts)
+                parity = measure_encoder(backend, files, cases, enc.tokens_per_item, tolerance, **opts)
             else:  # drift against PyTorch on held-out real inputs, held to the budget
-                parity = measure_encoder(backend, files, eval_cases, enc.tokens_per_item, budget, **engine_opts)
+                parity = measure_encoder(backend, files, eval_cases, enc.tokens_per_item, budget, **opts)
             passed, why = verdict(parity.metrics, parity.tolerance)
             size = sum(f.stat().st_size for f in files)
             trial = Trial(precision, size, {"latency_ms": _latency_ms(backend, files, timing_input, **engine_opts)},
@@ -160,7 +161,7 @@ def _export_encoder(enc: EncoderExport, writer: BundleWriter, scratch: Path, pla
         inputs=inputs,
         outputs=outputs,
         artifacts=artifacts,
-        bridge=enc.bridge,
+        bridge={**enc.bridge, "graph_nodes": bridge_nodes},
         description=enc.description,
     )
 

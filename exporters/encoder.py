@@ -70,8 +70,8 @@ def tensor_specs(enc: EncoderExport, static_batch: int | None = None) -> tuple[l
     return [spec(n, example[n]) for n in enc.input_names], [spec(enc.output_name, out)]
 
 
-def export_onnx(enc: EncoderExport, path: Path, *, static_batch: int | None = None) -> None:
-    """Write ``enc.module`` as ONNX; raises ``ExportError`` with the exporter's reason."""
+def export_onnx(enc: EncoderExport, path: Path, *, static_batch: int | None = None) -> list[str]:
+    """Write ``enc.module`` as ONNX; returns the bridge's node names. Raises ``ExportError``."""
     import onnx
 
     batch = static_batch or EXPORT_BATCH
@@ -102,10 +102,34 @@ def export_onnx(enc: EncoderExport, path: Path, *, static_batch: int | None = No
         raise ExportError(
             f"torch.onnx could not export {enc.component}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
         ) from exc
+    bridge_nodes = _strip_metadata(path, enc.bridge_scopes, enc.output_name)
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
         raise ExportError(f"the exported {enc.component} ONNX fails onnx.checker: {exc}") from exc
+    return bridge_nodes
+
+
+def _strip_metadata(path: Path, bridge_scopes: tuple[str, ...], output_name: str) -> list[str]:
+    """Drop torch's per-node debug metadata (stack traces hold local paths); return the bridge's nodes.
+
+    A node belongs to the bridge when its torch module scope starts with one of ``bridge_scopes``.
+    Profiles use these names to split encoder time from bridge time (engines keep node names, and
+    OpenVINO names the last node after the graph output, so that name is listed too).
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    bridge: list[str] = []
+    for node in model.graph.node:
+        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
+        if any(f"'{scope}'" in scopes or f"'{scope}." in scopes for scope in bridge_scopes):
+            bridge.append(node.name)
+        del node.metadata_props[:]
+    if bridge and any(output_name in n.output for n in model.graph.node if n.name == bridge[-1]):
+        bridge.append(output_name)
+    onnx.save(model, str(path))
+    return bridge
 
 
 def reference_outputs(enc: EncoderExport, batches: tuple[int, ...] = PARITY_BATCHES, seed: int = PARITY_SEED):
@@ -151,5 +175,5 @@ def measure_encoder(
         tolerance=dict(tolerance),
         passed=not violations(metrics, tolerance),
         settings={"backend": backend, **session.report.as_dict()},
-        samples=int(sum(r.shape[0] for _, r in cases)),
+        samples=int(sum(r.shape[0] * r.shape[1] for _, r in cases)),  # embedding vectors compared
     )

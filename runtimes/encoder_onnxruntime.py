@@ -35,8 +35,9 @@ def _choose_providers(device: str, available: list[str]) -> tuple[list[str], str
 class OnnxRuntimeEncoder:
     backend = "onnxruntime"
 
-    def __init__(self, files: list[Path], *, device: str = "CPU", threads: int | None = None, precision: str = "fp32",
-                 **_: object) -> None:
+    def __init__(self, files: list[Path], *, device: str = "CPU", threads: int | None = None,
+                 artifact_precision: str = "fp32", **_: object) -> None:
+        # onnxruntime executes the graph at the precision it was saved in (no precision hint)
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - a dependency of the package
@@ -58,12 +59,13 @@ class OnnxRuntimeEncoder:
                 f"onnxruntime cannot load '{path.name}': {str(exc).splitlines()[0][:300]}",
                 hint="The ONNX file is corrupt or truncated; re-export the bundle.",
             ) from None
+        self._path, self._opts, self._providers = path, opts, providers
         ran = self.session.get_providers()[0]
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.report = DeviceReport(
             requested=device,
             executed=_PROVIDER_DEVICE.get(ran, ran),
-            precision=precision,
+            precision=artifact_precision,
             fallback_reason=reason,
             details={"provider": ran, "threads": opts.intra_op_num_threads},
         )
@@ -73,6 +75,36 @@ class OnnxRuntimeEncoder:
             return self.session.run(None, inputs)
         except Exception as exc:
             raise BackendError(f"onnxruntime failed to run the encoder: {str(exc).splitlines()[0][:300]}") from None
+
+    def node_times(self, inputs: dict[str, np.ndarray]) -> list[tuple[str, float]]:
+        """(node name, microseconds) in execution order for one run, from onnxruntime's profiler.
+
+        Uses a second, profiling-enabled session with the same options (profiling costs time,
+        so the timed session stays as it is).
+        """
+        import json
+        import tempfile
+
+        import onnxruntime as ort
+
+        with tempfile.TemporaryDirectory(prefix="edgebridge-ortprof-") as tmp:
+            opts = ort.SessionOptions()
+            opts.graph_optimization_level = self._opts.graph_optimization_level
+            opts.intra_op_num_threads = self._opts.intra_op_num_threads
+            opts.inter_op_num_threads = 1
+            opts.log_severity_level = 3
+            opts.enable_profiling = True
+            opts.profile_file_prefix = str(Path(tmp) / "ort")
+            session = ort.InferenceSession(str(self._path), opts, providers=self._providers)
+            session.run(None, inputs)  # warm-up
+            session.run(None, inputs)
+            events = json.loads(Path(session.end_profiling()).read_text())
+        runs = [e for e in events if e.get("name") == "model_run"]
+        last = runs[-1]
+        start, end = last["ts"], last["ts"] + last["dur"]
+        nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+                 and start <= e["ts"] <= end]
+        return [(e["name"][: -len("_kernel_time")], float(e["dur"])) for e in sorted(nodes, key=lambda e: e["ts"])]
 
 
 @register_encoder("onnxruntime", artifact_format="onnx")

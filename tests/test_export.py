@@ -30,10 +30,14 @@ def test_bundle_contents_and_recorded_parity(clip_llama_f16):
         parity = enc.artifacts[fmt].parity
         assert parity.passed and parity.tolerance == {"max_abs": 1e-4, "cosine_min": 0.99999}
         assert parity.metrics["max_abs"] <= 1e-4 and parity.metrics["cosine_min"] >= 0.99999
-        assert parity.samples == 5  # batches of 2 and 3
+        assert parity.samples == 5 * 64  # batches of 2 and 3, 64 embedding vectors each
     assert enc.artifacts["openvino"].parity.settings["precision"] == "f32"
-    assert enc.bridge == {"type": "mlp", "survey_group": "converter", "feature_layer": -2,
-                          "select_strategy": "default"}
+    assert {k: v for k, v in enc.bridge.items() if k != "graph_nodes"} == {
+        "type": "mlp", "survey_group": "converter", "feature_layer": -2, "select_strategy": "default"}
+    # the projector's nodes (two linear layers and the activation), for splitting profiles
+    assert len(enc.bridge["graph_nodes"]) >= 5 and enc.bridge["graph_nodes"][-1] == "image_embeds"
+    graph = onnx.load(str(clip_llama_f16.bundle / "vision_encoder.onnx")).graph
+    assert not any(n.metadata_props for n in graph.node)  # no torch stack traces (local paths) in bundles
     llm = m.components["llm"].artifacts["gguf"]
     assert llm.precision == "f16" and llm.details["tensor_types"]["f16"] > 0
     strict = llm.details["checks"]["strict_f32"]

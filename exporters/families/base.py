@@ -47,6 +47,7 @@ class EncoderExport:
     bridge: dict[str, Any]
     layout: dict[str, Any] = field(default_factory=lambda: {"kind": "repeat"})
     description: str = ""
+    bridge_scopes: tuple[str, ...] = ()  # attribute names of the bridge sub-modules inside ``module``
 
 
 @dataclass

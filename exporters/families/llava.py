@@ -103,6 +103,7 @@ class LlavaFamily(Family):
                 bridge={**self.bridge_info(), "feature_layer": cfg.vision_feature_layer,
                         "select_strategy": cfg.vision_feature_select_strategy},
                 description=f"{cfg.vision_config.model_type} vision tower + MLP projector",
+                bridge_scopes=("projector",),
             )
         ]
 

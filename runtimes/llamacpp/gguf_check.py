@@ -32,6 +32,19 @@ class GgufInfo:
     tensor_types: dict[str, int]
     n_tensors: int
     name: str | None
+    n_head: int = 0
+    n_head_kv: int = 0
+    head_dim: int = 0
+    weight_bytes: int = 0  # every tensor's data
+    token_embd_bytes: int = 0
+    output_tied: bool = False  # no output.weight: token_embd doubles as the output matrix
+
+    def bytes_read_per_token(self, n_past: int, kv_bytes_per_value: float) -> float:
+        """Bytes a decode step reads: every weight except the embedding rows it does not gather
+        (one row; all of it when tied to the output), plus the K and V caches up to ``n_past``."""
+        weights = self.weight_bytes - (0 if self.output_tied else self.token_embd_bytes)
+        kv = 2 * self.n_layer * self.n_head_kv * self.head_dim * n_past * kv_bytes_per_value
+        return float(weights + kv)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -65,14 +78,21 @@ def read_gguf_info(path: Path) -> GgufInfo:
         size = path.stat().st_size
         types: dict[str, int] = {}
         names = set()
+        weight_bytes = embd_bytes = 0
         for t in reader.tensors:
             end = int(t.data_offset) + int(t.n_bytes)
             if end > size:
                 raise ValueError(f"tensor {t.name} extends past the end of the file")
             types[t.tensor_type.name.lower()] = types.get(t.tensor_type.name.lower(), 0) + 1
             names.add(t.name)
+            weight_bytes += int(t.n_bytes)
+            if t.name == "token_embd.weight":
+                embd_bytes = int(t.n_bytes)
         n_embd = _field(reader, f"{arch}.embedding_length")
         n_layer = _field(reader, f"{arch}.block_count")
+        n_head = int(_field(reader, f"{arch}.attention.head_count") or 0)
+        n_head_kv = int(_field(reader, f"{arch}.attention.head_count_kv") or n_head)
+        key_length = _field(reader, f"{arch}.attention.key_length")
         info = GgufInfo(
             architecture=arch,
             n_embd=int(n_embd) if n_embd is not None else -1,
@@ -83,6 +103,12 @@ def read_gguf_info(path: Path) -> GgufInfo:
             tensor_types=types,
             n_tensors=len(reader.tensors),
             name=_field(reader, "general.name"),
+            n_head=n_head,
+            n_head_kv=n_head_kv,
+            head_dim=int(key_length) if key_length else (int(n_embd) // n_head if n_head and n_embd else 0),
+            weight_bytes=weight_bytes,
+            token_embd_bytes=embd_bytes,
+            output_tied="output.weight" not in names,
         )
     except CorruptArtifactError:
         raise

@@ -157,7 +157,8 @@ class LlamaCppLLM:
                 f"this llama.cpp build has no {requested} backend (has: {', '.join(info['backends'])})"
                 if requested not in ("CPU", "AUTO") and not gpu_backends else None
             ),
-            details={"cpu_variant": info["cpu_variant"], "threads": threads, "flash_attn": s.flash_attn,
+            details={"tensor_types": dict(self.info.tensor_types), "cpu_variant": info["cpu_variant"],
+                     "threads": threads, "flash_attn": s.flash_attn,
                      "kv_type": s.kv_type, "n_ctx": self.n_ctx, "n_batch": self.n_batch},
         )
 
@@ -165,9 +166,16 @@ class LlamaCppLLM:
 
     @property
     def precision(self) -> str:
-        types = self.info.tensor_types
-        quant = {k: v for k, v in types.items() if k not in ("f32",)}
-        return max(quant, key=quant.get) if quant else "f32"
+        """The GGUF's file type (``q4_k_m``, ``f16`` ...); tensors llama.cpp could not give that type
+        fell back to others, listed in the report's ``tensor_types``."""
+        import gguf
+
+        try:
+            name = gguf.LlamaFileType(int(self.info.file_type)).name
+            return name.replace("MOSTLY_", "").replace("ALL_", "").lower()
+        except (TypeError, ValueError):  # no or unknown general.file_type: the most common weight type
+            quant = {k: v for k, v in self.info.tensor_types.items() if k != "f32"}
+            return max(quant, key=quant.get) if quant else "f32"
 
     # --- tokens ----------------------------------------------------------------------------
 

@@ -1,0 +1,243 @@
+"""Quantization: every precision of every engine exports, loads, runs, and records its drift.
+
+Tiny random models (64 wide, std-0.15 weights) are far harder to quantize than real ones: a
+64-wide row cannot take K-quants (llama.cpp falls back), and int4 groups hold few weights. So the
+exports here use a loose drift budget, and the tests check the recorded drift lies in the range
+each precision gives on such models, and that the ranking of precisions is the expected one.
+"""
+
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgebridge import Pipeline
+from edgebridge.bundle import Bundle
+from edgebridge.errors import CorruptArtifactError, ExportError, ParityError
+from edgebridge.exporters.api import export_bundle
+from edgebridge.exporters.quantize import DEFAULT_BUDGET, parse_budget, parse_quantize
+from edgebridge.runtimes.llamacpp import LlamaSettings
+from tests.conftest import PROMPT, run_cli, tiny_llava
+from tests.reference import hf_reference
+
+pytestmark = pytest.mark.slow
+
+LOOSE = ["encoder.cosine_min=0.7", "llm.top1_agreement=0.3", "llm.kl_mean=1.0"]
+PLANS = {
+    "a": "encoder.onnx=fp16,encoder.openvino=int4,llm=q4_0",
+    "b": "encoder.onnx=int8,encoder.openvino=int8,llm=q4_k_m",
+    "c": "encoder.onnx=int8-static,encoder.openvino=int8-static,llm=q5_k_m",
+    "d": "encoder.openvino=fp16,llm=q6_k",
+    "e": "llm=q8_0",
+}
+# worst-vector cosine each encoder precision reaches on the tiny model (fp32 is the strict gate)
+ENCODER_FLOOR = {"fp32": 0.99999, "fp16": 0.9999, "int8": 0.95, "int8-static": 0.9, "int4": 0.75}
+
+
+@pytest.fixture(scope="module")
+def calib_dir(tmp_path_factory):
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("calib")
+    for name in ("astronaut", "coffee", "rocket", "chelsea", "immunohistochemistry", "colorwheel"):
+        Image.fromarray(getattr(data, name)()).save(folder / f"{name}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def quantized(workdir, calib_dir):
+    model = tiny_llava(workdir, ("clip", "llama"))
+    bundles = {}
+    for key, plan in PLANS.items():
+        target = workdir / f"quant-{key}"
+        if not target.exists():
+            export_bundle(model, target, quantize=plan, max_drift=LOOSE,
+                          calibration=calib_dir if key == "c" else None)
+        bundles[key] = Bundle.open(target)
+    return bundles
+
+
+def _artifacts(quantized):
+    for key, bundle in quantized.items():
+        for name, comp in bundle.manifest.components.items():
+            for fmt, art in comp.artifacts.items():
+                yield key, bundle, name, fmt, art
+
+
+def test_every_precision_is_covered(quantized):
+    seen = {(fmt, art.precision) for _, _, _, fmt, art in _artifacts(quantized)}
+    expected = {("onnx", p) for p in ("fp32", "fp16", "int8", "int8-static")}
+    expected |= {("openvino", p) for p in ("fp32", "fp16", "int8", "int4", "int8-static")}
+    expected |= {("gguf", p) for p in ("q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")}
+    assert expected <= seen
+
+
+def test_encoder_drift_is_recorded_and_in_range(quantized):
+    for key, bundle, name, fmt, art in _artifacts(quantized):
+        if fmt == "gguf":
+            continue
+        parity = art.parity
+        assert parity.passed and parity.reference == "pytorch"
+        assert parity.metrics["cosine_min"] >= ENCODER_FLOOR[art.precision], (key, fmt, art.precision, parity.metrics)
+        if art.precision == "fp32":
+            assert parity.tolerance == {"max_abs": 1e-4, "cosine_min": 0.99999}
+            continue
+        q = art.quantization
+        assert q["precision"] == art.precision and q["method"] != "none"
+        assert q["bytes"] == sum(bundle.manifest.files[f].bytes for f in art.files)
+        assert q["speed"]["latency_ms"] > 0
+        assert parity.tolerance == {"cosine_min": 0.7}  # the budget it was held to
+        # held-out photos x 64 image tokens: 7 of the 14 default photos, or half the --calibration folder
+        assert parity.samples == len(q["calibration"]["evaluate"]) * 64
+        assert len(q["calibration"]["evaluate"]) == (3 if key == "c" else 7)
+        if art.precision == "int8-static":
+            assert q["calibration"]["source"] != "default"  # plan c used the --calibration folder
+            assert len(q["calibration"]["calibrate"]) == 3 + 6  # half the folder + 6 synthetic images
+
+
+def test_llm_drift_and_tensor_types_are_recorded(quantized):
+    kl = {}
+    for key, bundle, name, fmt, art in _artifacts(quantized):
+        if fmt != "gguf":
+            continue
+        q = art.quantization
+        assert art.parity.reference == "gguf-f32" and art.parity.passed
+        assert q["method"] == "llama_model_quantize"
+        types = q["tensor_types"]  # what every tensor really got, read back from the file
+        names = [t.name for t in gguf.GGUFReader(str(bundle.path("llm.gguf"))).tensors]
+        assert set(types) == set(names)
+        counts = {t: list(types.values()).count(t) for t in set(types.values())}
+        assert art.details["tensor_types"] == counts
+        kl[art.precision] = art.parity.metrics["kl_mean"]
+        assert q["speed"]["decode_tokens_per_s"] > 0
+    assert kl["q8_0"] < kl["q4_0"] and kl["q6_k"] < kl["q4_0"]
+    assert kl["q8_0"] < 0.01
+
+
+def test_q8_0_tensors_really_are_q8_0(quantized):
+    art = quantized["e"].manifest.components["llm"].artifacts["gguf"]
+    types = art.quantization["tensor_types"]
+    assert types["blk.0.attn_q.weight"] == "q8_0"
+    assert types["output_norm.weight"] == "f32"  # norms stay f32 whatever the file type
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("key", sorted(PLANS))
+def test_quantized_bundles_run_end_to_end(quantized, photo, backend, key):
+    with Pipeline.from_bundle(quantized[key].root, encoder_backend=backend) as pipe:
+        result = pipe.generate(PROMPT, images=[photo], max_new_tokens=8)
+    assert len(result.token_ids) == 8
+    art = quantized[key].manifest.components["vision_encoder"].artifacts["onnx" if backend == "onnxruntime"
+                                                                         else "openvino"]
+    assert result.devices["vision_encoder"]["executed"] == "CPU"
+    assert result.devices["llm"]["precision"] == quantized[key].manifest.components["llm"].artifacts["gguf"].precision
+    assert art.precision in ENCODER_FLOOR
+
+
+def test_q8_0_bundle_still_matches_transformers_tokens(workdir, quantized, photo):
+    ref = hf_reference(tiny_llava(workdir, ("clip", "llama")), PROMPT, {"image": [Image.fromarray(photo)]},
+                       max_new_tokens=8)
+    with Pipeline.from_bundle(quantized["e"].root, llm_settings=LlamaSettings()) as pipe:
+        tokens = pipe.generate(PROMPT, images=[photo], max_new_tokens=8).token_ids
+    assert np.mean(np.array(tokens) == np.array(ref.token_ids)) >= 0.75
+
+
+def test_inspect_shows_precision_size_and_drift(quantized):
+    proc = run_cli("inspect", str(quantized["a"].root))
+    assert proc.returncode == 0, proc.stderr
+    for needle in ("int4", "fp16", "q4_0", "gguf-f32", "cosine_min", "kl_mean", "latency_ms"):
+        assert needle in proc.stdout, needle
+
+
+def test_auto_keeps_the_first_candidate_within_budget(workdir, tmp_path):
+    model = tiny_llava(workdir, ("clip", "llama"))
+    budget = ["encoder.cosine_min=0.995", "llm.top1_agreement=0.9", "llm.kl_mean=0.05"]
+    proc = run_cli("export", str(model), "-o", str(tmp_path / "auto"), "--quantize", "auto",
+                   *[a for b in budget for a in ("--max-drift", b)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "auto: vision_encoder (onnx)" in proc.stdout and "refused" in proc.stdout and "kept" in proc.stdout
+    manifest = Bundle.open(tmp_path / "auto").manifest
+    for comp in manifest.components.values():
+        for fmt, art in comp.artifacts.items():
+            trials = art.quantization["trials"]
+            assert trials[-1]["precision"] == art.precision and trials[-1]["passed"]
+            assert all(not t["passed"] for t in trials[:-1])  # everything smaller was refused, with a reason
+            assert all(t["verdict"] != "within budget" for t in trials[:-1])
+            order = {"onnx": ["int8-static", "int8", "fp16", "fp32"],
+                     "openvino": ["int4", "int8-static", "int8", "fp16", "fp32"],
+                     "gguf": ["q4_0", "q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16", "f32"]}[fmt]
+            assert [t["precision"] for t in trials] == order[: len(trials)]
+
+
+def test_tight_budget_fails_cleanly(workdir, tmp_path):
+    model = tiny_llava(workdir, ("clip", "llama"))
+    with pytest.raises(ParityError) as info:
+        export_bundle(model, tmp_path / "b", encoder_formats=["onnx"], quantize="encoder=int8",
+                      max_drift=["encoder.cosine_min=0.99999"])
+    assert info.value.component == "vision_encoder (onnx int8)" and info.value.figure == "cosine_min"
+    assert not (tmp_path / "b").exists()
+    proc = run_cli("export", str(model), "-o", str(tmp_path / "c"), "--encoder-format", "onnx",
+                   "--quantize", "llm=q4_0", "--max-drift", "llm.kl_mean=0.000001")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "llm (GGUF q4_0)" in proc.stderr and "kl_mean" in proc.stderr and "--max-drift" in proc.stderr
+    assert not (tmp_path / "c").exists()
+
+
+def _write_gguf_of_width(path, model_dir, width: int) -> None:
+    import torch
+    from transformers import LlamaConfig
+
+    from edgebridge.exporters.gguf.vocab import vocab_from_folder
+    from edgebridge.exporters.gguf.writer import TextModel, write_gguf
+
+    cfg = LlamaConfig(vocab_size=480, hidden_size=width, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2)
+    torch.manual_seed(0)
+    state = {k: v for k, v in __import__("transformers").LlamaForCausalLM(cfg).state_dict().items()}
+    write_gguf(TextModel(cfg, state, vocab_from_folder(model_dir, 480, eos_id=None)), path, "f32")
+
+
+def test_existing_gguf_with_wrong_width_is_refused_before_any_c_call(workdir, tmp_path, monkeypatch):
+    import edgebridge.runtimes.llamacpp.llm as llm_module
+
+    model = tiny_llava(workdir, ("clip", "llama"))
+    wrong = tmp_path / "narrow.gguf"
+    _write_gguf_of_width(wrong, model, 32)
+
+    def no_c_calls():
+        raise AssertionError("llama.cpp was reached")
+
+    monkeypatch.setattr(llm_module, "llama", no_c_calls)
+    with pytest.raises(CorruptArtifactError, match="embedding width 32"):
+        export_bundle(model, tmp_path / "b", llm_gguf=wrong)
+    assert not (tmp_path / "b").exists()
+
+
+def test_existing_gguf_is_used_and_checked(workdir, clip_llama_f32, photo, tmp_path):
+    model = tiny_llava(workdir, ("clip", "llama"))
+    target = tmp_path / "from-gguf"
+    manifest = export_bundle(model, target, encoder_formats=["onnx"], llm_gguf=clip_llama_f32.bundle / "llm.gguf")
+    art = manifest.components["llm"].artifacts["gguf"]
+    assert art.quantization["method"] == "existing GGUF" and art.details["architecture"] == "llama"
+    assert art.parity.reference == "pytorch" and art.parity.metrics["top1_agreement"] >= 0.99
+    ref = hf_reference(model, PROMPT, {"image": [Image.fromarray(photo)]}, max_new_tokens=8)
+    with Pipeline.from_bundle(target, llm_settings=LlamaSettings.strict()) as pipe:
+        assert pipe.generate(PROMPT, images=[photo], max_new_tokens=8).token_ids == ref.token_ids
+
+
+def test_plan_and_budget_parsing():
+    assert parse_quantize("auto", ("onnx", "openvino")) == {"encoder": {"onnx": "auto", "openvino": "auto"},
+                                                              "llm": "auto"}
+    assert parse_quantize("encoder=int8,llm=q4_k_m", ("onnx",)) == {"encoder": {"onnx": "int8"}, "llm": "q4_k_m"}
+    with pytest.raises(ExportError, match="onnx encoders cannot be quantized to 'int4'"):
+        parse_quantize("encoder=int4", ("onnx", "openvino"))
+    with pytest.raises(ExportError, match="unknown LLM precision"):
+        parse_quantize("llm=q3", ("onnx",))
+    with pytest.raises(ExportError, match="COMPONENT=PRECISION"):
+        parse_quantize("int8", ("onnx",))
+    budget = parse_budget(["encoder.cosine_min=0.98,llm.kl_mean=0.1"])
+    assert budget["encoder"]["cosine_min"] == 0.98 and budget["llm"] == {**DEFAULT_BUDGET["llm"], "kl_mean": 0.1}
+    with pytest.raises(ExportError, match="unknown metric"):
+        parse_budget(["llm.accuracy=1"])
