@@ -152,6 +152,8 @@ def run(
                 sys.stdout.write(piece)
                 sys.stdout.flush()
         result = stream.result
+        for warning in result.warnings[len(pipe.load_warnings):]:
+            err.print(f"[yellow]warning:[/yellow] {warning}")
     if as_json:
         payload = {k: getattr(result, k) for k in ("text", "token_ids", "timings", "devices")}
         payload["finish_reason"] = result.finish_reason

@@ -27,7 +27,7 @@ from edgebridge.bundle import Bundle
 from edgebridge.errors import BackendUnavailableError, InputError, NonFiniteError, StaticShapeError
 from edgebridge.manifest import Component, Manifest
 from edgebridge.preprocess import Prepared, get_preprocessor
-from edgebridge.prompt import Segment, place_media, render_chat, split_segments
+from edgebridge.prompt import Segment, apply_layouts, place_media, render_chat, split_segments
 from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
 from edgebridge.runtimes.registry import EncoderSession, artifact_format, open_encoder
 from edgebridge.timing import StageTimes, now_ms, percentile
@@ -149,8 +149,8 @@ class Pipeline:
         self._check_inputs(self.encoders[modality].component, prepared.inputs)
         return prepared
 
-    def encode(self, modality: str, prepared: Prepared) -> np.ndarray:
-        """Encoder + bridge on prepared inputs -> ``[items, N, D]`` float32 embeddings."""
+    def encode(self, modality: str, prepared: Prepared) -> list[np.ndarray]:
+        """Encoder + bridge on prepared inputs -> one ``[n_i, D]`` float32 array per item."""
         enc = self.encoders[modality]
         out = enc.session.run(prepared.inputs)[0]
         if not np.isfinite(out).all():
@@ -158,7 +158,7 @@ class Pipeline:
                 f"the {enc.component.description or modality} encoder produced NaN/Inf embeddings.",
                 hint="The input or the encoder artifact is bad; check the bundle with `edgebridge inspect`.",
             )
-        return out
+        return prepared.item_embeddings(out, self.manifest.inputs[modality].tokens_per_item)
 
     def _check_inputs(self, comp: Component, inputs: dict[str, np.ndarray]) -> None:
         for spec in comp.inputs:
@@ -187,7 +187,8 @@ class Pipeline:
 
     def build_prompt(self, prompt: str, counts: dict[str, int], chat: bool = False, system: str | None = None) -> str:
         text = place_media(prompt, self.manifest.inputs, counts)
-        return render_chat(text, self.manifest.prompt, self.manifest.inputs, system) if chat else text
+        text = render_chat(text, self.manifest.prompt, self.manifest.inputs, system) if chat else text
+        return apply_layouts(text, self.manifest.inputs)
 
     def tokenize_segments(self, segments: list[Segment]) -> list[Segment | list[int]]:
         """Text segments -> token id lists (BOS first when the model adds one); media kept."""
@@ -230,7 +231,7 @@ class Pipeline:
             raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
         start = now_ms()
         times = StageTimes()
-        logits, n_prompt, encoded = self._prefill_prompt(prompt, media, chat, system, times)
+        logits, n_prompt, encoded, notes = self._prefill_prompt(prompt, media, chat, system, times)
         token = int(np.argmax(logits))
         ttft = now_ms() - start
         stop_ids = set(self.manifest.prompt.stop_token_ids) if stop_at_eos else set()
@@ -273,7 +274,7 @@ class Pipeline:
             finish_reason=finish,
             timings=timings,
             devices=devices,
-            warnings=list(self.load_warnings),
+            warnings=list(self.load_warnings) + notes,
         )
 
     def prefill_logits(self, prompt: str, images: Sequence[Any] | None = None, audio: Sequence[Any] | None = None,
@@ -283,37 +284,45 @@ class Pipeline:
         return self._prefill_prompt(prompt, media, chat, system, StageTimes())[0]
 
     def _prefill_prompt(self, prompt: str, media: dict[str, list[Any]], chat: bool, system: str | None,
-                        times: StageTimes) -> tuple[np.ndarray, int, list[str]]:
-        """Validate, preprocess, encode and prefill; returns (last logits, prompt positions, modalities)."""
+                        times: StageTimes) -> tuple[np.ndarray, int, list[str], list[str]]:
+        """Validate, preprocess, encode and prefill.
+
+        Returns (last logits, prompt positions, modalities encoded, warnings about the inputs).
+        """
         counts = {m: len(items) for m, items in media.items() if items}
         with times.stage("prompt"):
             text = self.build_prompt(prompt, counts, chat, system)
             pieces = self.tokenize_segments(split_segments(text, self.manifest.inputs))
-        n_prompt = self._count_positions(pieces)
+        prepared: dict[str, Prepared] = {}
+        for modality, items in media.items():
+            if items:
+                with times.stage(f"preprocess_{modality}"):
+                    prepared[modality] = self.prepare(modality, items)
+        n_prompt = self._count_positions(pieces, prepared)
         self.llm.reset()
         self.llm.check_room(n_prompt)  # refuse before spending time on the encoders
-        embeds: dict[str, np.ndarray] = {}
-        for modality, items in media.items():
-            if not items:
-                continue
-            with times.stage(f"preprocess_{modality}"):
-                prepared = self.prepare(modality, items)
+        embeds: dict[str, list[np.ndarray]] = {}
+        for modality, prep in prepared.items():
             with times.stage(f"encode_{modality}"):
-                embeds[modality] = self.encode(modality, prepared)
+                embeds[modality] = self.encode(modality, prep)
         with times.stage("prefill"):
             logits = self._prefill(pieces, embeds)
-        return logits, n_prompt, list(embeds)
+        notes = [f"{m} input {i}: {info['seconds']:.1f} s clip truncated to {info['truncated_to_seconds']:.0f} s, "
+                 "the model's window (as its processor does)"
+                 for m, prep in prepared.items() for i, info in enumerate(prep.info) if "truncated_to_seconds" in info]
+        return logits, n_prompt, list(embeds), notes
 
-    def _count_positions(self, pieces: list[Segment | list[int]]) -> int:
+    def _count_positions(self, pieces: list[Segment | list[int]], prepared: dict[str, Prepared]) -> int:
         n = 0
         for piece in pieces:
             if isinstance(piece, Segment):
-                n += self.manifest.inputs[piece.modality].tokens_per_item
+                counts = prepared[piece.modality].tokens_per_item
+                n += counts[piece.index] if counts else self.manifest.inputs[piece.modality].tokens_per_item
             else:
                 n += len(piece)
         return n
 
-    def _prefill(self, pieces: list[Segment | list[int]], embeds: dict[str, np.ndarray]) -> np.ndarray:
+    def _prefill(self, pieces: list[Segment | list[int]], embeds: dict[str, list[np.ndarray]]) -> np.ndarray:
         if not pieces:
             raise InputError("the prompt is empty.", hint="Give a prompt or at least one image/audio input.")
         logits = None

@@ -33,6 +33,26 @@ def _placeholders(inputs: dict[str, ModalityInput]) -> dict[str, str]:
     return {spec.placeholder: modality for modality, spec in inputs.items()}
 
 
+def _wrap(text: str, placeholder: str, before: str, after: str) -> str:
+    """Put ``before``/``after`` around every placeholder that has neither (Qwen2-Audio's processor rule)."""
+    out, pos = [], 0
+    while (i := text.find(placeholder, pos)) >= 0:
+        j = i + len(placeholder)
+        has = text[:i].endswith(before) or text[j:].startswith(after)
+        out.append(text[pos:i] + (placeholder if has else before + placeholder + after))
+        pos = j
+    return "".join(out) + text[pos:]
+
+
+def apply_layouts(text: str, inputs: dict[str, ModalityInput]) -> str:
+    """Add the wrapper tokens a modality's layout asks for (``layout.wrap_if_missing``)."""
+    for spec in inputs.values():
+        wrap = spec.layout.get("wrap_if_missing")
+        if wrap:
+            text = _wrap(text, spec.placeholder, wrap["before"], wrap["after"])
+    return text
+
+
 def place_media(prompt: str, inputs: dict[str, ModalityInput], counts: dict[str, int]) -> str:
     """Check placeholder counts against the items given; put missing placeholders first."""
     prefix = ""

@@ -23,8 +23,10 @@ from edgebridge.errors import EdgebridgeError, ExportError, ParityError
 from edgebridge.exporters.encoder import (
     ENCODER_TOLERANCE,
     OPSET,
+    Case,
     export_onnx,
     measure_encoder,
+    reference_case,
     reference_outputs,
     tensor_specs,
 )
@@ -99,15 +101,14 @@ def _export_encoder(enc: EncoderExport, writer: BundleWriter, scratch: Path, pla
     step(f"{enc.component}: exporting ONNX (torch.onnx, dynamo, opset 20)")
     bridge_nodes = export_onnx(enc, onnx_fp32)
     calib: CalibrationSet | None = None
-    eval_cases: list[tuple[dict[str, np.ndarray], np.ndarray]] = []
+    eval_cases: list[Case] = []
     if plan.quantizes_encoders:
         step(f"{enc.component}: calibration set and PyTorch references on held-out inputs")
         calib = calibration_for(enc.modality, enc.preprocessing, plan.calibration)
-        with torch.no_grad():
-            eval_cases = [(item, enc.reference({k: torch.from_numpy(v) for k, v in item.items()}).float().numpy())
-                          for item in calib.evaluate]
+        eval_cases = [reference_case(enc, {k: torch.from_numpy(v) for k, v in item.items()})
+                      for item in calib.evaluate]
     budget = plan.budget["encoder"]
-    timing_input = {k: v[:1] for k, v in cases[0][0].items()}
+    timing_input = {k: v[:1] for k, v in cases[0].inputs.items()}
     artifacts: dict[str, Artifact] = {}
     for fmt in plan.encoder:
         backend = FORMAT_BACKEND[fmt]

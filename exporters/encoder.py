@@ -15,6 +15,7 @@ import contextlib
 import io
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -134,19 +135,37 @@ def _strip_metadata(path: Path, bridge_scopes: tuple[str, ...], output_name: str
 
 def reference_outputs(enc: EncoderExport, batches: tuple[int, ...] = PARITY_BATCHES, seed: int = PARITY_SEED):
     """[(numpy inputs, reference output)] for each parity batch size, from the family's HF code path."""
-    cases = []
-    for i, b in enumerate(batches):
-        inputs = enc.make_inputs(b, seed + i)
-        with torch.no_grad():
-            ref = enc.reference(inputs).float().numpy()
-        cases.append(({k: v.numpy() for k, v in inputs.items()}, ref))
-    return cases
+    return [reference_case(enc, enc.make_inputs(b, seed + i)) for i, b in enumerate(batches)]
+
+
+@dataclass
+class Case:
+    """Encoder inputs, the reference output ``[B, N, D]``, and the rows of each item that count."""
+
+    inputs: dict[str, np.ndarray]
+    reference: np.ndarray
+    lengths: list[int] | None = None  # None: all N rows of every item
+
+    def rows(self, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(output rows, reference rows) to compare, padding rows left out."""
+        if self.lengths is None:
+            return out.reshape(-1, out.shape[-1]), self.reference.reshape(-1, self.reference.shape[-1])
+        pick = [(i, slice(0, n)) for i, n in enumerate(self.lengths)]
+        return (np.concatenate([out[i, s] for i, s in pick]), np.concatenate([self.reference[i, s] for i, s in pick]))
+
+
+def reference_case(enc: EncoderExport, inputs: dict[str, torch.Tensor]) -> Case:
+    """The family's HF code path on ``inputs``."""
+    with torch.no_grad():
+        ref = enc.reference(inputs).float().numpy()
+    lengths = enc.valid_lengths(inputs) if enc.valid_lengths is not None else None
+    return Case({k: v.numpy() for k, v in inputs.items()}, ref, lengths)
 
 
 def measure_encoder(
     backend: str,
     files: list[Path],
-    cases: list[tuple[dict[str, np.ndarray], np.ndarray]],
+    cases: list[Case],
     tokens_per_item: int,
     tolerance: dict[str, float],
     **options: Any,
@@ -154,20 +173,21 @@ def measure_encoder(
     """Run an artifact through the runtime backend on the reference cases; return its ``Parity``."""
     session = open_encoder(backend, files, **options)
     outs, refs = [], []
-    for inputs, ref in cases:
-        out = session.run(inputs)[0]
+    for case in cases:
+        out = session.run(case.inputs)[0]
+        ref = case.reference
         if out.shape != ref.shape:
             raise ShapeMismatchError(
-                f"{backend} output shape {out.shape} differs from PyTorch's {ref.shape} "
-                f"(batch {ref.shape[0]}).",
+                f"{backend} output shape {out.shape} differs from PyTorch's {ref.shape} (batch {ref.shape[0]}).",
                 hint="The exported graph lost its dynamic batch axis or dropped tokens.",
             )
-        if ref.shape[1] != tokens_per_item:
+        if case.lengths is None and ref.shape[1] != tokens_per_item:
             raise ShapeMismatchError(
                 f"the encoder yields {ref.shape[1]} embeddings per item, the prompt layout expects {tokens_per_item}."
             )
-        outs.append(out.reshape(-1, out.shape[-1]))
-        refs.append(ref.reshape(-1, ref.shape[-1]))
+        got, want = case.rows(out)
+        outs.append(got)
+        refs.append(want)
     metrics = embedding_metrics(np.concatenate(outs), np.concatenate(refs))
     return Parity(
         reference="pytorch",
@@ -175,5 +195,5 @@ def measure_encoder(
         tolerance=dict(tolerance),
         passed=not violations(metrics, tolerance),
         settings={"backend": backend, **session.report.as_dict()},
-        samples=int(sum(r.shape[0] * r.shape[1] for _, r in cases)),  # embedding vectors compared
+        samples=int(sum(r.shape[0] for r in refs)),  # embedding vectors compared
     )

@@ -53,6 +53,58 @@ def photo() -> np.ndarray:
     return data.chelsea()  # a real photo (a cat), shipped inside scikit-image
 
 
+SPEECH = ["Hello world, what is the capital of France?", "Please describe the weather today in two words.",
+          "The quick brown fox jumps over the lazy dog."]
+ALSA_SOUNDS = Path("/usr/share/sounds/alsa")
+
+
+@pytest.fixture(scope="session")
+def speech(workdir) -> list[Path]:
+    """Sentences synthesized by Debian's espeak-ng (installed by `make setup`), as 22.05 kHz WAV files."""
+    import shutil
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is missing; `make setup` installs it (Debian package espeak-ng)")
+    paths = []
+    for i, text in enumerate(SPEECH):
+        path = workdir / f"speech-{i}.wav"
+        if not path.exists():
+            subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def recordings() -> list[Path]:
+    """Real voice recordings from Debian's alsa-utils (48 kHz)."""
+    paths = sorted(ALSA_SOUNDS.glob("Front_*.wav"))
+    if not paths:
+        pytest.skip("alsa-utils recordings are missing; `make setup` installs them (Debian package alsa-utils)")
+    return paths
+
+
+def tiny_model(workdir: Path, kind: str) -> Path:
+    """A seeded tiny model folder of ``kind`` (any edgebridge.testing builder), built once per session."""
+    key = (kind, "")
+    if key not in _model_dirs:
+        from edgebridge.testing import make_tiny
+
+        _model_dirs[key] = make_tiny(kind, workdir / f"model-{kind}")
+    return _model_dirs[key]
+
+
+def exported(workdir: Path, kind: str, llm_dtype: str = "f32") -> Exported:
+    """A bundle of the tiny ``kind`` model, exported once per session."""
+    key = (kind, "", llm_dtype)
+    if key not in _bundles:
+        from edgebridge.exporters.api import export_bundle
+
+        model_dir = tiny_model(workdir, kind)
+        bundle = workdir / f"bundle-{kind}-{llm_dtype}"
+        _bundles[key] = Exported(model_dir, bundle, export_bundle(model_dir, bundle, llm_dtype=llm_dtype))
+    return _bundles[key]
+
+
 _model_dirs: dict[tuple[str, str], Path] = {}
 _bundles: dict[tuple[str, str, str], Exported] = {}
 

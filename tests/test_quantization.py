@@ -241,3 +241,21 @@ def test_plan_and_budget_parsing():
     assert budget["encoder"]["cosine_min"] == 0.98 and budget["llm"] == {**DEFAULT_BUDGET["llm"], "kl_mean": 0.1}
     with pytest.raises(ExportError, match="unknown metric"):
         parse_budget(["llm.accuracy=1"])
+
+
+def test_audio_encoder_quantizes_with_speech_calibration(workdir, speech, tmp_path):
+    from tests.conftest import tiny_model
+
+    model = tiny_model(workdir, "qwen2-audio")
+    manifest = export_bundle(model, tmp_path / "qa", quantize="encoder.onnx=int8-static,encoder.openvino=int8",
+                             max_drift=LOOSE)
+    for fmt, precision in (("onnx", "int8-static"), ("openvino", "int8")):
+        art = manifest.components["audio_encoder"].artifacts[fmt]
+        assert art.precision == precision and art.parity.passed
+        assert art.parity.metrics["cosine_mean"] > 0.95
+        names = art.quantization["calibration"]["calibrate"] + art.quantization["calibration"]["evaluate"]
+        assert any(n.startswith("espeak-ng:") for n in names) and any(n.startswith("synthetic") for n in names)
+    prompt = "<|im_start|>user\n<|AUDIO|>What is said?<|im_end|>\n<|im_start|>assistant\n"
+    for backend in ("onnxruntime", "openvino"):
+        with Pipeline.from_bundle(tmp_path / "qa", encoder_backend=backend) as pipe:
+            assert len(pipe.generate(prompt, audio=[speech[0]], max_new_tokens=4).token_ids) == 4

@@ -24,6 +24,13 @@ class Prepared:
     inputs: dict[str, np.ndarray]
     tokens_per_item: list[int] | None = None  # None: the manifest's fixed count for every item
     info: list[dict[str, Any]] = field(default_factory=list)  # per item, e.g. original size, tiles
+    item_rows: list[slice] | None = None  # encoder batch rows of each item (None: item i is row i)
+
+    def item_embeddings(self, out: np.ndarray, fixed_tokens: int) -> list[np.ndarray]:
+        """Split the encoder output ``[rows, N, D]`` into one ``[n_i, D]`` array per item."""
+        rows = self.item_rows or [slice(i, i + 1) for i in range(out.shape[0])]
+        counts = self.tokens_per_item or [fixed_tokens] * len(rows)
+        return [out[r].reshape(-1, out.shape[-1])[:n] for r, n in zip(rows, counts)]
 
 
 Preprocessor = Callable[[list[Any], dict[str, Any]], Prepared]

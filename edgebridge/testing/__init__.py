@@ -16,8 +16,20 @@ def _llava(out_dir: Path, **options: Any) -> Path:
     return make_llava(out_dir, **options)
 
 
+def _qwen2_audio(out_dir: Path, seed: int = 0, **_: Any) -> Path:
+    from edgebridge.testing.audio import make_qwen2_audio
+
+    return make_qwen2_audio(out_dir, seed=seed)
+
+
+def _voxtral(out_dir: Path, seed: int = 0, **_: Any) -> Path:
+    from edgebridge.testing.audio import make_voxtral
+
+    return make_voxtral(out_dir, seed=seed)
+
+
 # kind -> builder(out_dir, **options); options a builder does not take are ignored
-BUILDERS: dict[str, Callable[..., Path]] = {"llava": _llava}
+BUILDERS: dict[str, Callable[..., Path]] = {"llava": _llava, "qwen2-audio": _qwen2_audio, "voxtral": _voxtral}
 
 
 def make_tiny(kind: str, out_dir: str | Path, **options: Any) -> Path:

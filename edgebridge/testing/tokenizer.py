@@ -89,7 +89,7 @@ def build_tokenizer(flavour: str, extra_special: list[str], vocab_size: int = 48
     return tok
 
 
-def hf_tokenizer(flavour: str, extra_special: list[str]):
+def hf_tokenizer(flavour: str, extra_special: list[str], chat_template: str = CHAT_TEMPLATE):
     """Wrap the trained tokenizer as a transformers ``PreTrainedTokenizerFast``."""
     from transformers import PreTrainedTokenizerFast
 
@@ -102,7 +102,7 @@ def hf_tokenizer(flavour: str, extra_special: list[str]):
         eos_token=eos,
         pad_token=SPECIAL_TOKENS["pad"],
         additional_special_tokens=[SPECIAL_TOKENS["im_start"], SPECIAL_TOKENS["im_end"], *extra_special],
-        chat_template=CHAT_TEMPLATE,
+        chat_template=chat_template,
         model_max_length=4096,
         clean_up_tokenization_spaces=False,
         model_input_names=["input_ids", "attention_mask"],

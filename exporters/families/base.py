@@ -48,6 +48,8 @@ class EncoderExport:
     layout: dict[str, Any] = field(default_factory=lambda: {"kind": "repeat"})
     description: str = ""
     bridge_scopes: tuple[str, ...] = ()  # attribute names of the bridge sub-modules inside ``module``
+    # rows of each item's output that carry embeddings (the rest is padding), for parity
+    valid_lengths: Callable[[dict[str, torch.Tensor]], list[int]] | None = None
 
 
 @dataclass

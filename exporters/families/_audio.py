@@ -1,0 +1,102 @@
+"""What the audio-LLM families share: a Whisper-style encoder, a text LLM, a Whisper front end.
+
+Subclasses give the model class, the graph (features -> LLM-width embeddings), the reference, the
+padding rule and the prompt placeholder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgebridge.errors import UnsupportedModelError
+from edgebridge.exporters.families.base import (
+    EncoderExport,
+    Family,
+    Loaded,
+    causal_lm_state_dict,
+    chat_content_format,
+    stop_token_ids,
+)
+from edgebridge.exporters.gguf.vocab import vocab_from_folder
+from edgebridge.exporters.gguf.writer import TextModel
+from edgebridge.manifest import PromptLayout
+from edgebridge.preprocess.audio import load_audio
+
+N_MELS_DEFAULT = 128
+
+
+class AudioProcessor:
+    """A feature extractor + tokenizer pair with the processor methods the exporter uses.
+
+    For families whose HF processor needs a tokenizer edgebridge does not use (Voxtral's
+    mistral-common), this builds the same inputs from the parts.
+    """
+
+    def __init__(self, feature_extractor: Any, tokenizer: Any, placeholder: str) -> None:
+        self.feature_extractor = feature_extractor
+        self.tokenizer = tokenizer
+        self.audio_token = placeholder
+        self.chat_template = tokenizer.chat_template
+
+    def apply_chat_template(self, messages, **kwargs):
+        return self.tokenizer.apply_chat_template(messages, **kwargs)
+
+
+class AudioFamily(Family):
+    """Base of Qwen2-Audio / Voxtral-style families."""
+
+    model_class: str = ""
+    text_types = ("llama", "qwen2", "mistral")
+    placeholder = ""
+
+    def load(self, folder: Path) -> Loaded:
+        import transformers
+
+        cls = getattr(transformers, self.model_class)
+        model = cls.from_pretrained(folder, dtype=torch.float32, local_files_only=True).eval()
+        text_type = model.config.text_config.model_type
+        if text_type not in self.text_types:
+            raise UnsupportedModelError(f"{self.name} with a '{text_type}' text model is not supported.",
+                                        hint=f"Supported: {', '.join(self.text_types)}.")
+        return Loaded(folder=Path(folder), config=model.config, model=model, processor=self.load_processor(folder))
+
+    def load_processor(self, folder: Path) -> Any:
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(folder, local_files_only=True)
+
+    def text_model(self, loaded: Loaded) -> TextModel:
+        cfg = loaded.config
+        state = causal_lm_state_dict(loaded.model, prefix="language_model.model.",
+                                     lm_head="language_model.lm_head.weight")
+        eos = stop_token_ids(loaded.model.generation_config, loaded.processor.tokenizer)
+        vocab = vocab_from_folder(loaded.folder, cfg.text_config.vocab_size, eos_id=eos[0] if eos else None)
+        return TextModel(config=cfg.text_config, state_dict=state, vocab=vocab, name=loaded.folder.name)
+
+    def prompt_layout(self, loaded: Loaded) -> PromptLayout:
+        tok = loaded.processor.tokenizer
+        probe = tok("a", add_special_tokens=True)["input_ids"]
+        return PromptLayout(
+            add_bos=tok.bos_token_id is not None and probe[:1] == [tok.bos_token_id],
+            stop_token_ids=stop_token_ids(loaded.model.generation_config, tok),
+            chat_template=loaded.processor.chat_template or tok.chat_template,
+            chat_content=chat_content_format(loaded.processor, self.placeholder, "audio"),
+            special_tokens={k: v for k, v in {"bos": tok.bos_token, "eos": tok.eos_token}.items() if v},
+        )
+
+    @staticmethod
+    def waveforms(loaded: Loaded, items: list[Any]) -> list[Any]:
+        rate = loaded.processor.feature_extractor.sampling_rate
+        return [load_audio(item, rate).samples for item in items]
+
+    @staticmethod
+    def seeded_features(batch: int, seed: int, n_mels: int, frames: int) -> torch.Tensor:
+        """Log-mel-like values: Whisper features live in about [-1, 1.5]."""
+        gen = torch.Generator().manual_seed(seed)
+        return torch.rand((batch, n_mels, frames), generator=gen) * 2.5 - 1.0
+
+    def encoders(self, loaded: Loaded) -> list[EncoderExport]:  # pragma: no cover - abstract in practice
+        raise NotImplementedError
