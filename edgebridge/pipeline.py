@@ -27,7 +27,7 @@ from edgebridge.bundle import Bundle
 from edgebridge.errors import BackendUnavailableError, InputError, NonFiniteError, StaticShapeError
 from edgebridge.manifest import Component, Manifest
 from edgebridge.preprocess import Prepared, get_preprocessor
-from edgebridge.prompt import Segment, apply_layouts, place_media, render_chat, split_segments
+from edgebridge.prompt import Segment, apply_layouts, expand_grids, place_media, render_chat, split_segments
 from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
 from edgebridge.runtimes.registry import EncoderSession, artifact_format, open_encoder
 from edgebridge.timing import StageTimes, now_ms, percentile
@@ -292,12 +292,14 @@ class Pipeline:
         counts = {m: len(items) for m, items in media.items() if items}
         with times.stage("prompt"):
             text = self.build_prompt(prompt, counts, chat, system)
-            pieces = self.tokenize_segments(split_segments(text, self.manifest.inputs))
         prepared: dict[str, Prepared] = {}
         for modality, items in media.items():
             if items:
                 with times.stage(f"preprocess_{modality}"):
                     prepared[modality] = self.prepare(modality, items)
+        with times.stage("prompt"):
+            text = expand_grids(text, self.manifest.inputs, {m: p.info for m, p in prepared.items()})
+            pieces = self.tokenize_segments(split_segments(text, self.manifest.inputs))
         n_prompt = self._count_positions(pieces, prepared)
         self.llm.reset()
         self.llm.check_room(n_prompt)  # refuse before spending time on the encoders

@@ -33,23 +33,55 @@ def _placeholders(inputs: dict[str, ModalityInput]) -> dict[str, str]:
     return {spec.placeholder: modality for modality, spec in inputs.items()}
 
 
-def _wrap(text: str, placeholder: str, before: str, after: str) -> str:
-    """Put ``before``/``after`` around every placeholder that has neither (Qwen2-Audio's processor rule)."""
+def _wrap(text: str, placeholder: str, before: str, after: str, always: bool) -> str:
+    """Put ``before``/``after`` around every placeholder (``always``) or every one that has neither
+    (Qwen2-Audio's processor rule)."""
     out, pos = [], 0
     while (i := text.find(placeholder, pos)) >= 0:
         j = i + len(placeholder)
-        has = text[:i].endswith(before) or text[j:].startswith(after)
+        has = not always and (text[:i].endswith(before) or text[j:].startswith(after))
         out.append(text[pos:i] + (placeholder if has else before + placeholder + after))
         pos = j
     return "".join(out) + text[pos:]
 
 
 def apply_layouts(text: str, inputs: dict[str, ModalityInput]) -> str:
-    """Add the wrapper tokens a modality's layout asks for (``layout.wrap_if_missing``)."""
+    """Add the wrapper tokens a modality's layout asks for (``layout.wrap`` / ``layout.wrap_if_missing``)."""
     for spec in inputs.values():
-        wrap = spec.layout.get("wrap_if_missing")
-        if wrap:
-            text = _wrap(text, spec.placeholder, wrap["before"], wrap["after"])
+        for key, always in (("wrap", True), ("wrap_if_missing", False)):
+            wrap = spec.layout.get(key)
+            if wrap:
+                text = _wrap(text, spec.placeholder, wrap["before"], wrap["after"], always)
+    return text
+
+
+def _idefics3_grid(layout: dict[str, Any], placeholder: str, info: dict[str, Any]) -> str:
+    """Idefics3 / SmolVLM: each tile behind its ``<row_r_col_c>`` token, rows ended by a newline, then
+    the global image; one placeholder per tile (each tile is its own run of embeddings)."""
+    fake, glob = layout["fake_token"], layout["global_token"]
+    rows, cols = info["rows"], info["cols"]
+    if rows == 0 and cols == 0:
+        return f"{fake}{glob}{placeholder}{fake}"
+    grid = "".join(
+        "".join(f"{fake}" + layout["row_col_token"].format(row=r + 1, col=c + 1) + placeholder for c in range(cols))
+        + "\n" for r in range(rows))
+    return f"{grid}\n{fake}{glob}{placeholder}{fake}"
+
+
+GRID_LAYOUTS = {"idefics3-grid": _idefics3_grid}
+
+
+def expand_grids(text: str, inputs: dict[str, ModalityInput], infos: dict[str, list[dict[str, Any]]]) -> str:
+    """Replace each placeholder of a tiled modality by its grid text (known once the image is tiled)."""
+    for modality, spec in inputs.items():
+        expand = GRID_LAYOUTS.get(spec.layout.get("kind", "repeat"))
+        if expand is None or modality not in infos:
+            continue
+        parts = text.split(spec.placeholder)
+        if len(parts) - 1 != len(infos[modality]):
+            raise PromptError(f"{len(parts) - 1} '{spec.placeholder}' placeholders for {len(infos[modality])} items.")
+        text = parts[0] + "".join(expand(spec.layout, spec.placeholder, info) + rest
+                                  for info, rest in zip(infos[modality], parts[1:]))
     return text
 
 

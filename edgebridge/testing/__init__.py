@@ -28,8 +28,21 @@ def _voxtral(out_dir: Path, seed: int = 0, **_: Any) -> Path:
     return make_voxtral(out_dir, seed=seed)
 
 
+def _idefics3(out_dir: Path, seed: int = 0, **_: Any) -> Path:
+    from edgebridge.testing.tiled import make_idefics3
+
+    return make_idefics3(out_dir, seed=seed)
+
+
+def _internvl(out_dir: Path, seed: int = 0, **_: Any) -> Path:
+    from edgebridge.testing.tiled import make_internvl
+
+    return make_internvl(out_dir, seed=seed)
+
+
 # kind -> builder(out_dir, **options); options a builder does not take are ignored
-BUILDERS: dict[str, Callable[..., Path]] = {"llava": _llava, "qwen2-audio": _qwen2_audio, "voxtral": _voxtral}
+BUILDERS: dict[str, Callable[..., Path]] = {"llava": _llava, "qwen2-audio": _qwen2_audio, "voxtral": _voxtral,
+                                           "idefics3": _idefics3, "internvl": _internvl}
 
 
 def make_tiny(kind: str, out_dir: str | Path, **options: Any) -> Path:

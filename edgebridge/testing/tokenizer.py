@@ -41,20 +41,25 @@ SPECIAL_TOKENS = {
     "im_end": "<|im_end|>",
 }
 
-# Chat templates in the ChatML style both families use; content is a string or a list of parts.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}{{ '<image>' }}"
-    "{% elif part['type'] == 'audio' %}{{ '<|AUDIO|>' }}"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+def chatml_template(image: str = "<image>", audio: str = "<|AUDIO|>") -> str:
+    """A ChatML chat template (the style both families use); content is a string or a list of parts,
+    and image/audio parts render as the model's placeholder."""
+    return (
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+        "{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}{% for part in message['content'] %}"
+        "{% if part['type'] == 'image' %}{{ '" + image + "' }}"
+        "{% elif part['type'] == 'audio' %}{{ '" + audio + "' }}"
+        "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+        "{% endfor %}{% endif %}"
+        "{{ '<|im_end|>\\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+
+
+CHAT_TEMPLATE = chatml_template()
 
 
 def build_tokenizer(flavour: str, extra_special: list[str], vocab_size: int = 480) -> Tokenizer:

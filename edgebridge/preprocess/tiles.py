@@ -1,0 +1,142 @@
+"""Image tiling in numpy + PIL, matching the HF processors that split an image into tiles.
+
+Shapes: every tile is ``[C, S, S]`` float32; an image becomes ``T`` tiles, the encoder batch is
+``[sum(T), C, S, S]``. ``Prepared.info`` carries each image's grid for the prompt layout.
+
+- ``idefics3-tiles`` (Idefics3 / SmolVLM, ``Idefics3ImageProcessor``): resize the longest edge to
+  ``resize_longest_edge`` (even short side, at most 4096), grow both sides to multiples of the tile,
+  cut into ``rows x cols`` tiles, then add the whole image resized to one tile (the global image);
+  an image no larger than one tile is just resized to it. Resampling is PIL Lanczos.
+- ``gotocr2-tiles`` (InternVL, ``GotOcr2ImageProcessor``): pick the grid (up to ``max_patches``
+  tiles) whose aspect ratio is closest to the image's, resize to it (bicubic), cut the tiles, and
+  add a thumbnail of the whole image when there is more than one tile.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from edgebridge.preprocess import Prepared, register_preprocessor
+from edgebridge.preprocess.image import DEFAULT_MAX_PIXELS, load_image, rescale_normalize, resize
+
+MAX_IMAGE_SIZE = 4096  # Idefics3's absolute bound on a side
+
+
+def _finish(tiles: list[np.ndarray], spec: dict[str, Any]) -> list[np.ndarray]:
+    """HWC uint8 tiles -> CHW float32 (rescale + normalise as the processor)."""
+    return [np.ascontiguousarray(rescale_normalize(t, spec).transpose(2, 0, 1)) for t in tiles]
+
+
+# --- Idefics3 / SmolVLM ------------------------------------------------------------------------------
+
+
+def _longest_edge_size(height: int, width: int, longest: int) -> tuple[int, int]:
+    aspect = width / height
+    if width >= height:
+        width = longest
+        height = int(width / aspect)
+        height += height % 2
+    else:
+        height = longest
+        width = int(height * aspect)
+        width += width % 2
+    height, width = max(height, 1), max(width, 1)
+    if width >= height and width > MAX_IMAGE_SIZE:  # scale below the upper bound
+        width, height = MAX_IMAGE_SIZE, int(MAX_IMAGE_SIZE / aspect)
+    elif height > width and height > MAX_IMAGE_SIZE:
+        height, width = MAX_IMAGE_SIZE, int(MAX_IMAGE_SIZE * aspect)
+    return max(height, 1), max(width, 1)
+
+
+def _multiple_of_tile(height: int, width: int, tile: int) -> tuple[int, int]:
+    aspect = width / height
+    if width >= height:
+        width = math.ceil(width / tile) * tile
+        height = math.ceil(int(width / aspect) / tile) * tile
+    else:
+        height = math.ceil(height / tile) * tile
+        width = math.ceil(int(height * aspect) / tile) * tile
+    return height, width
+
+
+def idefics3_tiles(img: Image.Image, spec: dict[str, Any]) -> tuple[list[np.ndarray], int, int]:
+    """One image -> (HWC uint8 frames, rows, cols): the tiles row by row, then the global image."""
+    tile, resample = spec["tile_size"], spec.get("resample", "lanczos")
+    if spec.get("resize_longest_edge"):
+        h, w = _longest_edge_size(img.size[1], img.size[0], spec["resize_longest_edge"])
+        img = resize(img, h, w, resample)
+    if not spec.get("do_image_splitting", True):
+        return [np.asarray(resize(img, tile, tile, resample))], 0, 0
+    h, w = _multiple_of_tile(img.size[1], img.size[0], tile)
+    img = resize(img, h, w, resample)
+    arr = np.asarray(img)
+    if h <= tile and w <= tile:
+        return [arr], 0, 0
+    rows, cols = math.ceil(h / tile), math.ceil(w / tile)
+    th, tw = math.ceil(h / rows), math.ceil(w / cols)
+    frames = [arr[r * th:min((r + 1) * th, h), c * tw:min((c + 1) * tw, w)] for r in range(rows) for c in range(cols)]
+    if (h, w) != (tile, tile):
+        arr = np.asarray(resize(img, tile, tile, resample))
+    frames.append(arr)
+    return frames, rows, cols
+
+
+@register_preprocessor("idefics3-tiles")
+def prepare_idefics3(items: list[Any], spec: dict[str, Any]) -> Prepared:
+    tiles, info = [], []
+    for item in items:
+        img = load_image(item, max_pixels=int(spec.get("max_pixels", DEFAULT_MAX_PIXELS)))
+        frames, rows, cols = idefics3_tiles(img, spec)
+        info.append({"width": img.size[0], "height": img.size[1], "rows": rows, "cols": cols, "tiles": len(frames)})
+        tiles.extend(_finish(frames, spec))
+    rows_of = [slice(i, i + 1) for i in range(len(tiles))]  # each tile is its own prompt segment
+    return Prepared(inputs={"pixel_values": np.stack(tiles)}, info=info, item_rows=rows_of)
+
+
+# --- InternVL (GOT-OCR2 tiling) ------------------------------------------------------------------
+
+
+def optimal_grid(height: int, width: int, tile_h: int, tile_w: int, min_tiles: int, max_tiles: int) -> tuple[int, int]:
+    """(columns, rows) with the aspect ratio closest to the image's (ties: more tiles while they fit)."""
+    grids = sorted(((w, h) for w in range(1, max_tiles + 1) for h in range(1, max_tiles + 1)
+                    if min_tiles <= w * h <= max_tiles), key=lambda g: g[0] * g[1])
+    aspect, area = width / height, width * height
+    best, best_diff = (1, 1), float("inf")
+    for grid in grids:
+        diff = abs(aspect - grid[0] / grid[1])
+        if diff < best_diff:
+            best, best_diff = grid, diff
+        elif diff == best_diff and area > 0.5 * tile_h * tile_w * grid[0] * grid[1]:
+            best = grid
+    return best
+
+
+def gotocr2_tiles(img: Image.Image, spec: dict[str, Any]) -> list[np.ndarray]:
+    th, tw = spec["tile"]["height"], spec["tile"]["width"]
+    resample = spec.get("resample", "bicubic")
+    if not spec.get("crop_to_patches") or spec.get("max_patches", 1) <= 1:
+        return [np.asarray(resize(img, th, tw, resample))]
+    cols, rows = optimal_grid(img.size[1], img.size[0], th, tw, spec["min_patches"], spec["max_patches"])
+    canvas = np.asarray(resize(img, th * rows, tw * cols, "bicubic"))  # the processor's crop resize is bicubic
+    tiles = [canvas[r * th:(r + 1) * th, c * tw:(c + 1) * tw] for r in range(rows) for c in range(cols)]
+    if spec.get("use_thumbnail", True) and len(tiles) != 1:
+        tiles.append(np.asarray(resize(img, th, tw, "bicubic")))
+    return tiles
+
+
+@register_preprocessor("gotocr2-tiles")
+def prepare_gotocr2(items: list[Any], spec: dict[str, Any]) -> Prepared:
+    tiles, info, rows, counts = [], [], [], []
+    per_tile = int(spec["tokens_per_tile"])
+    for item in items:
+        img = load_image(item, max_pixels=int(spec.get("max_pixels", DEFAULT_MAX_PIXELS)))
+        frames = gotocr2_tiles(img, spec)
+        rows.append(slice(len(tiles), len(tiles) + len(frames)))
+        tiles.extend(_finish(frames, spec))
+        counts.append(per_tile * len(frames))
+        info.append({"width": img.size[0], "height": img.size[1], "tiles": len(frames)})
+    return Prepared(inputs={"pixel_values": np.stack(tiles)}, tokens_per_item=counts, info=info, item_rows=rows)
