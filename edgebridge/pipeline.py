@@ -27,7 +27,17 @@ from edgebridge.bundle import Bundle
 from edgebridge.errors import BackendUnavailableError, InputError, NonFiniteError, StaticShapeError
 from edgebridge.manifest import Component, Manifest
 from edgebridge.preprocess import Prepared, get_preprocessor
-from edgebridge.prompt import Segment, apply_layouts, expand_grids, place_media, render_chat, split_segments
+from edgebridge.preprocess.wordpiece import WordPiece
+from edgebridge.prompt import (
+    Segment,
+    apply_layouts,
+    expand_grids,
+    is_prefix,
+    place_media,
+    prefix_media,
+    render_chat,
+    split_segments,
+)
 from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
 from edgebridge.runtimes.registry import EncoderSession, artifact_format, open_encoder
 from edgebridge.timing import StageTimes, now_ms, percentile
@@ -79,6 +89,7 @@ class Pipeline:
         self.load_ms = load_ms
         self.load_warnings = warnings
         self._bos = self._bos_token()
+        self._tokenizers: dict[str, WordPiece] = {}
 
     # --- construction --------------------------------------------------------------------
 
@@ -143,11 +154,26 @@ class Pipeline:
 
     # --- pieces usable on their own ----------------------------------------------------------
 
-    def prepare(self, modality: str, items: Sequence[Any]) -> Prepared:
+    def prepare(self, modality: str, items: Sequence[Any], text: str = "") -> Prepared:
+        """Preprocess ``items``; ``text`` feeds encoders that also read the prompt (a Q-Former)."""
         spec = self.manifest.inputs[modality]
         prepared = get_preprocessor(spec.preprocessing["kind"])(list(items), spec.preprocessing)
+        if spec.preprocessing.get("text_inputs"):
+            prepared.inputs.update(self._text_inputs(spec.preprocessing["text_inputs"], text,
+                                                     next(iter(prepared.inputs.values())).shape[0]))
         self._check_inputs(self.encoders[modality].component, prepared.inputs)
         return prepared
+
+    def _text_inputs(self, spec: dict[str, Any], text: str, rows: int) -> dict[str, np.ndarray]:
+        """The prompt as the encoder's text input (WordPiece ids and mask), one copy per batch row."""
+        if spec.get("tokenizer") != "wordpiece":
+            raise BackendUnavailableError(f"text input tokenizer '{spec.get('tokenizer')}' is not supported.")
+        if spec["vocab"] not in self._tokenizers:
+            self._tokenizers[spec["vocab"]] = WordPiece.from_file(self.bundle.path(spec["vocab"]),
+                                                                  lowercase=spec.get("lowercase", True))
+        ids = np.asarray(self._tokenizers[spec["vocab"]].encode(text, spec.get("max_length")), dtype=np.int64)
+        batch = np.repeat(ids[None], rows, axis=0)
+        return {spec["input_ids"]: batch, spec["attention_mask"]: np.ones_like(batch)}
 
     def encode(self, modality: str, prepared: Prepared) -> list[np.ndarray]:
         """Encoder + bridge on prepared inputs -> one ``[n_i, D]`` float32 array per item."""
@@ -185,15 +211,25 @@ class Pipeline:
 
     # --- generation --------------------------------------------------------------------------
 
-    def build_prompt(self, prompt: str, counts: dict[str, int], chat: bool = False, system: str | None = None) -> str:
+    def build_prompt(self, prompt: str, counts: dict[str, int], chat: bool = False,
+                     system: str | None = None) -> tuple[str, str]:
+        """(full text with placeholders, the rendered prompt alone: what text-reading encoders see)."""
         text = place_media(prompt, self.manifest.inputs, counts)
         text = render_chat(text, self.manifest.prompt, self.manifest.inputs, system) if chat else text
-        return apply_layouts(text, self.manifest.inputs)
+        return apply_layouts(prefix_media(text, self.manifest.inputs, counts), self.manifest.inputs), text
 
     def tokenize_segments(self, segments: list[Segment]) -> list[Segment | list[int]]:
-        """Text segments -> token id lists (BOS first when the model adds one); media kept."""
-        out: list[Segment | list[int]] = [[self._bos]] if self._bos is not None else []
-        for seg in segments:
+        """Text segments -> token id lists; media kept. BOS (when the model adds one) goes first, after
+        any ``prefix`` media (InstructBLIP's queries precede BOS, as its processor writes them)."""
+        out: list[Segment | list[int]] = []
+        lead = 0
+        while lead < len(segments) and segments[lead].kind == "media" and \
+                is_prefix(self.manifest.inputs[segments[lead].modality]):
+            out.append(segments[lead])
+            lead += 1
+        if self._bos is not None:
+            out.append([self._bos])
+        for seg in segments[lead:]:
             if seg.kind == "text":
                 ids = self.llm.tokenize(seg.text, add_bos=False)
                 if ids:
@@ -291,12 +327,12 @@ class Pipeline:
         """
         counts = {m: len(items) for m, items in media.items() if items}
         with times.stage("prompt"):
-            text = self.build_prompt(prompt, counts, chat, system)
+            text, instruction = self.build_prompt(prompt, counts, chat, system)
         prepared: dict[str, Prepared] = {}
         for modality, items in media.items():
             if items:
                 with times.stage(f"preprocess_{modality}"):
-                    prepared[modality] = self.prepare(modality, items)
+                    prepared[modality] = self.prepare(modality, items, text=instruction)
         with times.stage("prompt"):
             text = expand_grids(text, self.manifest.inputs, {m: p.info for m, p in prepared.items()})
             pieces = self.tokenize_segments(split_segments(text, self.manifest.inputs))

@@ -98,6 +98,12 @@ def place_media(prompt: str, inputs: dict[str, ModalityInput], counts: dict[str,
             continue
         ph = inputs[modality].placeholder
         found = prompt.count(ph)
+        if is_prefix(inputs[modality]):
+            if found:
+                raise PromptError(
+                    f"this model puts its {modality} input before the whole prompt; the prompt cannot hold '{ph}'.",
+                    hint=f"Remove '{ph}' from the prompt.")
+            continue
         if found == 0 and n:
             prefix += (ph + "\n") * n
         elif found != n:
@@ -106,6 +112,17 @@ def place_media(prompt: str, inputs: dict[str, ModalityInput], counts: dict[str,
                 hint=f"Use one '{ph}' per {modality}, or none to put them all before the text.",
             )
     return prefix + prompt
+
+
+def is_prefix(spec: ModalityInput) -> bool:
+    """Layout ``prefix``: the items' embeddings go before the prompt, BOS included (InstructBLIP)."""
+    return spec.layout.get("kind") == "prefix"
+
+
+def prefix_media(text: str, inputs: dict[str, ModalityInput], counts: dict[str, int]) -> str:
+    """Put the placeholders of ``prefix`` modalities in front of the (rendered) prompt."""
+    head = "".join(spec.placeholder * counts.get(m, 0) for m, spec in inputs.items() if is_prefix(spec))
+    return head + text
 
 
 def split_segments(text: str, inputs: dict[str, ModalityInput]) -> list[Segment]:

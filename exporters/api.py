@@ -110,6 +110,8 @@ def _export_encoder(enc: EncoderExport, writer: BundleWriter, scratch: Path, pla
     budget = plan.budget["encoder"]
     timing_input = {k: v[:1] for k, v in cases[0].inputs.items()}
     artifacts: dict[str, Artifact] = {}
+    for name, source in enc.assets.items():  # files the runtime's preprocessing reads (hashed like the rest)
+        shutil.copyfile(source, writer.path(name))
     for fmt in plan.encoder:
         backend = FORMAT_BACKEND[fmt]
         engine_opts = {"precision": "f32"} if fmt == "openvino" else {}
@@ -228,7 +230,8 @@ def export_bundle(
                 layout=enc.layout,
             )
         if llm_gguf is not None:
-            llm_art = import_gguf(Path(llm_gguf), loaded, layout, writer.path("llm.gguf"), plan, n_embd, step=step)
+            llm_art = import_gguf(Path(llm_gguf), family, loaded, layout, writer.path("llm.gguf"), plan, n_embd,
+                                  step=step)
             text_type, n_vocab = llm_art.details["architecture"], int(llm_art.details["vocab_size"])
             description = f"existing GGUF {Path(llm_gguf).name} ({text_type})"
         else:
@@ -266,7 +269,7 @@ def export_bundle(
 
 def _llm_width(family: Family, loaded: Loaded) -> int:
     """The LLM's input embedding width (what every encoder + bridge must produce)."""
-    return int(loaded.model.get_input_embeddings().weight.shape[1])
+    return int(family.causal_lm(loaded).get_input_embeddings().weight.shape[1])
 
 
 def _check_widths(manifest: Manifest, n_embd: int) -> None:

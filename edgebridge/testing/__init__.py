@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-def _llava(out_dir: Path, **options: Any) -> Path:
+def _llava(out_dir: Path, vision: str = "clip", text: str = "llama", size: str = "tiny", seed: int = 0,
+           **_: Any) -> Path:
     from edgebridge.testing.llava import make_llava
 
-    return make_llava(out_dir, **options)
+    return make_llava(out_dir, vision=vision, text=text, size=size, seed=seed)
 
 
 def _qwen2_audio(out_dir: Path, seed: int = 0, **_: Any) -> Path:
@@ -40,9 +41,22 @@ def _internvl(out_dir: Path, seed: int = 0, **_: Any) -> Path:
     return make_internvl(out_dir, seed=seed)
 
 
+def _mobilevlm(out_dir: Path, seed: int = 0, projector: str = "ldpv2", **_: Any) -> Path:
+    from edgebridge.testing.mobilevlm import make_mobilevlm
+
+    return make_mobilevlm(out_dir, projector=projector, seed=seed)
+
+
+def _instructblip(out_dir: Path, seed: int = 0, **_: Any) -> Path:
+    from edgebridge.testing.instructblip import make_instructblip
+
+    return make_instructblip(out_dir, seed=seed)
+
+
 # kind -> builder(out_dir, **options); options a builder does not take are ignored
 BUILDERS: dict[str, Callable[..., Path]] = {"llava": _llava, "qwen2-audio": _qwen2_audio, "voxtral": _voxtral,
-                                           "idefics3": _idefics3, "internvl": _internvl}
+                                           "idefics3": _idefics3, "internvl": _internvl, "mobilevlm": _mobilevlm,
+                                           "instructblip": _instructblip}
 
 
 def make_tiny(kind: str, out_dir: str | Path, **options: Any) -> Path:

@@ -17,10 +17,12 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("out_dir", type=Path)
     tiny.add_argument("--vision", default="clip", choices=["clip", "siglip"], help="llava: vision tower")
     tiny.add_argument("--text", default="llama", choices=["llama", "qwen2"], help="llava: text model")
-    tiny.add_argument("--size", default="tiny", choices=["tiny", "bench"], help="tiny (tests) or bench (benchmarks)")
+    tiny.add_argument("--size", default="tiny", choices=["tiny", "bench"], help="llava: tiny (tests) or bench")
+    tiny.add_argument("--projector", default="ldpv2", choices=["ldp", "ldpv2"], help="mobilevlm: LDP version")
     tiny.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    options = {"vision": args.vision, "text": args.text, "size": args.size, "seed": args.seed}
+    options = {"vision": args.vision, "text": args.text, "size": args.size, "seed": args.seed,
+               "projector": args.projector}
     path = make_tiny(args.kind, args.out_dir, **options)
     print(path)
     return 0

@@ -50,6 +50,7 @@ class EncoderExport:
     bridge_scopes: tuple[str, ...] = ()  # attribute names of the bridge sub-modules inside ``module``
     # rows of each item's output that carry embeddings (the rest is padding), for parity
     valid_lengths: Callable[[dict[str, torch.Tensor]], list[int]] | None = None
+    assets: dict[str, Path] = field(default_factory=dict)  # bundle file name -> source (e.g. a vocabulary)
 
 
 @dataclass
@@ -90,6 +91,11 @@ class Family(ABC):
 
     def bridge_info(self) -> dict[str, Any]:
         return {"type": self.bridge_type, "survey_group": self.survey_group}
+
+    def causal_lm(self, loaded: Loaded) -> torch.nn.Module:
+        """The module whose ``forward(input_ids=... | inputs_embeds=...)`` gives the LLM's logits without
+        media (the text-side reference for the GGUF gates)."""
+        return loaded.model
 
 
 def read_config(folder: Path) -> dict[str, Any]:

@@ -66,18 +66,18 @@ REFERENCE_TEXTS = [
 ]
 
 
-def text_logits(loaded: Loaded, input_ids: torch.Tensor | None = None,
+def text_logits(lm: torch.nn.Module, input_ids: torch.Tensor | None = None,
                 inputs_embeds: torch.Tensor | None = None) -> np.ndarray:
     """The HF model's logits ``[T, V]`` for one sequence of ids or embeddings (no media)."""
     with torch.no_grad():
-        out = loaded.model(input_ids=input_ids, inputs_embeds=inputs_embeds, use_cache=False)
+        out = lm(input_ids=input_ids, inputs_embeds=inputs_embeds, use_cache=False)
     return out.logits[0].float().numpy()
 
 
-def _reference_cases(loaded: Loaded, vocab_rows: int) -> tuple[list[Any], np.ndarray]:
+def _reference_cases(lm: torch.nn.Module, vocab_rows: int) -> tuple[list[Any], np.ndarray]:
     """Seeded sequences and HF logits: ids only; ids + embeddings + ids."""
     gen = torch.Generator().manual_seed(SEED)
-    embed = loaded.model.get_input_embeddings()
+    embed = lm.get_input_embeddings()
     ids_a = torch.randint(0, vocab_rows, (N_TOKENS,), generator=gen)
     ids_b = torch.randint(0, vocab_rows, (6,), generator=gen)
     ids_c = torch.randint(0, vocab_rows, (6,), generator=gen)
@@ -86,8 +86,8 @@ def _reference_cases(loaded: Loaded, vocab_rows: int) -> tuple[list[Any], np.nda
     with torch.no_grad():
         mixed = torch.cat([embed(ids_b), fake_media, embed(ids_c)])
     ref = np.concatenate([
-        text_logits(loaded, input_ids=ids_a[None]),
-        text_logits(loaded, inputs_embeds=mixed[None]),
+        text_logits(lm, input_ids=ids_a[None]),
+        text_logits(lm, inputs_embeds=mixed[None]),
     ])
     segments = [
         [("tokens", ids_a.numpy())],
@@ -176,7 +176,7 @@ def export_llm(family: Family, loaded: Loaded, layout: PromptLayout, out_path: P
     """Write the gated LLM GGUF at ``out_path`` at the plan's precision (or the one ``auto`` picks)."""
     text = family.text_model(loaded)
     vocab_rows = min(len(_tokenizer_of(loaded)), text.config.vocab_size)
-    cases, reference = _reference_cases(loaded, vocab_rows)
+    cases, reference = _reference_cases(family.causal_lm(loaded), vocab_rows)
     with tempfile.TemporaryDirectory(prefix="edgebridge-gguf-") as scratch:
         scratch = Path(scratch)
         f32_path = scratch / "llm-f32.gguf"
@@ -252,8 +252,8 @@ def _type_counts(types: dict[str, str]) -> dict[str, int]:
     return counts
 
 
-def import_gguf(gguf_path: Path, loaded: Loaded, layout: PromptLayout, out_path: Path, plan: QuantPlan,
-                n_embd: int, *, step: Callable[[str], None] = lambda _: None) -> Artifact:
+def import_gguf(gguf_path: Path, family: Family, loaded: Loaded, layout: PromptLayout, out_path: Path,
+                plan: QuantPlan, n_embd: int, *, step: Callable[[str], None] = lambda _: None) -> Artifact:
     """Use an existing GGUF as the bundle's LLM, validated and held to the drift budget vs transformers."""
     gguf_path = Path(gguf_path)
     step(f"validating {gguf_path.name}")
@@ -265,7 +265,8 @@ def import_gguf(gguf_path: Path, loaded: Loaded, layout: PromptLayout, out_path:
         cases = [[("tokens", np.asarray(llm.tokenize(t, add_bos=layout.add_bos)[: N_CTX - 1]))]
                  for t in REFERENCE_TEXTS]
     step("measuring the GGUF's drift against the HF text model")
-    reference = np.concatenate([text_logits(loaded, input_ids=torch.from_numpy(c[0][1]).long()[None]) for c in cases])
+    lm = family.causal_lm(loaded)
+    reference = np.concatenate([text_logits(lm, input_ids=torch.from_numpy(c[0][1]).long()[None]) for c in cases])
     budget = plan.budget["llm"]
     parity = _measure(gguf_path, LlamaSettings(n_ctx=N_CTX), cases, reference, budget, "default")
     enforce(f"llm (existing GGUF {gguf_path.name})", parity.metrics, budget,
