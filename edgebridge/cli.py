@@ -78,6 +78,9 @@ def export(
     llm_gguf: Optional[Path] = typer.Option(None, help="Use this existing GGUF as the LLM instead of converting."),
     int4_mode: str = typer.Option("sym", help="OpenVINO int4 weight compression: sym or asym."),
     int4_group_size: int = typer.Option(128, help="OpenVINO int4 group size (lowered to divide every layer)."),
+    static: bool = typer.Option(False, "--static", help="Fix every encoder shape (for accelerators that need it)."),
+    static_batch: int = typer.Option(1, min=1, help="With --static: rows (images, tiles, windows) per encoder run."),
+    static_tokens: int = typer.Option(32, min=1, help="With --static: length of padded token axes (Q-Former text)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle folder."),
 ) -> None:
     """Export encoder + bridge to ONNX/OpenVINO and the LLM to GGUF, with parity gates and quantization."""
@@ -90,6 +93,7 @@ def export(
             manifest = export_bundle(model_dir, output, encoder_formats=formats, llm_dtype=llm_dtype.value,
                                      quantize=quantize, max_drift=max_drift, calibration=calibration,
                                      llm_gguf=llm_gguf, int4_mode=int4_mode, int4_group_size=int4_group_size,
+                                     static=static, static_batch=static_batch, static_tokens=static_tokens,
                                      force=force, step=step)
         finally:
             finish()

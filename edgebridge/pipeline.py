@@ -40,6 +40,7 @@ from edgebridge.prompt import (
 )
 from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
 from edgebridge.runtimes.registry import EncoderSession, artifact_format, open_encoder
+from edgebridge.runtimes.static_shapes import conform, run_static
 from edgebridge.timing import StageTimes, now_ms, percentile
 
 
@@ -161,7 +162,8 @@ class Pipeline:
         if spec.preprocessing.get("text_inputs"):
             prepared.inputs.update(self._text_inputs(spec.preprocessing["text_inputs"], text,
                                                      next(iter(prepared.inputs.values())).shape[0]))
-        self._check_inputs(self.encoders[modality].component, prepared.inputs)
+        for inputs in prepared.runs or [prepared.inputs]:
+            self._check_inputs(self.encoders[modality].component, inputs)
         return prepared
 
     def _text_inputs(self, spec: dict[str, Any], text: str, rows: int) -> dict[str, np.ndarray]:
@@ -178,7 +180,13 @@ class Pipeline:
     def encode(self, modality: str, prepared: Prepared) -> list[np.ndarray]:
         """Encoder + bridge on prepared inputs -> one ``[n_i, D]`` float32 array per item."""
         enc = self.encoders[modality]
-        out = enc.session.run(prepared.inputs)[0]
+        static = (self.manifest.static_shapes or {}).get(self.manifest.inputs[modality].component)
+        if static:  # fixed-shape graph: chunk/pad rows, pad token axes
+            out = run_static(enc.session.run, prepared.inputs, static)
+        elif prepared.runs:  # one run per item (sizes differ), stacked as if batched
+            out = np.concatenate([enc.session.run(inputs)[0] for inputs in prepared.runs])
+        else:
+            out = enc.session.run(prepared.inputs)[0]
         if not np.isfinite(out).all():
             raise NonFiniteError(
                 f"the {enc.component.description or modality} encoder produced NaN/Inf embeddings.",
@@ -187,7 +195,16 @@ class Pipeline:
         return prepared.item_embeddings(out, self.manifest.inputs[modality].tokens_per_item)
 
     def _check_inputs(self, comp: Component, inputs: dict[str, np.ndarray]) -> None:
+        name = next((n for n, c in self.manifest.components.items() if c is comp), "")
+        static = (self.manifest.static_shapes or {}).get(name)
+        if static:
+            conform(inputs, static)  # raises StaticShapeError naming the input and the shapes the bundle takes
         for spec in comp.inputs:
+            if static:
+                arr = inputs.get(spec.name)
+                if arr is not None and np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+                    raise NonFiniteError(f"input '{spec.name}' holds NaN or Inf values.")
+                continue
             arr = inputs.get(spec.name)
             if arr is None:
                 raise InputError(f"the encoder needs input '{spec.name}', the preprocessing did not produce it.")

@@ -68,7 +68,13 @@ def _idefics3_grid(layout: dict[str, Any], placeholder: str, info: dict[str, Any
     return f"{grid}\n{fake}{glob}{placeholder}{fake}"
 
 
-GRID_LAYOUTS = {"idefics3-grid": _idefics3_grid}
+def _idefics2_crops(layout: dict[str, Any], placeholder: str, info: dict[str, Any]) -> str:
+    """Idefics2: every crop between fake tokens (doubled fakes are merged after, as the processor does)."""
+    fake = layout["fake_token"]
+    return f"{fake}{placeholder}{fake}" * info["crops"]
+
+
+GRID_LAYOUTS = {"idefics3-grid": _idefics3_grid, "idefics2-crops": _idefics2_crops}
 
 
 def expand_grids(text: str, inputs: dict[str, ModalityInput], infos: dict[str, list[dict[str, Any]]]) -> str:
@@ -82,6 +88,8 @@ def expand_grids(text: str, inputs: dict[str, ModalityInput], infos: dict[str, l
             raise PromptError(f"{len(parts) - 1} '{spec.placeholder}' placeholders for {len(infos[modality])} items.")
         text = parts[0] + "".join(expand(spec.layout, spec.placeholder, info) + rest
                                   for info, rest in zip(infos[modality], parts[1:]))
+        for doubled, single in spec.layout.get("collapse", []):
+            text = text.replace(doubled, single)
     return text
 
 

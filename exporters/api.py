@@ -28,6 +28,7 @@ from edgebridge.exporters.encoder import (
     measure_encoder,
     reference_case,
     reference_outputs,
+    static_example,
     tensor_specs,
 )
 from edgebridge.exporters.families import family_for
@@ -40,6 +41,7 @@ from edgebridge.exporters.quantize.openvino_quant import quantize_openvino
 from edgebridge.manifest import Artifact, Component, Manifest, ModalityInput, Parity, TensorSpec
 from edgebridge.parity import violations
 from edgebridge.runtimes.registry import open_encoder
+from edgebridge.runtimes.static_shapes import conform, run_static
 
 ENCODER_FORMATS = ("onnx", "openvino")
 FORMAT_BACKEND = {"onnx": "onnxruntime", "openvino": "openvino"}  # the runtime backend that runs each format
@@ -80,31 +82,59 @@ def _produce(fmt: str, precision: str, onnx_fp32: Path, out_dir: Path, component
     return [xml, xml.with_suffix(".bin")], method
 
 
-def _latency_ms(backend: str, files: list[Path], inputs: dict[str, np.ndarray], **options: Any) -> float:
+def _latency_ms(backend: str, files: list[Path], inputs: dict[str, np.ndarray], static: dict[str, Any] | None,
+                **options: Any) -> float:
     session = open_encoder(backend, files, **options)
-    session.run(inputs)
+
+    def run() -> Any:
+        return run_static(session.run, inputs, static) if static else session.run(inputs)
+
+    run()
     samples = []
     for _ in range(5):
         start = time.perf_counter()
-        session.run(inputs)
+        run()
         samples.append((time.perf_counter() - start) * 1000.0)
     return round(float(np.median(samples)), 3)
 
 
+def _static_spec(enc: EncoderExport, example: dict[str, torch.Tensor]) -> dict[str, Any]:
+    return {"batch": int(next(iter(example.values())).shape[0]),
+            "inputs": {name: [int(d) for d in example[name].shape] for name in enc.input_names},
+            "pad_axes": {k: list(v) for k, v in enc.pad_axes.items()}}
+
+
+def _static_calibration(calib: CalibrationSet, static: dict[str, Any]) -> CalibrationSet:
+    """Calibration items in the static graph's shapes (rows and token axes zero-padded)."""
+    def fit(item: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        item = conform(item, static)
+        rows = next(iter(item.values())).shape[0]
+        return {k: np.concatenate([v, np.zeros((static["batch"] - rows, *v.shape[1:]), v.dtype)])
+                if rows < static["batch"] else v[:static["batch"]] for k, v in item.items()}
+
+    return CalibrationSet(calibrate=[fit(i) for i in calib.calibrate], evaluate=calib.evaluate,
+                          description=calib.description)
+
+
 def _export_encoder(enc: EncoderExport, writer: BundleWriter, scratch: Path, plan: QuantPlan,
-                    tolerance: dict[str, float], step: Step) -> Component:
-    inputs, outputs = tensor_specs(enc)
+                    tolerance: dict[str, float], step: Step, static: dict[str, int] | None = None,
+                    ) -> tuple[Component, dict[str, Any] | None]:
+    example = static_example(enc, static["batch"], static["tokens"]) if static else None
+    static_spec = _static_spec(enc, example) if example else None
+    inputs, outputs = tensor_specs(enc, example)
     step(f"{enc.component}: PyTorch reference outputs")
     cases = reference_outputs(enc)
     onnx_fp32 = scratch / enc.component / "fp32.onnx"
     onnx_fp32.parent.mkdir(parents=True, exist_ok=True)
-    step(f"{enc.component}: exporting ONNX (torch.onnx, dynamo, opset 20)")
-    bridge_nodes = export_onnx(enc, onnx_fp32)
+    step(f"{enc.component}: exporting ONNX (torch.onnx, dynamo, opset 20{', static shapes' if static else ''})")
+    bridge_nodes = export_onnx(enc, onnx_fp32, static_inputs=example)
     calib: CalibrationSet | None = None
+    quant_calib: CalibrationSet | None = None
     eval_cases: list[Case] = []
     if plan.quantizes_encoders:
         step(f"{enc.component}: calibration set and PyTorch references on held-out inputs")
         calib = calibration_for(enc.modality, enc.preprocessing, plan.calibration)
+        quant_calib = _static_calibration(calib, static_spec) if static_spec else calib
         eval_cases = [reference_case(enc, {k: torch.from_numpy(v) for k, v in item.items()})
                       for item in calib.evaluate]
     budget = plan.budget["encoder"]
@@ -120,16 +150,16 @@ def _export_encoder(enc: EncoderExport, writer: BundleWriter, scratch: Path, pla
         def evaluate(precision: str, fmt: str = fmt, backend: str = backend, engine_opts=engine_opts) -> Trial:
             step(f"{enc.component}: {fmt} {precision} (write, parity, latency)")
             files, method = _produce(fmt, precision, onnx_fp32, scratch / enc.component / fmt / precision,
-                                     enc.component, calib, plan.options)
-            opts = {**engine_opts, "artifact_precision": precision}
+                                     enc.component, quant_calib, plan.options)
+            opts = {**engine_opts, "artifact_precision": precision, "static": static_spec}
             if precision == "fp32":  # the strict gate, on seeded inputs at two batch sizes
                 parity = measure_encoder(backend, files, cases, enc.tokens_per_item, tolerance, **opts)
             else:  # drift against PyTorch on held-out real inputs, held to the budget
                 parity = measure_encoder(backend, files, eval_cases, enc.tokens_per_item, budget, **opts)
             passed, why = verdict(parity.metrics, parity.tolerance)
             size = sum(f.stat().st_size for f in files)
-            trial = Trial(precision, size, {"latency_ms": _latency_ms(backend, files, timing_input, **engine_opts)},
-                          parity.metrics, parity.tolerance, passed, why)
+            latency = _latency_ms(backend, files, timing_input, static_spec, **engine_opts)
+            trial = Trial(precision, size, {"latency_ms": latency}, parity.metrics, parity.tolerance, passed, why)
             tried[precision] = _EncoderCandidate(trial, files, parity, method)
             return trial
 
@@ -166,7 +196,7 @@ def _export_encoder(enc: EncoderExport, writer: BundleWriter, scratch: Path, pla
         artifacts=artifacts,
         bridge={**enc.bridge, "graph_nodes": bridge_nodes},
         description=enc.description,
-    )
+    ), static_spec
 
 
 def export_bundle(
@@ -181,6 +211,9 @@ def export_bundle(
     llm_gguf: str | Path | None = None,
     int4_mode: str = "sym",
     int4_group_size: int = 128,
+    static: bool = False,
+    static_batch: int = 1,
+    static_tokens: int = 32,
     force: bool = False,
     encoder_tolerance: dict[str, float] | None = None,
     step: Step | None = None,
@@ -189,7 +222,9 @@ def export_bundle(
 
     ``quantize`` is the ``--quantize`` text (``auto``, or ``encoder=int8,llm=q4_k_m`` ...);
     ``max_drift`` the ``--max-drift`` items (or a ready budget dict); ``llm_gguf`` an existing
-    GGUF to use as the LLM. ``step`` receives a short message as each stage starts.
+    GGUF to use as the LLM. ``static`` fixes every encoder shape (``static_batch`` rows, token axes
+    of ``static_tokens``) for accelerators that compile fixed shapes. ``step`` receives a short
+    message as each stage starts.
     """
     step = step or (lambda _msg: None)
     model_dir = Path(model_dir)
@@ -220,8 +255,12 @@ def export_bundle(
             validate_existing_gguf(Path(llm_gguf), n_embd)
         components: dict[str, Component] = {}
         inputs: dict[str, ModalityInput] = {}
+        static_shapes: dict[str, Any] = {}
+        fixed = {"batch": static_batch, "tokens": static_tokens} if static else None
         for enc in encoders:
-            components[enc.component] = _export_encoder(enc, writer, Path(scratch), plan, tolerance, step)
+            components[enc.component], spec = _export_encoder(enc, writer, Path(scratch), plan, tolerance, step, fixed)
+            if spec:
+                static_shapes[enc.component] = spec
             inputs[enc.modality] = ModalityInput(
                 component=enc.component,
                 preprocessing=enc.preprocessing,
@@ -260,6 +299,7 @@ def export_bundle(
             inputs=inputs,
             prompt=layout,
             edgebridge_version=__version__,
+            static_shapes=static_shapes or None,
         )
         _check_widths(manifest, n_embd)
         step("writing manifest and moving the bundle into place")

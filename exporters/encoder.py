@@ -54,31 +54,50 @@ def _quiet():
             lg.setLevel(lvl)
 
 
-def tensor_specs(enc: EncoderExport, static_batch: int | None = None) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Input and output specs with dynamic axes named (or fixed for a static export)."""
-    example = enc.make_inputs(1, 0)
+def tensor_specs(enc: EncoderExport, static_inputs: dict[str, torch.Tensor] | None = None,
+                 ) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Input and output specs with dynamic axes named (every axis fixed for a static export)."""
+    example = static_inputs or enc.make_inputs(1, 0)
     with torch.no_grad():
         out = enc.module(**example)
 
     def spec(name: str, t: torch.Tensor) -> TensorSpec:
-        axes = enc.dynamic_axes.get(name, {})
-        shape: list[int | str] = [
-            (static_batch if static_batch and axes.get(i) == "batch" else axes[i]) if i in axes else int(d)
-            for i, d in enumerate(t.shape)
-        ]
+        axes = {} if static_inputs else enc.dynamic_axes.get(name, {})
+        shape: list[int | str] = [axes.get(i, int(d)) for i, d in enumerate(t.shape)]
         return TensorSpec(name=name, dtype=str(t.dtype).replace("torch.", ""), shape=shape)
 
     return [spec(n, example[n]) for n in enc.input_names], [spec(enc.output_name, out)]
 
 
-def export_onnx(enc: EncoderExport, path: Path, *, static_batch: int | None = None) -> list[str]:
-    """Write ``enc.module`` as ONNX; returns the bridge's node names. Raises ``ExportError``."""
+def static_example(enc: EncoderExport, batch: int, tokens: int) -> dict[str, torch.Tensor]:
+    """The fixed-shape example a static export traces: ``batch`` rows, padable axes padded to ``tokens``."""
+    from edgebridge.errors import UnsupportedModelError
+
+    inputs = enc.make_inputs(batch, 0)
+    for name, axes in enc.dynamic_axes.items():
+        extra = [a for a in axes if a != 0 and a not in enc.pad_axes.get(name, [])]
+        if name in enc.input_names and extra:
+            raise UnsupportedModelError(
+                f"{enc.component} takes inputs whose size varies on axes {extra} of '{name}' (e.g. native image "
+                "sizes); a static-shape export of it is not supported.", hint="Export without --static.")
+    for name, axes in enc.pad_axes.items():
+        for axis in axes:
+            t = inputs[name]
+            if t.shape[axis] > tokens:
+                raise ValueError(f"example {name} longer than the static size {tokens}")
+            widths = [0, 0] * (t.ndim - axis - 1) + [0, tokens - t.shape[axis]]
+            inputs[name] = torch.nn.functional.pad(t, widths)
+    return inputs
+
+
+def export_onnx(enc: EncoderExport, path: Path, *, static_inputs: dict[str, torch.Tensor] | None = None) -> list[str]:
+    """Write ``enc.module`` as ONNX (every axis fixed when ``static_inputs`` is given); returns the
+    bridge's node names. Raises ``ExportError``."""
     import onnx
 
-    batch = static_batch or EXPORT_BATCH
-    inputs = enc.make_inputs(batch, 0)
+    inputs = static_inputs or enc.make_inputs(EXPORT_BATCH, 0)
     dynamic = None
-    if not static_batch:
+    if not static_inputs:
         dynamic = {
             name: {axis: torch.export.Dim(label, min=1, max=1024) for axis, label in enc.dynamic_axes.get(name, {}).items()}
             for name in enc.input_names
@@ -168,13 +187,19 @@ def measure_encoder(
     cases: list[Case],
     tokens_per_item: int,
     tolerance: dict[str, float],
+    static: dict[str, Any] | None = None,
     **options: Any,
 ) -> Parity:
-    """Run an artifact through the runtime backend on the reference cases; return its ``Parity``."""
+    """Run an artifact through the runtime backend on the reference cases; return its ``Parity``.
+
+    ``static``: the graph has fixed shapes; inputs are chunked and padded as the runtime does.
+    """
+    from edgebridge.runtimes.static_shapes import run_static
+
     session = open_encoder(backend, files, **options)
     outs, refs = [], []
     for case in cases:
-        out = session.run(case.inputs)[0]
+        out = run_static(session.run, case.inputs, static) if static else session.run(case.inputs)[0]
         ref = case.reference
         if out.shape != ref.shape:
             raise ShapeMismatchError(

@@ -140,3 +140,46 @@ def prepare_gotocr2(items: list[Any], spec: dict[str, Any]) -> Prepared:
         counts.append(per_tile * len(frames))
         info.append({"width": img.size[0], "height": img.size[1], "tiles": len(frames)})
     return Prepared(inputs={"pixel_values": np.stack(tiles)}, tokens_per_item=counts, info=info, item_rows=rows)
+
+
+# --- Idefics2 ----------------------------------------------------------------------------------------
+
+
+def idefics2_size(height: int, width: int, shortest: int, longest: int) -> tuple[int, int]:
+    """``Idefics2ImageProcessor``'s rule: shrink the longer side to ``longest`` (keeping the aspect), then
+    raise each side to at least ``shortest`` (each on its own, as transformers does)."""
+    aspect = width / height
+    if width >= height and width > longest:
+        width, height = longest, int(longest / aspect)
+    elif height > width and height > longest:
+        height, width = longest, int(longest * aspect)
+    return max(height, shortest), max(width, shortest)
+
+
+def idefics2_crops(img: Image.Image, spec: dict[str, Any]) -> list[np.ndarray]:
+    """One image -> HWC uint8 crops: the four quadrants and the whole image (splitting), or the image."""
+    arr = np.asarray(img)
+    if spec.get("do_image_splitting"):
+        h, w = arr.shape[:2]
+        mh, mw = h // 2, w // 2
+        crops = [arr[:mh, :mw], arr[:mh, mw:], arr[mh:, :mw], arr[mh:, mw:], arr]
+    else:
+        crops = [arr]
+    out = []
+    for crop in crops:
+        h, w = idefics2_size(crop.shape[0], crop.shape[1], spec["shortest_edge"], spec["longest_edge"])
+        out.append(np.asarray(resize(Image.fromarray(np.ascontiguousarray(crop)), h, w, spec.get("resample", "bilinear"))))
+    return out
+
+
+@register_preprocessor("idefics2-resize")
+def prepare_idefics2(items: list[Any], spec: dict[str, Any]) -> Prepared:
+    """Variable-size crops: each runs through the encoder on its own (no padding, so no pixel mask)."""
+    runs, info = [], []
+    for item in items:
+        img = load_image(item, max_pixels=int(spec.get("max_pixels", DEFAULT_MAX_PIXELS)))
+        crops = _finish(idefics2_crops(img, spec), spec)
+        runs.extend({"pixel_values": c[None]} for c in crops)
+        info.append({"width": img.size[0], "height": img.size[1], "crops": len(crops)})
+    rows_of = [slice(i, i + 1) for i in range(len(runs))]
+    return Prepared(inputs=runs[0], info=info, item_rows=rows_of, runs=runs)

@@ -53,10 +53,16 @@ def _instructblip(out_dir: Path, seed: int = 0, **_: Any) -> Path:
     return make_instructblip(out_dir, seed=seed)
 
 
+def _idefics2(out_dir: Path, seed: int = 0, split: bool = False, **_: Any) -> Path:
+    from edgebridge.testing.idefics2 import make_idefics2
+
+    return make_idefics2(out_dir, seed=seed, split=split)
+
+
 # kind -> builder(out_dir, **options); options a builder does not take are ignored
 BUILDERS: dict[str, Callable[..., Path]] = {"llava": _llava, "qwen2-audio": _qwen2_audio, "voxtral": _voxtral,
                                            "idefics3": _idefics3, "internvl": _internvl, "mobilevlm": _mobilevlm,
-                                           "instructblip": _instructblip}
+                                           "instructblip": _instructblip, "idefics2": _idefics2}
 
 
 def make_tiny(kind: str, out_dir: str | Path, **options: Any) -> Path:

@@ -51,6 +51,8 @@ class EncoderExport:
     # rows of each item's output that carry embeddings (the rest is padding), for parity
     valid_lengths: Callable[[dict[str, torch.Tensor]], list[int]] | None = None
     assets: dict[str, Path] = field(default_factory=dict)  # bundle file name -> source (e.g. a vocabulary)
+    # non-batch axes that may be zero-padded (token axes with an attention mask), for static exports
+    pad_axes: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass

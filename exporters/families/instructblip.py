@@ -103,6 +103,7 @@ class InstructBlipFamily(Family):
             description="BLIP vision tower + instruction-aware Q-Former + projection",
             bridge_scopes=("qformer", "language_projection"),
             assets={VOCAB_ASSET: vocab_file},
+            pad_axes={"qformer_input_ids": [1], "qformer_attention_mask": [1]},
         )]
 
     def causal_lm(self, loaded: Loaded) -> torch.nn.Module:
