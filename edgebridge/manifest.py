@@ -154,6 +154,7 @@ class Component:
     artifacts: dict[str, Artifact]
     bridge: dict[str, Any] | None = None
     description: str = ""
+    tool: dict[str, Any] | None = None  # role "tool": its kind and settings (runtimes/tools)
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> "Component":
@@ -169,6 +170,7 @@ class Component:
             artifacts={k: Artifact.from_dict(v, f"{where}.artifacts.{k}") for k, v in arts.data.items()},
             bridge=f.opt("bridge", dict),
             description=f.opt("description", str, ""),
+            tool=f.opt("tool", dict),
         )
 
 

@@ -32,6 +32,7 @@ from edgebridge.prompt import (
     Segment,
     apply_layouts,
     expand_grids,
+    insert_tool_text,
     is_prefix,
     place_media,
     prefix_media,
@@ -41,6 +42,7 @@ from edgebridge.prompt import (
 from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
 from edgebridge.runtimes.registry import EncoderSession, artifact_format, open_encoder
 from edgebridge.runtimes.static_shapes import conform, run_static
+from edgebridge.runtimes.tools import Tool, ToolOutput, open_tool
 from edgebridge.timing import StageTimes, now_ms, percentile
 
 
@@ -55,6 +57,7 @@ class GenerationResult:
     timings: dict[str, Any]
     devices: dict[str, dict[str, Any]]
     warnings: list[str] = field(default_factory=list)
+    tool_outputs: dict[str, list[str]] = field(default_factory=dict)  # e.g. {"audio": [transcript]}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,15 +85,17 @@ class Pipeline:
     """A loaded bundle: encoder sessions per modality and the llama.cpp LLM."""
 
     def __init__(self, bundle: Bundle, encoders: dict[str, _Encoder], llm: LlamaCppLLM, load_ms: float,
-                 warnings: list[str]) -> None:
+                 warnings: list[str], tools: dict[str, Tool] | None = None) -> None:
         self.bundle = bundle
         self.manifest: Manifest = bundle.manifest
         self.encoders = encoders
+        self.tools = tools or {}
         self.llm = llm
         self.load_ms = load_ms
         self.load_warnings = warnings
         self._bos = self._bos_token()
         self._tokenizers: dict[str, WordPiece] = {}
+        self.last_tool_outputs: dict[str, list[str]] = {}
 
     # --- construction --------------------------------------------------------------------
 
@@ -119,8 +124,16 @@ class Pipeline:
         fmt = artifact_format(encoder_backend)
         warnings: list[str] = []
         encoders: dict[str, _Encoder] = {}
+        tools: dict[str, Tool] = {}
         for modality, spec in manifest.inputs.items():
             comp = manifest.components[spec.component]
+            if comp.role == "tool":
+                tools[modality] = open_tool(bundle.root, comp, encoder_backend, device=device, threads=threads,
+                                            precision=precision)
+                if tools[modality].report.fallback_reason:
+                    warnings.append(f"{spec.component}: {tools[modality].report.fallback_reason}; "
+                                    f"ran on {tools[modality].report.executed}.")
+                continue
             art = comp.artifacts.get(fmt)
             if art is None:
                 raise BackendUnavailableError(
@@ -142,7 +155,7 @@ class Pipeline:
                           expect_n_embd=int(llm_comp.inputs[0].shape[-1]))
         if llm.report.fallback_reason:
             warnings.append(f"llm: {llm.report.fallback_reason}; ran on {llm.report.executed}.")
-        return cls(bundle, encoders, llm, now_ms() - start, warnings)
+        return cls(bundle, encoders, llm, now_ms() - start, warnings, tools)
 
     def close(self) -> None:
         self.llm.close()
@@ -162,8 +175,9 @@ class Pipeline:
         if spec.preprocessing.get("text_inputs"):
             prepared.inputs.update(self._text_inputs(spec.preprocessing["text_inputs"], text,
                                                      next(iter(prepared.inputs.values())).shape[0]))
+        comp = self.manifest.components[spec.component]
         for inputs in prepared.runs or [prepared.inputs]:
-            self._check_inputs(self.encoders[modality].component, inputs)
+            self._check_inputs(comp, inputs)
         return prepared
 
     def _text_inputs(self, spec: dict[str, Any], text: str, rows: int) -> dict[str, np.ndarray]:
@@ -318,7 +332,8 @@ class Pipeline:
             yield tail
         decode_ms = now_ms() - decode_start
         timings = self._timings(times, ttft, per_token, decode_ms, now_ms() - start, n_prompt, len(tokens))
-        devices = {self.manifest.inputs[m].component: self.encoders[m].session.report.as_dict() for m in encoded}
+        devices = {self.manifest.inputs[m].component: (self.encoders[m].session.report if m in self.encoders
+                                                        else self.tools[m].report).as_dict() for m in encoded}
         devices["llm"] = self.llm.report.as_dict()
         return GenerationResult(
             text=bytes(raw).decode("utf-8", errors="replace"),
@@ -328,6 +343,7 @@ class Pipeline:
             timings=timings,
             devices=devices,
             warnings=list(self.load_warnings) + notes,
+            tool_outputs=dict(self.last_tool_outputs),
         )
 
     def prefill_logits(self, prompt: str, images: Sequence[Any] | None = None, audio: Sequence[Any] | None = None,
@@ -350,7 +366,15 @@ class Pipeline:
             if items:
                 with times.stage(f"preprocess_{modality}"):
                     prepared[modality] = self.prepare(modality, items, text=instruction)
+        tool_outputs: dict[str, list[ToolOutput]] = {}
+        for modality in [m for m in prepared if m in self.tools]:
+            with times.stage(f"tool_{modality}"):
+                prep = prepared.pop(modality)
+                rows = prep.item_rows or [slice(i, i + 1) for i in range(len(prep.info))]
+                tool_outputs[modality] = self.tools[modality].run(prep.inputs, rows)
+        self.last_tool_outputs = {m: [o.text for o in outs] for m, outs in tool_outputs.items()}
         with times.stage("prompt"):
+            text = insert_tool_text(text, self.manifest.inputs, self.last_tool_outputs)
             text = expand_grids(text, self.manifest.inputs, {m: p.info for m, p in prepared.items()})
             pieces = self.tokenize_segments(split_segments(text, self.manifest.inputs))
         n_prompt = self._count_positions(pieces, prepared)
@@ -365,7 +389,7 @@ class Pipeline:
         notes = [f"{m} input {i}: {info['seconds']:.1f} s clip truncated to {info['truncated_to_seconds']:.0f} s, "
                  "the model's window (as its processor does)"
                  for m, prep in prepared.items() for i, info in enumerate(prep.info) if "truncated_to_seconds" in info]
-        return logits, n_prompt, list(embeds), notes
+        return logits, n_prompt, list(embeds) + list(tool_outputs), notes
 
     def _count_positions(self, pieces: list[Segment | list[int]], prepared: dict[str, Prepared]) -> int:
         n = 0

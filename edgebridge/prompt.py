@@ -77,6 +77,18 @@ def _idefics2_crops(layout: dict[str, Any], placeholder: str, info: dict[str, An
 GRID_LAYOUTS = {"idefics3-grid": _idefics3_grid, "idefics2-crops": _idefics2_crops}
 
 
+def insert_tool_text(text: str, inputs: dict[str, ModalityInput], outputs: dict[str, list[str]]) -> str:
+    """Replace each placeholder of a tool modality with that item's text (layout ``text``: ``template``)."""
+    for modality, texts in outputs.items():
+        spec = inputs[modality]
+        template = spec.layout.get("template", "{text}")
+        parts = text.split(spec.placeholder)
+        if len(parts) - 1 != len(texts):
+            raise PromptError(f"{len(parts) - 1} '{spec.placeholder}' placeholders for {len(texts)} {modality} inputs.")
+        text = parts[0] + "".join(template.format(text=t) + rest for t, rest in zip(texts, parts[1:]))
+    return text
+
+
 def expand_grids(text: str, inputs: dict[str, ModalityInput], infos: dict[str, list[dict[str, Any]]]) -> str:
     """Replace each placeholder of a tiled modality by its grid text (known once the image is tiled)."""
     for modality, spec in inputs.items():

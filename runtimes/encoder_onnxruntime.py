@@ -62,6 +62,7 @@ class OnnxRuntimeEncoder:
         self._path, self._opts, self._providers = path, opts, providers
         ran = self.session.get_providers()[0]
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
         self.report = DeviceReport(
             requested=device,
             executed=_PROVIDER_DEVICE.get(ran, ran),

@@ -97,6 +97,8 @@ class OpenVinoEncoder:
                 hint="The IR is corrupt or the device rejected it; re-export the bundle or try --device CPU.",
             ) from None
         self.request = self.compiled.create_infer_request()
+        self.input_names = [i.get_any_name() for i in self.compiled.inputs]
+        self.output_names = [o.get_any_name() for o in self.compiled.outputs]
         self._core, self._model, self._target, self._config = core, model, target, config
         executed = ",".join(self.compiled.get_property("EXECUTION_DEVICES"))
         try:

@@ -40,12 +40,19 @@ class DeviceReport:
 
 
 class EncoderSession(Protocol):
-    """A loaded encoder + bridge graph."""
+    """A loaded graph (encoder + bridge, or a tool's graph): outputs in ``output_names`` order."""
 
     backend: str
     report: DeviceReport
+    input_names: list[str]
+    output_names: list[str]
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+
+def run_named(session: EncoderSession, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run a session and key its outputs by name (graphs with many outputs: decoders with KV caches)."""
+    return dict(zip(session.output_names, session.run(inputs)))
 
 
 EncoderFactory = Callable[..., EncoderSession]

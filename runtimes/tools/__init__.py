@@ -1,0 +1,77 @@
+"""Tool stages (survey group "tool learning"): a model turns a modality into text for the LLM.
+
+A tool is one module ``runtimes/tools/tool_<name>.py`` whose class is registered with
+``@register_tool("<kind>")``; the bundle's component says which kind it is (``component.tool.kind``).
+Tools run their graphs with the same encoder backends (onnxruntime / OpenVINO) as encoders do.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from edgebridge.errors import BackendUnavailableError, ManifestError
+from edgebridge.manifest import Component
+from edgebridge.runtimes.registry import DeviceReport, EncoderSession, artifact_format, open_encoder
+
+
+@dataclass
+class ToolOutput:
+    """What a tool made of one item: the text for the prompt and how it got there."""
+
+    text: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Tool(Protocol):
+    report: DeviceReport
+
+    def run(self, inputs: dict[str, Any], rows: list[slice]) -> list[ToolOutput]: ...
+
+
+_TOOLS: dict[str, Callable[..., Tool]] = {}
+_discovered = False
+
+
+def register_tool(kind: str) -> Callable[[Callable[..., Tool]], Callable[..., Tool]]:
+    def deco(factory: Callable[..., Tool]) -> Callable[..., Tool]:
+        _TOOLS[kind] = factory
+        return factory
+
+    return deco
+
+
+def open_tool(root: Path, component: Component, backend: str, **options: Any) -> Tool:
+    """Load a bundle's tool component with the named backend (``device``, ``threads``, ``precision``)."""
+    global _discovered
+    if not _discovered:
+        for info in pkgutil.iter_modules(__path__):
+            if info.name.startswith("tool_"):
+                importlib.import_module(f"{__name__}.{info.name}")
+        _discovered = True
+    spec = component.tool or {}
+    kind = spec.get("kind")
+    if kind not in _TOOLS:
+        raise ManifestError(f"the bundle needs tool '{kind}', which this edgebridge does not have.",
+                            hint=f"Known tools: {', '.join(sorted(_TOOLS))}. Upgrade edgebridge.")
+    return _TOOLS[kind](root, component, backend, **options)
+
+
+def open_graphs(root: Path, component: Component, backend: str, **options: Any) -> dict[str, EncoderSession]:
+    """Open each of a tool's graphs (``tool.graphs``: role -> file stem) for the backend's format."""
+    fmt = artifact_format(backend)
+    art = component.artifacts.get(fmt)
+    if art is None:
+        raise BackendUnavailableError(f"the tool has no {fmt} artifact (it has: {', '.join(component.artifacts)}).")
+    suffixes = {"onnx": [".onnx"], "openvino": [".xml", ".bin"]}[fmt]
+    sessions = {}
+    for role, stem in component.tool["graphs"].items():
+        files = [root / f"{stem}{suffix}" for suffix in suffixes]
+        missing = [f.name for f in files if f.name not in art.files]
+        if missing:
+            raise ManifestError(f"tool graph '{role}' needs {missing}, which the artifact does not list.")
+        sessions[role] = open_encoder(backend, files, artifact_precision=art.precision, **options)
+    return sessions
