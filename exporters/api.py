@@ -38,6 +38,7 @@ from edgebridge.exporters.quantize import QuantPlan, Trial, first_within_budget,
 from edgebridge.exporters.quantize.calibration import CalibrationSet, calibration_for
 from edgebridge.exporters.quantize.onnx_quant import quantize_onnx
 from edgebridge.exporters.quantize.openvino_quant import quantize_openvino
+from edgebridge.exporters.tools import export_tool
 from edgebridge.manifest import Artifact, Component, Manifest, ModalityInput, Parity, TensorSpec
 from edgebridge.parity import violations
 from edgebridge.runtimes.registry import open_encoder
@@ -251,6 +252,7 @@ def export_bundle(
         layout = family.prompt_layout(loaded)
         encoders = family.encoders(loaded)
         n_embd = _llm_width(family, loaded)
+        llm_gguf = llm_gguf if llm_gguf is not None else family.existing_gguf(loaded)
         if llm_gguf is not None:  # refuse a wrong GGUF before the long encoder work (and before any C call)
             validate_existing_gguf(Path(llm_gguf), n_embd)
         components: dict[str, Component] = {}
@@ -268,6 +270,10 @@ def export_bundle(
                 tokens_per_item=enc.tokens_per_item,
                 layout=enc.layout,
             )
+        for tool in family.tools(loaded):
+            components[tool.component] = export_tool(tool, writer.tmp, Path(scratch), formats, step)
+            inputs[tool.modality] = ModalityInput(component=tool.component, preprocessing=tool.preprocessing,
+                                                  placeholder=tool.placeholder, tokens_per_item=0, layout=tool.layout)
         if llm_gguf is not None:
             llm_art = import_gguf(Path(llm_gguf), family, loaded, layout, writer.path("llm.gguf"), plan, n_embd,
                                   step=step)

@@ -241,6 +241,8 @@ def _tokens_for(frames: int, rule: dict[str, Any]) -> int:
         return (after_conv - 2) // 2 + 1
     if rule["kind"] == "per-chunk":
         return rule["per_chunk"]
+    if rule["kind"] == "none":  # a tool reads the features; nothing goes into the prompt as embeddings
+        return 0
     raise AudioInputError(f"unknown embeddings rule '{rule['kind']}' in the bundle.")
 
 

@@ -94,6 +94,14 @@ class Family(ABC):
     def bridge_info(self) -> dict[str, Any]:
         return {"type": self.bridge_type, "survey_group": self.survey_group}
 
+    def tools(self, loaded: Loaded) -> list[Any]:
+        """Tool components (``edgebridge.exporters.tools.ToolExport``): models that turn a modality into text."""
+        return []
+
+    def existing_gguf(self, loaded: Loaded) -> Path | None:
+        """A GGUF the family ships as its LLM (used as is, checked against ``causal_lm``), or None."""
+        return None
+
     def causal_lm(self, loaded: Loaded) -> torch.nn.Module:
         """The module whose ``forward(input_ids=... | inputs_embeds=...)`` gives the LLM's logits without
         media (the text-side reference for the GGUF gates)."""

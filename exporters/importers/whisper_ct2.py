@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -66,14 +67,22 @@ def _merge_parts(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[b
         parts = parts[:best] + [parts[best] + parts[best + 1]] + parts[best + 2:]
 
 
+TIKTOKEN_NAME = "gpt2.tiktoken"
+
+
 def tiktoken_file() -> Path:
-    """openai-whisper's ``gpt2.tiktoken`` (installed by `make setup`; read as data, never imported)."""
+    """openai-whisper's ``gpt2.tiktoken``: ``$EDGEBRIDGE_ASSETS`` or ``~/.cache/edgebridge/assets``
+    (where `make setup` puts it), else an installed openai-whisper package (read as data, never imported)."""
+    candidates = [Path(os.environ.get("EDGEBRIDGE_ASSETS", Path.home() / ".cache" / "edgebridge" / "assets"))
+                  / TIKTOKEN_NAME]
     spec = importlib.util.find_spec("whisper")
-    path = Path(spec.origin).parent / "assets" / "gpt2.tiktoken" if spec and spec.origin else None
-    if path is None or not path.is_file():
-        raise ExportError("English-only Whisper needs openai-whisper's gpt2.tiktoken for its tokenizer.",
-                          hint="pip install --no-deps openai-whisper==20250625 (make setup does it).")
-    return path
+    if spec and spec.origin:
+        candidates.append(Path(spec.origin).parent / "assets" / TIKTOKEN_NAME)
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise ExportError("English-only Whisper needs openai-whisper's gpt2.tiktoken for its tokenizer.",
+                      hint="`make setup` fetches it into ~/.cache/edgebridge/assets/.")
 
 
 def english_tokenizer_json(out: Path, vocab_size: int) -> None:
