@@ -217,6 +217,8 @@ def profile(
     precision: str = typer.Option("f32", help="OpenVINO execution precision: f32, bf16, f16 or auto."),
     baseline: List[str] = typer.Option([], help="torch and/or optimum-openvino (needs --model-dir)."),
     model_dir: Optional[Path] = typer.Option(None, help="The Hugging Face folder the bundle came from."),
+    warm_cache: bool = typer.Option(False, help="Keep the embedding cache and KV-prefix reuse on across runs "
+                                                "(repeated requests); default: every run is cold."),
 ) -> None:
     """Profile a bundle over backends x devices (and baselines); write report.json and report.html."""
     from edgebridge.profiling import Profiler
@@ -228,7 +230,8 @@ def profile(
             report = profile_bundle(bundle, prompt=prompt, images=[str(i) for i in image],
                                     audio=[str(a) for a in audio], max_new_tokens=max_new_tokens, runs=runs,
                                     warmup=warmup, backends=_split(backend), devices=_split(device), threads=threads,
-                                    precision=precision, baselines=_split(baseline), model_dir=model_dir, step=step)
+                                    precision=precision, baselines=_split(baseline), model_dir=model_dir,
+                                    warm_cache=warm_cache, step=step)
         finally:
             finish()
     paths = Profiler().write(output, report)

@@ -24,6 +24,7 @@ from typing import Any, Generator, Iterator, Sequence
 import numpy as np
 
 from edgebridge.bundle import Bundle
+from edgebridge.caching import EmbeddingCache, KVPrefix, digest
 from edgebridge.errors import BackendUnavailableError, InputError, NonFiniteError, StaticShapeError
 from edgebridge.manifest import Component, Manifest
 from edgebridge.preprocess import Prepared, get_preprocessor
@@ -85,8 +86,11 @@ class Pipeline:
     """A loaded bundle: encoder sessions per modality and the llama.cpp LLM."""
 
     def __init__(self, bundle: Bundle, encoders: dict[str, _Encoder], llm: LlamaCppLLM, load_ms: float,
-                 warnings: list[str], tools: dict[str, Tool] | None = None) -> None:
+                 warnings: list[str], tools: dict[str, Tool] | None = None, *, cache_embeddings: bool = True,
+                 reuse_prefix: bool = True) -> None:
         self.bundle = bundle
+        self.embedding_cache = EmbeddingCache() if cache_embeddings else None
+        self.kv = KVPrefix() if reuse_prefix else None
         self.manifest: Manifest = bundle.manifest
         self.encoders = encoders
         self.tools = tools or {}
@@ -96,6 +100,7 @@ class Pipeline:
         self._bos = self._bos_token()
         self._tokenizers: dict[str, WordPiece] = {}
         self.last_tool_outputs: dict[str, list[str]] = {}
+        self.reused_positions = 0
 
     # --- construction --------------------------------------------------------------------
 
@@ -111,12 +116,17 @@ class Pipeline:
         n_ctx: int | None = None,
         llm_settings: LlamaSettings | None = None,
         verify: bool = True,
+        cache_embeddings: bool = True,
+        reuse_prefix: bool = True,
     ) -> "Pipeline":
         """Open a bundle and load its engines.
 
         ``device`` (CPU|GPU|NPU|AUTO) applies to the encoders; an unavailable device falls back to
         CPU and is reported. ``precision`` is the OpenVINO execution precision (``f32`` strict,
         ``bf16``/``f16`` faster, ``auto`` the device default). ``verify`` checks every file's sha256.
+        ``cache_embeddings`` reuses encoder outputs for inputs seen before (by content hash) and
+        ``reuse_prefix`` keeps the KV cache of a prompt prefix shared with the previous call; both
+        give the same results as recomputing.
         """
         start = now_ms()
         bundle = Bundle.open(path, verify=verify)
@@ -155,7 +165,8 @@ class Pipeline:
                           expect_n_embd=int(llm_comp.inputs[0].shape[-1]))
         if llm.report.fallback_reason:
             warnings.append(f"llm: {llm.report.fallback_reason}; ran on {llm.report.executed}.")
-        return cls(bundle, encoders, llm, now_ms() - start, warnings, tools)
+        return cls(bundle, encoders, llm, now_ms() - start, warnings, tools, cache_embeddings=cache_embeddings,
+                   reuse_prefix=reuse_prefix)
 
     def close(self) -> None:
         self.llm.close()
@@ -192,7 +203,21 @@ class Pipeline:
         return {spec["input_ids"]: batch, spec["attention_mask"]: np.ones_like(batch)}
 
     def encode(self, modality: str, prepared: Prepared) -> list[np.ndarray]:
-        """Encoder + bridge on prepared inputs -> one ``[n_i, D]`` float32 array per item."""
+        """Encoder + bridge on prepared inputs -> one ``[n_i, D]`` float32 array per item (cached by content)."""
+        key = None
+        if self.embedding_cache is not None:
+            runs = prepared.runs or [prepared.inputs]
+            key = digest({f"{i}:{k}": v for i, run in enumerate(runs) for k, v in run.items()},
+                         salt=self.manifest.inputs[modality].component)
+            hit = self.embedding_cache.get(key)
+            if hit is not None:
+                return hit
+        out = self._encode(modality, prepared)
+        if key is not None:
+            self.embedding_cache.put(key, out)
+        return out
+
+    def _encode(self, modality: str, prepared: Prepared) -> list[np.ndarray]:
         enc = self.encoders[modality]
         static = (self.manifest.static_shapes or {}).get(self.manifest.inputs[modality].component)
         if static:  # fixed-shape graph: chunk/pad rows, pad token axes
@@ -324,7 +349,9 @@ class Pipeline:
                 finish = "context"
                 break
             t0 = now_ms()
-            logits = self.llm.eval_tokens([token])
+            logits = self.llm.step(token)
+            if self.kv is not None:
+                self.kv.append(("t", token))
             token = int(np.argmax(logits))
             per_token.append(now_ms() - t0)
         tail = decoder.decode(b"", final=True)
@@ -332,6 +359,8 @@ class Pipeline:
             yield tail
         decode_ms = now_ms() - decode_start
         timings = self._timings(times, ttft, per_token, decode_ms, now_ms() - start, n_prompt, len(tokens))
+        timings["reused_prefix_positions"] = self.reused_positions
+        timings["embedding_cache_hits"] = self.embedding_cache.hits if self.embedding_cache else 0
         devices = {self.manifest.inputs[m].component: (self.encoders[m].session.report if m in self.encoders
                                                         else self.tools[m].report).as_dict() for m in encoded}
         devices["llm"] = self.llm.report.as_dict()
@@ -378,8 +407,7 @@ class Pipeline:
             text = expand_grids(text, self.manifest.inputs, {m: p.info for m, p in prepared.items()})
             pieces = self.tokenize_segments(split_segments(text, self.manifest.inputs))
         n_prompt = self._count_positions(pieces, prepared)
-        self.llm.reset()
-        self.llm.check_room(n_prompt)  # refuse before spending time on the encoders
+        self.llm.check_fits(n_prompt)  # refuse before spending time on the encoders
         embeds: dict[str, list[np.ndarray]] = {}
         for modality, prep in prepared.items():
             with times.stage(f"encode_{modality}"):
@@ -402,15 +430,37 @@ class Pipeline:
         return n
 
     def _prefill(self, pieces: list[Segment | list[int]], embeds: dict[str, list[np.ndarray]]) -> np.ndarray:
+        """Feed the prompt to llama.cpp (keeping a KV prefix shared with the previous call); last logits."""
         if not pieces:
             raise InputError("the prompt is empty.", hint="Give a prompt or at least one image/audio input.")
-        logits = None
-        for i, piece in enumerate(pieces):
-            want = "last" if i == len(pieces) - 1 else "none"
+        runs: list[tuple[str, Any]] = []  # ("tokens", ids) | ("embeds", array), in prompt order
+        signature: list[Any] = []
+        for piece in pieces:
             if isinstance(piece, Segment):
-                logits = self.llm.eval_embeddings(embeds[piece.modality][piece.index], logits=want)
+                arr = embeds[piece.modality][piece.index]
+                tag = digest(arr) if self.kv is not None else ""
+                runs.append(("embeds", arr))
+                signature.extend(("e", tag, r) for r in range(arr.shape[0]))
             else:
-                logits = self.llm.eval_tokens(piece, logits=want)
+                runs.append(("tokens", list(piece)))
+                signature.extend(("t", t) for t in piece)
+        keep = self.kv.keep_for(signature) if self.kv is not None else 0
+        self.llm.reset(keep)
+        self.reused_positions = self.llm.n_past
+        if self.kv is not None:
+            self.kv.clear()  # until the prefill completes, the cache holds nothing we can vouch for
+        skip = self.llm.n_past
+        logits = None
+        for i, (kind, data) in enumerate(runs):
+            n = len(data)
+            if skip >= n:
+                skip -= n
+                continue
+            part, skip = data[skip:], 0
+            want = "last" if i == len(runs) - 1 else "none"
+            logits = self.llm.eval_embeddings(part, want) if kind == "embeds" else self.llm.eval_tokens(part, want)
+        if self.kv is not None:
+            self.kv.set(signature)
         return logits
 
     @staticmethod

@@ -216,9 +216,14 @@ class LlamaCppLLM:
         self.n_past = keep
 
     def check_room(self, n: int) -> None:
-        if self.n_past + n > self.n_ctx:
+        """Refuse ``n`` more positions after the current ones when the context cannot hold them."""
+        self.check_fits(self.n_past + n)
+
+    def check_fits(self, total: int) -> None:
+        """Refuse a sequence of ``total`` positions when the context cannot hold it."""
+        if total > self.n_ctx:
             raise ContextOverflowError(
-                f"the sequence needs {self.n_past + n} positions, the context holds {self.n_ctx}.",
+                f"the sequence needs {total} positions, the context holds {self.n_ctx}.",
                 hint="Shorten the prompt, use fewer images, or raise n_ctx (--n-ctx).",
             )
 
@@ -239,6 +244,21 @@ class LlamaCppLLM:
         self.check_room(arr.shape[0])
         batch = self._embeds
         return self._run_chunks(arr.shape[0], logits, lambda lo, hi: batch.embd.__setitem__(slice(0, hi - lo), arr[lo:hi]), batch)
+
+    def step(self, token: int) -> np.ndarray:
+        """Decode one token at the next position; returns a *view* of its logits ``[V]`` (valid until the
+        next decode). The generation loop's lean path: no batch-level checks beyond the token and room."""
+        if not 0 <= token < self.n_vocab:
+            raise InputError(f"token id {token} out of range [0, {self.n_vocab}).")
+        self.check_room(1)
+        batch = self._tokens
+        batch.token[0] = token
+        batch.fill(self.n_past, 1, "last")
+        rc = self.lib.llama_decode(self._ctx, batch.batch)
+        if rc != 0:
+            raise BackendError(f"llama_decode failed with code {rc} ({last_log()}).")
+        self.n_past += 1
+        return np.ctypeslib.as_array(self.lib.llama_get_logits_ith(self._ctx, 0), shape=(self.n_vocab,))
 
     def validate_embeddings(self, embeds: Any) -> np.ndarray:
         if not isinstance(embeds, np.ndarray):
