@@ -88,3 +88,27 @@ def print_table(title: str, header: list[str], rows: list[list[object]]) -> None
     for row in rows:
         table.add_row(*[f"{c:.3g}" if isinstance(c, float) else str(c) for c in row])
     Console(width=160).print(table)
+
+
+def bare_llama_decode(gguf: Path, prompt: str, n_tokens: int, runs: int, threads: int) -> list[float]:
+    """Greedy decode tokens/s of a bare ``llama_cpp.Llama`` on ``gguf`` (text prompt), one sample per run.
+
+    Times ``n_tokens - 1`` single-token steps after the prompt, as the pipeline's decode figure does.
+    """
+    import numpy as np
+    from llama_cpp import Llama
+
+    bare = Llama(model_path=str(gguf), n_ctx=2048, n_batch=512, n_ubatch=512, n_threads=threads,
+                 n_threads_batch=threads, verbose=False)
+    tokens = bare.tokenize(prompt.encode())
+    samples = []
+    for _ in range(runs):
+        bare.reset()
+        bare.eval(tokens)
+        start = time.perf_counter()
+        for _ in range(n_tokens - 1):
+            tok = int(np.argmax(bare.scores[bare.n_tokens - 1]))
+            bare.eval([tok])
+        samples.append((n_tokens - 1) / (time.perf_counter() - start))
+    bare.close()
+    return samples

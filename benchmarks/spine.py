@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import numpy as np
-from common import bench_bundle, bench_model, machine, median_ms, print_table
+from common import bare_llama_decode, bench_bundle, bench_model, machine, median_ms, print_table
 
 
 def encoder_rows(model_dir, bundle, runs: int) -> list[list[object]]:
@@ -55,9 +54,9 @@ def encoder_rows(model_dir, bundle, runs: int) -> list[list[object]]:
 def decode_rows(bundle, n_tokens: int, runs: int) -> list[list[object]]:
     from edgebridge import Pipeline
 
-    gguf = str(bundle / "llm.gguf")
+    gguf = bundle / "llm.gguf"
     prompt = "Describe the picture in detail. " * 4
-    pipe = Pipeline.from_bundle(bundle)
+    pipe = Pipeline.from_bundle(bundle, cache_embeddings=False, reuse_prefix=False)  # cold, like the bare one
     ours = []
     for _ in range(runs):
         r = pipe.generate(prompt, max_new_tokens=n_tokens, stop_at_eos=False)
@@ -66,20 +65,7 @@ def decode_rows(bundle, n_tokens: int, runs: int) -> list[list[object]]:
     threads = pipe.llm.report.details["threads"]
     pipe.close()
 
-    from llama_cpp import Llama
-
-    bare = Llama(model_path=gguf, n_ctx=2048, n_batch=512, n_ubatch=512, n_threads=threads,
-                 n_threads_batch=threads, verbose=False)
-    tokens = bare.tokenize(prompt.encode())
-    theirs = []
-    for _ in range(runs):
-        bare.reset()
-        bare.eval(tokens)
-        start = time.perf_counter()
-        for _ in range(n_tokens - 1):  # the pipeline times n-1 decode steps after the prefill token
-            tok = int(np.argmax(bare.scores[bare.n_tokens - 1]))
-            bare.eval([tok])
-        theirs.append((n_tokens - 1) / (time.perf_counter() - start))
+    theirs = bare_llama_decode(gguf, prompt, n_tokens, runs, threads)
     ours_med, theirs_med = statistics.median(ours), statistics.median(theirs)
     return [
         ["bare llama-cpp-python Llama", theirs_med, 1.0, "-"],

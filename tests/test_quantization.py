@@ -97,6 +97,27 @@ def test_encoder_drift_is_recorded_and_in_range(quantized):
             assert len(q["calibration"]["calibrate"]) == 3 + 6  # half the folder + 6 synthetic images
 
 
+def test_int8_static_keeps_the_boundary_layers_float(quantized):
+    """The first layer (reads the pixels) and the last (writes the LLM's embeddings) are not quantized."""
+    import onnx
+
+    bundle = quantized["c"]
+    for fmt in ("onnx", "openvino"):
+        art = bundle.manifest.components["vision_encoder"].artifacts[fmt]
+        kept = art.quantization["kept_float"]
+        assert len(kept) == 2 and kept[0] != kept[1], (fmt, kept)
+    onnx_art = bundle.manifest.components["vision_encoder"].artifacts["onnx"]
+    graph = onnx.load(str(bundle.path(onnx_art.files[0]))).graph
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    nodes = {n.name: n for n in graph.node}
+    quantized_ops = [n for n in graph.node if n.op_type in ("MatMul", "Conv", "Gemm")
+                     and any(producers.get(i) == "DequantizeLinear" for i in n.input)]
+    assert quantized_ops, "int8-static quantized nothing"
+    for name in onnx_art.quantization["kept_float"]:
+        assert nodes[name].op_type in ("MatMul", "Conv", "Gemm")
+        assert all(producers.get(i) != "DequantizeLinear" for i in nodes[name].input), name
+
+
 def test_llm_drift_and_tensor_types_are_recorded(quantized):
     kl = {}
     for key, bundle, name, fmt, art in _artifacts(quantized):

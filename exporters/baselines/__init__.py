@@ -53,7 +53,7 @@ def _ms(seconds: float) -> float:
     return seconds * 1000.0
 
 
-def _media_loader(media: dict[str, list[Any]]) -> Callable[[], dict[str, list[Any]]]:
+def media_loader(media: dict[str, list[Any]]) -> Callable[[], dict[str, list[Any]]]:
     """Decode the media on every call, as edgebridge does per run (files are read each time)."""
 
     def load() -> dict[str, list[Any]]:
@@ -69,7 +69,7 @@ def _media_loader(media: dict[str, list[Any]]) -> Callable[[], dict[str, list[An
     return load
 
 
-def _timed_runs(conf: Any, generate: Callable[..., Any], make_inputs: Callable[[], dict[str, Any]],
+def timed_runs(conf: Any, generate: Callable[..., Any], make_inputs: Callable[[], dict[str, Any]],
                 encode: Callable[[dict[str, Any]], Any] | None, max_new_tokens: int, runs: int, warmup: int,
                 step: Callable[[str], None]) -> None:
     for i in range(warmup + runs):
@@ -110,7 +110,7 @@ def torch_baseline(conf: Any, model_dir: Path, prompt: str, media: dict[str, lis
     start = time.perf_counter()
     loaded = family.load(model_dir)
     conf.add("load_ms", _ms(time.perf_counter() - start))
-    load_media = _media_loader(media)
+    load_media = media_loader(media)
     encoders = {e.modality: e for e in family.encoders(loaded)}
 
     def encode(inputs: dict[str, Any]) -> None:
@@ -119,27 +119,38 @@ def torch_baseline(conf: Any, model_dir: Path, prompt: str, media: dict[str, lis
             enc.reference({name: inputs[name] for name in enc.input_names})
 
     conf.settings.update(engine="transformers eager", dtype="float32", torch_threads=torch.get_num_threads())
-    _timed_runs(conf, loaded.model.generate, lambda: family.reference_inputs(loaded, prompt, load_media()),
+    timed_runs(conf, loaded.model.generate, lambda: family.reference_inputs(loaded, prompt, load_media()),
                 encode if media else None, max_new_tokens, runs, warmup, step)
+
+
+def export_optimum(model_dir: Path, out: str | Path) -> None:
+    """Export ``model_dir`` with optimum-intel, fp16 weights (``optimum-cli export openvino --weight-format fp16``)."""
+    from optimum.exporters.openvino import main_export
+    from optimum.intel.openvino.configuration import OVConfig
+
+    main_export(model_name_or_path=str(model_dir), output=str(out), task="image-text-to-text",
+                ov_config=OVConfig(dtype="fp16"), local_files_only=True)
+
+
+def load_optimum(exported: str | Path, threads: int | None) -> tuple[Any, dict[str, Any]]:
+    """``OVModelForVisualCausalLM`` on CPU with the latency hint; returns it and its OpenVINO config."""
+    from optimum.intel import OVModelForVisualCausalLM
+
+    ov_config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or available_cores()}
+    return OVModelForVisualCausalLM.from_pretrained(str(exported), ov_config=ov_config, device="CPU"), ov_config
 
 
 def optimum_openvino_baseline(conf: Any, model_dir: Path, prompt: str, media: dict[str, list[Any]],
                               max_new_tokens: int, runs: int, warmup: int, threads: int | None,
                               step: Callable[[str], None]) -> None:
-    from optimum.exporters.openvino import main_export
-    from optimum.intel import OVModelForVisualCausalLM
-    from optimum.intel.openvino.configuration import OVConfig
-
     family = family_for(model_dir)
     loaded = family.load(model_dir)  # the HF processor (and the reference inputs' layout)
-    load_media = _media_loader(media)
+    load_media = media_loader(media)
     with tempfile.TemporaryDirectory(prefix="edgebridge-optimum-") as out:
         step(f"{conf.name}: exporting with optimum-intel (fp16 weights)")
         start = time.perf_counter()
-        main_export(model_name_or_path=str(model_dir), output=out, task="image-text-to-text",
-                    ov_config=OVConfig(dtype="fp16"), local_files_only=True)
-        ov_config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or available_cores()}
-        model = OVModelForVisualCausalLM.from_pretrained(out, ov_config=ov_config, device="CPU")
+        export_optimum(model_dir, out)
+        model, ov_config = load_optimum(out, threads)
         conf.add("load_ms", _ms(time.perf_counter() - start))
         conf.settings.update(engine="optimum-intel OVModelForVisualCausalLM", weights="fp16",
                              load_includes="export + compile", ov_config=ov_config)
@@ -147,8 +158,8 @@ def optimum_openvino_baseline(conf: Any, model_dir: Path, prompt: str, media: di
         def encode(inputs: dict[str, Any]) -> None:
             model.get_vision_embeddings(inputs["pixel_values"])
 
-        _timed_runs(conf, model.generate, lambda: family.reference_inputs(loaded, prompt, load_media()),
-                    encode if media.get("image") else None, max_new_tokens, runs, warmup, step)
+        timed_runs(conf, model.generate, lambda: family.reference_inputs(loaded, prompt, load_media()),
+                   encode if media.get("image") else None, max_new_tokens, runs, warmup, step)
         del model
 
 
