@@ -98,6 +98,11 @@ def bare_llama_decode(gguf: Path, prompt: str, n_tokens: int, runs: int, threads
     import numpy as np
     from llama_cpp import Llama
 
+    from edgebridge.runtimes.llamacpp._lib import llama
+
+    # The set-up's portable build keeps its CPU kernels in per-variant libraries that llama-cpp-python
+    # 0.3.36 does not load itself ("no backends are loaded"); this registers them, nothing more.
+    llama()
     bare = Llama(model_path=str(gguf), n_ctx=2048, n_batch=512, n_ubatch=512, n_threads=threads,
                  n_threads_batch=threads, verbose=False)
     tokens = bare.tokenize(prompt.encode())

@@ -15,7 +15,6 @@ import json
 import shutil
 import subprocess
 
-import numpy as np
 import pytest
 import torch
 from skimage import data

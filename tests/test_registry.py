@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 
 def _families_with_parity_tests() -> set[str]:
     covered: set[str] = set()
-    for path in (ROOT / "tests").glob("test_*_parity.py"):
+    for path in (ROOT / "tests").glob("test_*.py"):
         for node in ast.parse(path.read_text()).body:
             if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "COVERS_FAMILIES" for t in node.targets):
                 covered |= set(ast.literal_eval(node.value))
@@ -25,10 +25,13 @@ def test_every_registered_family_has_an_end_to_end_parity_test():
     assert not missing, f"families without an end-to-end parity test: {sorted(missing)}"
 
 
-def test_every_registered_family_has_a_tiny_builder():
-    kinds = set(BUILDERS)
-    missing = {name for name in families() if name not in kinds}
-    assert not missing, f"families without a builder in edgebridge.testing: {sorted(missing)}"
+def test_every_registered_family_has_an_offline_input_builder():
+    from edgebridge.exporters.importers.assemble import ASSEMBLERS
+
+    builders = {"tiny": set(BUILDERS), "assembled": set(ASSEMBLERS)}
+    for name, fam in families().items():
+        assert fam.input_source in builders, f"{name}: input_source must be one of {sorted(builders)}"
+        assert name in builders[fam.input_source], f"{name} has no {fam.input_source!r} input builder"
 
 
 def test_family_metadata_is_complete():

@@ -160,7 +160,7 @@ def optimum_openvino_baseline(conf: Any, model_dir: Path, prompt: str, media: di
 
         timed_runs(conf, model.generate, lambda: family.reference_inputs(loaded, prompt, load_media()),
                    encode if media.get("image") else None, max_new_tokens, runs, warmup, step)
-        del model
+        model = None  # release the compiled model before its folder is removed
 
 
 RUNNERS = {"torch": torch_baseline, "optimum-openvino": optimum_openvino_baseline}

@@ -94,6 +94,7 @@ class AssistantFamily(Family):
     bridge_type = "tools (Whisper ASR, image tags) or soft class tokens"
     survey_group = "tool"
     description = "real weights: Whisper ASR tool + EfficientNet-Lite0 tags / soft class tokens + SmolLM2 GGUF"
+    input_source = "assembled"
 
     def load(self, folder: Path) -> Loaded:
         from safetensors.torch import load_file

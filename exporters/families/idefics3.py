@@ -21,13 +21,12 @@ from edgebridge.exporters.families.base import (
     EncoderExport,
     Family,
     Loaded,
-    causal_lm_state_dict,
     chat_content_format,
+    hf_prompt_layout,
+    hf_text_model,
     read_config,
     seeded_normal,
-    stop_token_ids,
 )
-from edgebridge.exporters.gguf.vocab import vocab_from_folder
 from edgebridge.exporters.gguf.writer import TextModel
 from edgebridge.exporters.image_spec import _resample_name
 from edgebridge.manifest import PromptLayout
@@ -144,22 +143,10 @@ class Idefics3Family(Family):
         )]
 
     def text_model(self, loaded: Loaded) -> TextModel:
-        cfg = loaded.config
-        state = causal_lm_state_dict(loaded.model, prefix="model.text_model.")
-        eos = stop_token_ids(loaded.model.generation_config, loaded.processor.tokenizer)
-        vocab = vocab_from_folder(loaded.folder, cfg.text_config.vocab_size, eos_id=eos[0] if eos else None)
-        return TextModel(config=cfg.text_config, state_dict=state, vocab=vocab, name=loaded.folder.name)
+        return hf_text_model(loaded, "model.text_model.")
 
     def prompt_layout(self, loaded: Loaded) -> PromptLayout:
-        tok = loaded.processor.tokenizer
-        probe = tok("a", add_special_tokens=True)["input_ids"]
-        return PromptLayout(
-            add_bos=tok.bos_token_id is not None and probe[:1] == [tok.bos_token_id],
-            stop_token_ids=stop_token_ids(loaded.model.generation_config, tok),
-            chat_template=loaded.processor.chat_template or tok.chat_template,
-            chat_content=chat_content_format(loaded.processor, loaded.processor.image_token, "image"),
-            special_tokens={k: v for k, v in {"bos": tok.bos_token, "eos": tok.eos_token}.items() if v},
-        )
+        return hf_prompt_layout(loaded, chat_content_format(loaded.processor, loaded.processor.image_token, "image"))
 
     def reference_inputs(self, loaded: Loaded, prompt: str, media: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
         images = media.get("image") or None

@@ -17,12 +17,11 @@ from edgebridge.exporters.families.base import (
     EncoderExport,
     Family,
     Loaded,
-    causal_lm_state_dict,
     chat_content_format,
+    hf_prompt_layout,
+    hf_text_model,
     seeded_normal,
-    stop_token_ids,
 )
-from edgebridge.exporters.gguf.vocab import vocab_from_folder
 from edgebridge.exporters.gguf.writer import TextModel
 from edgebridge.exporters.image_spec import image_spec
 from edgebridge.manifest import PromptLayout
@@ -108,23 +107,10 @@ class LlavaFamily(Family):
         ]
 
     def text_model(self, loaded: Loaded) -> TextModel:
-        cfg = loaded.config
-        state = causal_lm_state_dict(loaded.model, prefix="model.language_model.")
-        eos = stop_token_ids(loaded.model.generation_config, loaded.processor.tokenizer)
-        vocab = vocab_from_folder(loaded.folder, cfg.text_config.vocab_size, eos_id=eos[0] if eos else None)
-        return TextModel(config=cfg.text_config, state_dict=state, vocab=vocab, name=loaded.folder.name)
+        return hf_text_model(loaded, "model.language_model.")
 
     def prompt_layout(self, loaded: Loaded) -> PromptLayout:
-        tok = loaded.processor.tokenizer
-        probe = tok("a", add_special_tokens=True)["input_ids"]
-        add_bos = tok.bos_token_id is not None and probe[:1] == [tok.bos_token_id]
-        return PromptLayout(
-            add_bos=add_bos,
-            stop_token_ids=stop_token_ids(loaded.model.generation_config, tok),
-            chat_template=getattr(loaded.processor, "chat_template", None) or tok.chat_template,
-            chat_content=chat_content_format(loaded.processor, loaded.processor.image_token, "image"),
-            special_tokens={k: v for k, v in {"bos": tok.bos_token, "eos": tok.eos_token}.items() if v},
-        )
+        return hf_prompt_layout(loaded, chat_content_format(loaded.processor, loaded.processor.image_token, "image"))
 
     def reference_inputs(self, loaded: Loaded, prompt: str, media: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
         images = media.get("image") or None

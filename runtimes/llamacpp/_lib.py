@@ -14,16 +14,20 @@ failed load can quote llama.cpp's own reason in our error message.
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
+import re
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from edgebridge.errors import BackendUnavailableError
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
 LOG_TAIL: collections.deque[str] = collections.deque(maxlen=64)
+_CAPTURES: list[list[str]] = []  # every line also goes to each active ``captured_log()``
+_BUFFER_LINE = re.compile(r"(\S+) model buffer size =\s*([0-9.]+) MiB")
 
 
 def _log_callback_type(llama_cpp: Any):
@@ -36,7 +40,10 @@ def _install_log_sink(llama_cpp: Any) -> None:
     @(_log_callback_type(llama_cpp))
     def sink(level, text, user_data):  # noqa: ARG001 - ctypes signature
         if text:
-            LOG_TAIL.append(text.decode("utf-8", errors="replace"))
+            line = text.decode("utf-8", errors="replace")
+            LOG_TAIL.append(line)
+            for capture in _CAPTURES:
+                capture.append(line)
 
     _state["log_sink"] = sink  # keep the callback alive as long as the library
     llama_cpp.llama_log_set(sink, ctypes.c_void_p(0))
@@ -107,3 +114,25 @@ def backend_info() -> dict[str, Any]:
 def last_log(n: int = 3) -> str:
     lines = [line.strip() for line in LOG_TAIL if line.strip()]
     return " | ".join(lines[-n:])
+
+
+@contextlib.contextmanager
+def captured_log() -> Iterator[list[str]]:
+    """Collect every llama.cpp log line emitted inside the block (the ring buffer keeps only the tail)."""
+    lines: list[str] = []
+    _CAPTURES.append(lines)
+    try:
+        yield lines
+    finally:
+        _CAPTURES.remove(lines)
+
+
+def weight_buffers(lines: list[str]) -> dict[str, float]:
+    """``{buffer type: MiB}`` from a model load's log: ``CPU_Mapped`` (plain weights), ``CPU_REPACK``
+    (weights repacked for the CPU's SIMD kernels), ``AMX`` ... — which extra buffer types were used."""
+    found: dict[str, float] = {}
+    for line in lines:
+        match = _BUFFER_LINE.search(line)
+        if match:
+            found[match.group(1)] = found.get(match.group(1), 0.0) + float(match.group(2))
+    return found
