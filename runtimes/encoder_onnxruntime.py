@@ -32,6 +32,21 @@ def _choose_providers(device: str, available: list[str]) -> tuple[list[str], str
     return ["CPUExecutionProvider"], f"no onnxruntime execution provider for {device} is installed"
 
 
+def _session_options(threads: int) -> "onnxruntime.SessionOptions":
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    # The intra-op threads spin inside a run (which the encoder needs) but, by default, also for a
+    # while after it returns, on the cores llama.cpp's prefill is about to use: stopping them at the
+    # end of each run cut the prefill after the encoder from 354 to 320 ms on 2 cores (encoder unchanged).
+    opts.add_session_config_entry("session.force_spinning_stop", "1")
+    return opts
+
+
 class OnnxRuntimeEncoder:
     backend = "onnxruntime"
 
@@ -47,11 +62,7 @@ class OnnxRuntimeEncoder:
             raise BackendUnavailableError(f"unknown device '{device}'.", hint=f"Choose one of {', '.join(DEVICES)}.")
         path = Path(files[0])
         providers, reason = _choose_providers(device, ort.get_available_providers())
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = threads or default_threads()
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
+        opts = _session_options(threads or default_threads())
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
@@ -89,11 +100,7 @@ class OnnxRuntimeEncoder:
         import onnxruntime as ort
 
         with tempfile.TemporaryDirectory(prefix="edgebridge-ortprof-") as tmp:
-            opts = ort.SessionOptions()
-            opts.graph_optimization_level = self._opts.graph_optimization_level
-            opts.intra_op_num_threads = self._opts.intra_op_num_threads
-            opts.inter_op_num_threads = 1
-            opts.log_severity_level = 3
+            opts = _session_options(self._opts.intra_op_num_threads)
             opts.enable_profiling = True
             opts.profile_file_prefix = str(Path(tmp) / "ort")
             session = ort.InferenceSession(str(self._path), opts, providers=self._providers)
