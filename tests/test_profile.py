@@ -183,3 +183,32 @@ def test_profile_without_host_packages_reports_baselines_unavailable(clip_llama_
     torch_conf = next(c for c in report["configurations"] if c["name"] == "torch")
     assert torch_conf["status"] == "unavailable" and "edgebridge[export]" in torch_conf["error"]
     assert report["configurations"][0]["status"] == "ok"
+
+
+def test_baselines_get_the_placeholders_the_pipeline_adds(clip_llama_f32, photo):
+    from edgebridge.profiling.runner import profile_bundle
+
+    # no <image> in the prompt: the pipeline puts the image first; the HF processor must see the same text
+    report = profile_bundle(clip_llama_f32.bundle, prompt="What is in this image?", images=[photo],
+                            max_new_tokens=6, runs=1, warmup=0, baselines=["torch"],
+                            model_dir=clip_llama_f32.model_dir)
+    by_name = {c["name"]: c for c in report["configurations"]}
+    assert by_name["torch"]["status"] == "ok", by_name["torch"]["error"]
+    assert report["workload"]["baseline_prompt"] == "<image>\nWhat is in this image?"
+    assert by_name["torch"]["token_ids"] == by_name["onnxruntime/CPU"]["token_ids"]
+
+
+def test_a_failing_baseline_is_reported_and_the_profile_goes_on(clip_llama_f16, photo, monkeypatch):
+    from edgebridge.exporters import baselines
+    from edgebridge.profiling.runner import profile_bundle
+
+    def broken(*_args, **_kwargs):
+        raise ValueError("the peer broke\nsecond line")
+
+    monkeypatch.setitem(baselines.RUNNERS, "torch", broken)
+    report = profile_bundle(clip_llama_f16.bundle, prompt=PROMPT, images=[photo], max_new_tokens=3, runs=1,
+                            warmup=0, baselines=["torch"], model_dir=clip_llama_f16.model_dir)
+    by_name = {c["name"]: c for c in report["configurations"]}
+    assert by_name["onnxruntime/CPU"]["status"] == "ok"
+    assert by_name["torch"]["status"] == "error"
+    assert by_name["torch"]["error"] == "baseline 'torch' failed: ValueError: the peer broke"

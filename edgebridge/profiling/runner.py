@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 from edgebridge.errors import EdgebridgeError, InputError
 from edgebridge.profiling import Profiler
 from edgebridge.profiling.system import environment, memory_bandwidth, peak_rss_bytes, reset_peak_rss
+from edgebridge.prompt import place_media
 from edgebridge.timing import now_ms
 
 KV_BYTES = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32}  # bytes per cached value by KV cache type
@@ -105,6 +106,9 @@ def profile_bundle(
     bandwidth = memory_bandwidth(threads=threads)
     profiler = Profiler(warmup=warmup)
     media = _media(images, audio)
+    # The baselines read the prompt through the HF processor, which needs the placeholders the pipeline
+    # adds itself when the prompt has none (the items first, each on its own line).
+    baseline_prompt = place_media(prompt, manifest.inputs, {m: len(items) for m, items in media.items()})
     for backend in backends:
         for device in devices:
             name = f"{backend}/{device}"
@@ -133,7 +137,8 @@ def profile_bundle(
             gc.collect()
     for baseline in baselines:
         step(f"baseline {baseline}")
-        _run_baseline(profiler, baseline, Path(model_dir), prompt, media, max_new_tokens, runs, warmup, threads, step)
+        _run_baseline(profiler, baseline, Path(model_dir), baseline_prompt, media, max_new_tokens, runs, warmup,
+                      threads, step)
     sizes = {rel: entry.bytes for rel, entry in manifest.files.items()}
     bundle_info = {
         "path": str(bundle),
@@ -144,7 +149,7 @@ def profile_bundle(
                                     "bytes": sum(sizes.get(f, 0) for f in art.files)}
                               for fmt, art in comp.artifacts.items()} for name, comp in manifest.components.items()},
     }
-    workload = {"prompt": prompt, "images": [str(i) if isinstance(i, (str, Path)) else type(i).__name__ for i in images],
+    workload = {"prompt": prompt, "baseline_prompt": baseline_prompt if baselines else None, "images": [str(i) if isinstance(i, (str, Path)) else type(i).__name__ for i in images],
                 "audio": [str(a) if isinstance(a, (str, Path)) else type(a).__name__ for a in audio],
                 "max_new_tokens": max_new_tokens, "runs": runs, "warmup": warmup, "stop_at_eos": False,
                 "warm_cache": warm_cache}
@@ -172,4 +177,7 @@ def _run_baseline(profiler: Profiler, name: str, model_dir: Path, prompt: str, m
     except ImportError as exc:
         conf.status = "unavailable"
         conf.error = f"baseline '{name}' needs {exc.name or exc}; install edgebridge[export]."
+    except Exception as exc:  # noqa: BLE001 - a peer's own failure is reported, not allowed to end the profile
+        first = (str(exc).splitlines() or [""])[0][:300]
+        conf.status, conf.error = "error", f"baseline '{name}' failed: {type(exc).__name__}: {first}"
     gc.collect()
