@@ -8,11 +8,15 @@ pinned intra-op thread count (the default 0 was the slowest setting measured her
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgebridge.errors import BackendError, BackendUnavailableError, CorruptArtifactError
 from edgebridge.runtimes.registry import DEVICES, DeviceReport, default_threads, register_encoder
+
+if TYPE_CHECKING:
+    import onnxruntime
 
 # device -> execution providers that serve it, in order of preference
 PROVIDERS = {

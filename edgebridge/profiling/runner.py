@@ -149,7 +149,8 @@ def profile_bundle(
                                     "bytes": sum(sizes.get(f, 0) for f in art.files)}
                               for fmt, art in comp.artifacts.items()} for name, comp in manifest.components.items()},
     }
-    workload = {"prompt": prompt, "baseline_prompt": baseline_prompt if baselines else None, "images": [str(i) if isinstance(i, (str, Path)) else type(i).__name__ for i in images],
+    workload = {"prompt": prompt, "baseline_prompt": baseline_prompt if baselines else None,
+                "images": [str(i) if isinstance(i, (str, Path)) else type(i).__name__ for i in images],
                 "audio": [str(a) if isinstance(a, (str, Path)) else type(a).__name__ for a in audio],
                 "max_new_tokens": max_new_tokens, "runs": runs, "warmup": warmup, "stop_at_eos": False,
                 "warm_cache": warm_cache}

@@ -109,10 +109,14 @@ class InstructBlipFamily(Family):
         return loaded.model.language_model  # the full model's forward insists on an image
 
     def text_model(self, loaded: Loaded) -> TextModel:
-        return hf_text_model(loaded, "language_model.model.", lm_head="language_model.lm_head.weight")
+        return hf_text_model(loaded, "language_model.model.", lm_head="language_model.lm_head.weight",
+                             generation_config=loaded.model.language_model.generation_config)
 
     def prompt_layout(self, loaded: Loaded) -> PromptLayout:
-        return hf_prompt_layout(loaded, "string", processor_template=False)
+        # InstructBLIP's generate() hands over to the language model's own generate(), so its stop tokens
+        # are the language model's generation config, not the composite's (which may list more).
+        return hf_prompt_layout(loaded, "string", processor_template=False,
+                                generation_config=loaded.model.language_model.generation_config)
 
     def reference_inputs(self, loaded: Loaded, prompt: str, media: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
         images = media.get("image") or None
