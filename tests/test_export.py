@@ -110,3 +110,20 @@ def test_seeded_builder_is_deterministic(tmp_path):
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
     assert (a / "tokenizer.json").read_text() == (b / "tokenizer.json").read_text()
+
+
+def test_every_tiny_builder_gives_the_same_files_in_any_process(tmp_path):
+    # Two interpreters with different hash seeds (and so different hash-map orders, in Python and in
+    # the tokenizers library): a seeded tiny model must not depend on either.
+    from tests.conftest import run_isolated
+
+    code = ("import sys\nfrom edgebridge.testing import BUILDERS, make_tiny\n"
+            "for kind in BUILDERS:\n    make_tiny(kind, f'{sys.argv[1]}/{kind}')\n")
+    trees = []
+    for seed in ("1", "2"):
+        out = tmp_path / seed
+        proc = run_isolated(code, str(out), env={"PYTHONHASHSEED": seed})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        trees.append({p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()})
+    assert trees[0].keys() == trees[1].keys() and len(trees[0]) > 8
+    assert [name for name in trees[0] if trees[0][name] != trees[1][name]] == []

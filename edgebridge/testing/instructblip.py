@@ -16,15 +16,19 @@ N_QUERIES = 8
 
 
 def qformer_tokenizer():
-    """A lowercase BERT WordPiece tokenizer trained on the test corpus."""
-    from tokenizers import BertWordPieceTokenizer
+    """A lowercase BERT WordPiece tokenizer over the test corpus: the special tokens, every character
+    (alone and as a ``##`` continuation) and every word, sorted. Built rather than trained: the
+    WordPiece trainer breaks frequency ties differently from one process to the next, and a tiny
+    model whose vocabulary changes between runs is not a seeded model."""
+    from tokenizers.pre_tokenizers import BertPreTokenizer
     from transformers import BertTokenizerFast
 
-    trainer = BertWordPieceTokenizer(lowercase=True)
-    trainer.train_from_iterator(CORPUS.strip().splitlines() * 3, vocab_size=300, show_progress=False,
-                                special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    words = {w for line in CORPUS.lower().splitlines() for w, _ in BertPreTokenizer().pre_tokenize_str(line)}
+    chars = sorted({c for w in words for c in w})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars),
+             *sorted(w for w in words if len(w) > 1)]
     with tempfile.TemporaryDirectory() as tmp:
-        trainer.save_model(tmp)
+        (Path(tmp) / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
         return BertTokenizerFast(vocab_file=str(Path(tmp) / "vocab.txt"))
 
 
