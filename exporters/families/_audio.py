@@ -14,14 +14,10 @@ import torch
 from edgebridge.errors import UnsupportedModelError
 from edgebridge.exporters.families.base import (
     EncoderExport,
-    Family,
+    HFFamily,
     Loaded,
-    chat_content_format,
-    hf_prompt_layout,
-    hf_text_model,
+    load_float32,
 )
-from edgebridge.exporters.gguf.writer import TextModel
-from edgebridge.manifest import PromptLayout
 from edgebridge.preprocess.audio import load_audio
 
 N_MELS_DEFAULT = 128
@@ -44,18 +40,21 @@ class AudioProcessor:
         return self.tokenizer.apply_chat_template(messages, **kwargs)
 
 
-class AudioFamily(Family):
+class AudioFamily(HFFamily):
     """Base of Qwen2-Audio / Voxtral-style families."""
 
     model_class: str = ""
     text_types = ("llama", "qwen2", "mistral")
     placeholder = ""
+    text_prefix = "language_model.model."
+    lm_head = "language_model.lm_head.weight"
+    modality = "audio"
 
     def load(self, folder: Path) -> Loaded:
         import transformers
 
         cls = getattr(transformers, self.model_class)
-        model = cls.from_pretrained(folder, dtype=torch.float32, local_files_only=True).eval()
+        model = load_float32(cls, folder)
         text_type = model.config.text_config.model_type
         if text_type not in self.text_types:
             raise UnsupportedModelError(f"{self.name} with a '{text_type}' text model is not supported.",
@@ -67,11 +66,8 @@ class AudioFamily(Family):
 
         return AutoProcessor.from_pretrained(folder, local_files_only=True)
 
-    def text_model(self, loaded: Loaded) -> TextModel:
-        return hf_text_model(loaded, "language_model.model.", lm_head="language_model.lm_head.weight")
-
-    def prompt_layout(self, loaded: Loaded) -> PromptLayout:
-        return hf_prompt_layout(loaded, chat_content_format(loaded.processor, self.placeholder, "audio"))
+    def placeholder_token(self, loaded: Loaded) -> str:
+        return self.placeholder
 
     @staticmethod
     def waveforms(loaded: Loaded, items: list[Any]) -> list[Any]:

@@ -28,7 +28,7 @@ import torch
 from edgebridge.errors import UnsupportedModelError
 from edgebridge.exporters.audio_spec import audio_spec
 from edgebridge.exporters.families import register_family
-from edgebridge.exporters.families.base import EncoderExport, Family, Loaded, read_config
+from edgebridge.exporters.families.base import EncoderExport, Family, Loaded, load_float32, read_config
 from edgebridge.exporters.gguf.writer import TextModel
 from edgebridge.exporters.reference.efficientnet_lite import PREPROCESSING, EfficientNetLite0
 from edgebridge.exporters.tools import ToolExport
@@ -105,12 +105,10 @@ class AssistantFamily(Family):
         cfg = read_config(folder)
         if cfg.get("image_bridge") not in ("tool", "converter"):
             raise UnsupportedModelError("the assistant's image_bridge must be 'tool' or 'converter'.")
-        asr = WhisperForConditionalGeneration.from_pretrained(folder / cfg["asr"], dtype=torch.float32,
-                                                              local_files_only=True).eval() if cfg.get("asr") else None
+        asr = load_float32(WhisperForConditionalGeneration, folder / cfg["asr"]) if cfg.get("asr") else None
         classifier = EfficientNetLite0()
         classifier.load_state_dict(load_file(str(folder / cfg["tagger"] / "model.safetensors")))
-        lm = AutoModelForCausalLM.from_pretrained(folder / cfg["llm_reference"], dtype=torch.float32,
-                                                  local_files_only=True).eval()
+        lm = load_float32(AutoModelForCausalLM, folder / cfg["llm_reference"])
         tokenizer = AutoTokenizer.from_pretrained(folder / cfg["llm_reference"], local_files_only=True)
         extra = {
             "asr_tokenizer": WhisperTokenizerFast.from_pretrained(folder / cfg["asr"], local_files_only=True)

@@ -163,28 +163,57 @@ def chat_content_format(processor: Any, placeholder: str, part_type: str) -> str
     return "parts" if placeholder in rendered else "string"
 
 
-def hf_text_model(loaded: "Loaded", prefix: str, lm_head: str = "lm_head.weight",
-                  generation_config: Any = None) -> TextModel:
-    """A composite model's decoder (its tensors under ``prefix``) for the GGUF writer, with the vocab
-    from the folder's tokenizer files and the generation config's first stop token as EOS."""
-    cfg = loaded.config
-    state = causal_lm_state_dict(loaded.model, prefix=prefix, lm_head=lm_head)
-    eos = stop_token_ids(generation_config or loaded.model.generation_config, loaded.processor.tokenizer)
-    vocab = vocab_from_folder(loaded.folder, cfg.text_config.vocab_size, eos_id=eos[0] if eos else None)
-    return TextModel(config=cfg.text_config, state_dict=state, vocab=vocab, name=loaded.folder.name)
+def load_float32(model_class: Any, folder: Path) -> torch.nn.Module:
+    """``model_class.from_pretrained`` on a local folder, float32, in eval mode (the parity reference)."""
+    return model_class.from_pretrained(folder, dtype=torch.float32, local_files_only=True).eval()
 
 
-def hf_prompt_layout(loaded: "Loaded", chat_content: str, *, processor_template: bool = True,
-                     generation_config: Any = None) -> PromptLayout:
-    """BOS (as the HF tokenizer adds it), stop tokens and chat template of a processor-based family.
-    ``processor_template`` prefers the processor's chat template over the tokenizer's."""
-    tok = loaded.processor.tokenizer
-    probe = tok("a", add_special_tokens=True)["input_ids"]
-    template = getattr(loaded.processor, "chat_template", None) if processor_template else None
-    return PromptLayout(
-        add_bos=tok.bos_token_id is not None and probe[:1] == [tok.bos_token_id],
-        stop_token_ids=stop_token_ids(generation_config or loaded.model.generation_config, tok),
-        chat_template=template or tok.chat_template,
-        chat_content=chat_content,
-        special_tokens={k: v for k, v in {"bos": tok.bos_token, "eos": tok.eos_token}.items() if v},
-    )
+class HFFamily(Family):
+    """A family whose model is a transformers-style composite: the decoder's tensors sit under
+    ``text_prefix`` in its state dict, and its processor builds the reference inputs.
+
+    The class attributes say where things are; the defaults fit LLaVA-style models.
+    """
+
+    text_prefix: str = "model.language_model."
+    lm_head: str = "lm_head.weight"
+    modality: str = "image"
+    processor_template: bool = True  # the processor's chat template first (else the tokenizer's)
+    # The composite's generate() hands over to ``language_model.generate()`` (InstructBLIP, MobileVLM):
+    # then the language model's generation config holds the stop tokens the reference uses.
+    delegates_generate: bool = False
+
+    def placeholder_token(self, loaded: Loaded) -> str:
+        return loaded.processor.image_token
+
+    def chat_content(self, loaded: Loaded) -> str:
+        return chat_content_format(loaded.processor, self.placeholder_token(loaded), self.modality)
+
+    def generation_config(self, loaded: Loaded) -> Any:
+        return loaded.model.language_model.generation_config if self.delegates_generate \
+            else loaded.model.generation_config
+
+    def text_model(self, loaded: Loaded) -> TextModel:
+        """The decoder for the GGUF writer, with the vocab from the folder's tokenizer files and the
+        generation config's first stop token as EOS."""
+        cfg = loaded.config
+        state = causal_lm_state_dict(loaded.model, prefix=self.text_prefix, lm_head=self.lm_head)
+        eos = stop_token_ids(self.generation_config(loaded), loaded.processor.tokenizer)
+        vocab = vocab_from_folder(loaded.folder, cfg.text_config.vocab_size, eos_id=eos[0] if eos else None)
+        return TextModel(config=cfg.text_config, state_dict=state, vocab=vocab, name=loaded.folder.name)
+
+    def prompt_layout(self, loaded: Loaded) -> PromptLayout:
+        """BOS (as the HF tokenizer adds it), stop tokens and chat template."""
+        tok = loaded.processor.tokenizer
+        probe = tok("a", add_special_tokens=True)["input_ids"]
+        template = getattr(loaded.processor, "chat_template", None) if self.processor_template else None
+        return PromptLayout(
+            add_bos=tok.bos_token_id is not None and probe[:1] == [tok.bos_token_id],
+            stop_token_ids=stop_token_ids(self.generation_config(loaded), tok),
+            chat_template=template or tok.chat_template,
+            chat_content=self.chat_content(loaded),
+            special_tokens={k: v for k, v in {"bos": tok.bos_token, "eos": tok.eos_token}.items() if v},
+        )
+
+    def reference_inputs(self, loaded: Loaded, prompt: str, media: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
+        return dict(loaded.processor(images=media.get("image") or None, text=prompt, return_tensors="pt"))

@@ -18,16 +18,12 @@ import torch
 from edgebridge.exporters.families import register_family
 from edgebridge.exporters.families.base import (
     EncoderExport,
-    Family,
+    HFFamily,
     Loaded,
-    chat_content_format,
-    hf_prompt_layout,
-    hf_text_model,
+    load_float32,
     seeded_normal,
 )
-from edgebridge.exporters.gguf.writer import TextModel
 from edgebridge.exporters.image_spec import _resample_name
-from edgebridge.manifest import PromptLayout
 
 
 class Idefics2ImageGraph(torch.nn.Module):
@@ -67,18 +63,18 @@ class Idefics2ImageGraph(torch.nn.Module):
 
 
 @register_family
-class Idefics2Family(Family):
+class Idefics2Family(HFFamily):
     name = "idefics2"
     model_types = ("idefics2",)
     bridge_type = "MLP + perceiver resampler"
     survey_group = "perceiver"
     description = "SigLIP ViT at native aspect ratio + perceiver resampler with learned latents (Idefics2)"
+    text_prefix = "model.text_model."
 
     def load(self, folder: Path) -> Loaded:
         from transformers import AutoProcessor, Idefics2ForConditionalGeneration
 
-        model = Idefics2ForConditionalGeneration.from_pretrained(folder, dtype=torch.float32,
-                                                                 local_files_only=True).eval()
+        model = load_float32(Idefics2ForConditionalGeneration, folder)
         processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
         return Loaded(folder=Path(folder), config=model.config, model=model, processor=processor)
 
@@ -130,13 +126,3 @@ class Idefics2Family(Family):
             description="SigLIP-style vision tower (native aspect ratio) + perceiver resampler",
             bridge_scopes=("connector",),
         )]
-
-    def text_model(self, loaded: Loaded) -> TextModel:
-        return hf_text_model(loaded, "model.text_model.")
-
-    def prompt_layout(self, loaded: Loaded) -> PromptLayout:
-        return hf_prompt_layout(loaded, chat_content_format(loaded.processor, loaded.processor.image_token, "image"))
-
-    def reference_inputs(self, loaded: Loaded, prompt: str, media: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
-        images = media.get("image") or None
-        return dict(loaded.processor(images=images, text=prompt, return_tensors="pt"))

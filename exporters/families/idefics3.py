@@ -19,17 +19,13 @@ from edgebridge.errors import UnsupportedModelError
 from edgebridge.exporters.families import register_family
 from edgebridge.exporters.families.base import (
     EncoderExport,
-    Family,
+    HFFamily,
     Loaded,
-    chat_content_format,
-    hf_prompt_layout,
-    hf_text_model,
+    load_float32,
     read_config,
     seeded_normal,
 )
-from edgebridge.exporters.gguf.writer import TextModel
 from edgebridge.exporters.image_spec import _resample_name
-from edgebridge.manifest import PromptLayout
 
 
 def full_tile_position_ids(vision: torch.nn.Module, tile: int) -> torch.Tensor:
@@ -70,12 +66,13 @@ class Idefics3TileGraph(torch.nn.Module):
 
 
 @register_family
-class Idefics3Family(Family):
+class Idefics3Family(HFFamily):
     name = "idefics3"
     model_types = ("idefics3", "smolvlm")
     bridge_type = "pixel-shuffle + linear"
     survey_group = "converter"
     description = "SigLIP ViT on image tiles + pixel shuffle + linear connector (Idefics3 / SmolVLM)"
+    text_prefix = "model.text_model."
 
     def load(self, folder: Path) -> Loaded:
         import json
@@ -86,7 +83,7 @@ class Idefics3Family(Family):
         model_type = read_config(folder)["model_type"]
         cls = transformers.SmolVLMForConditionalGeneration if model_type == "smolvlm" else \
             transformers.Idefics3ForConditionalGeneration
-        model = cls.from_pretrained(folder, dtype=torch.float32, local_files_only=True).eval()
+        model = load_float32(cls, folder)
         if model.config.text_config.model_type not in ("llama", "mistral", "qwen2"):
             raise UnsupportedModelError(f"{model_type} with a '{model.config.text_config.model_type}' LLM is not supported.")
         # SmolVLM's processor wants a torchvision video processor; Idefics3's image path is the same
@@ -141,12 +138,6 @@ class Idefics3Family(Family):
             description="SigLIP-style vision tower on tiles + pixel shuffle + linear connector",
             bridge_scopes=("connector",),
         )]
-
-    def text_model(self, loaded: Loaded) -> TextModel:
-        return hf_text_model(loaded, "model.text_model.")
-
-    def prompt_layout(self, loaded: Loaded) -> PromptLayout:
-        return hf_prompt_layout(loaded, chat_content_format(loaded.processor, loaded.processor.image_token, "image"))
 
     def reference_inputs(self, loaded: Loaded, prompt: str, media: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
         images = media.get("image") or None

@@ -11,22 +11,18 @@ included (layout ``prefix``); the prompt holds no placeholder.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from edgebridge.exporters.families import register_family
 from edgebridge.exporters.families.base import (
     EncoderExport,
-    Family,
+    HFFamily,
     Loaded,
-    hf_prompt_layout,
-    hf_text_model,
+    load_float32,
     seeded_normal,
 )
-from edgebridge.exporters.gguf.writer import TextModel
 from edgebridge.exporters.image_spec import image_spec
-from edgebridge.manifest import PromptLayout
 
 VOCAB_ASSET = "qformer_vocab.txt"
 
@@ -47,18 +43,21 @@ class InstructBlipGraph(torch.nn.Module):
 
 
 @register_family
-class InstructBlipFamily(Family):
+class InstructBlipFamily(HFFamily):
     name = "instructblip"
     model_types = ("instructblip",)
     bridge_type = "Q-Former (learned queries + instruction)"
     survey_group = "perceiver"
     description = "BLIP ViT + instruction-aware Q-Former + linear projection (InstructBLIP)"
+    text_prefix = "language_model.model."
+    lm_head = "language_model.lm_head.weight"
+    processor_template = False
+    delegates_generate = True  # its generate() hands over to language_model.generate()
 
     def load(self, folder: Path) -> Loaded:
         from transformers import AutoProcessor, InstructBlipForConditionalGeneration
 
-        model = InstructBlipForConditionalGeneration.from_pretrained(folder, dtype=torch.float32,
-                                                                     local_files_only=True).eval()
+        model = load_float32(InstructBlipForConditionalGeneration, folder)
         processor = AutoProcessor.from_pretrained(folder, local_files_only=True, use_fast=False)
         return Loaded(folder=Path(folder), config=model.config, model=model, processor=processor)
 
@@ -108,16 +107,5 @@ class InstructBlipFamily(Family):
     def causal_lm(self, loaded: Loaded) -> torch.nn.Module:
         return loaded.model.language_model  # the full model's forward insists on an image
 
-    def text_model(self, loaded: Loaded) -> TextModel:
-        return hf_text_model(loaded, "language_model.model.", lm_head="language_model.lm_head.weight",
-                             generation_config=loaded.model.language_model.generation_config)
-
-    def prompt_layout(self, loaded: Loaded) -> PromptLayout:
-        # InstructBLIP's generate() hands over to the language model's own generate(), so its stop tokens
-        # are the language model's generation config, not the composite's (which may list more).
-        return hf_prompt_layout(loaded, "string", processor_template=False,
-                                generation_config=loaded.model.language_model.generation_config)
-
-    def reference_inputs(self, loaded: Loaded, prompt: str, media: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
-        images = media.get("image") or None
-        return dict(loaded.processor(images=images, text=prompt, return_tensors="pt"))
+    def chat_content(self, loaded: Loaded) -> str:
+        return "string"  # no chat template of its own: the prompt is the instruction text

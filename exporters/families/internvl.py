@@ -18,16 +18,12 @@ from edgebridge.errors import UnsupportedModelError
 from edgebridge.exporters.families import register_family
 from edgebridge.exporters.families.base import (
     EncoderExport,
-    Family,
+    HFFamily,
     Loaded,
-    chat_content_format,
-    hf_prompt_layout,
-    hf_text_model,
+    load_float32,
     seeded_normal,
 )
-from edgebridge.exporters.gguf.writer import TextModel
 from edgebridge.exporters.image_spec import _resample_name
-from edgebridge.manifest import PromptLayout
 
 
 class InternVLImageGraph(torch.nn.Module):
@@ -42,7 +38,7 @@ class InternVLImageGraph(torch.nn.Module):
 
 
 @register_family
-class InternVLFamily(Family):
+class InternVLFamily(HFFamily):
     name = "internvl"
     model_types = ("internvl",)
     bridge_type = "pixel-shuffle + MLP"
@@ -54,8 +50,7 @@ class InternVLFamily(Family):
 
         from edgebridge.testing.tiled import internvl_processor
 
-        model = InternVLForConditionalGeneration.from_pretrained(folder, dtype=torch.float32,
-                                                                 local_files_only=True).eval()
+        model = load_float32(InternVLForConditionalGeneration, folder)
         if model.config.vision_feature_layer != -1:
             raise UnsupportedModelError("InternVL with vision_feature_layer != -1 is not supported (transformers 4.57 "
                                         "itself fails on that path).")
@@ -112,14 +107,7 @@ class InternVLFamily(Family):
             bridge_scopes=("model.multi_modal_projector",),
         )]
 
-    def text_model(self, loaded: Loaded) -> TextModel:
-        return hf_text_model(loaded, "model.language_model.")
-
-    def prompt_layout(self, loaded: Loaded) -> PromptLayout:
-        return hf_prompt_layout(loaded, chat_content_format(loaded.processor, loaded.processor.image_token, "image"))
-
     def reference_inputs(self, loaded: Loaded, prompt: str, media: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
-        images = media.get("image") or None
-        out = dict(loaded.processor(images=images, text=prompt, return_tensors="pt"))
+        out = super().reference_inputs(loaded, prompt, media)
         out.pop("num_patches", None)
         return out

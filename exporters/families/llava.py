@@ -7,7 +7,6 @@ Prompt: every ``<image>`` in the prompt becomes the image's N embeddings, in pla
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -15,16 +14,12 @@ from edgebridge.errors import UnsupportedModelError
 from edgebridge.exporters.families import register_family
 from edgebridge.exporters.families.base import (
     EncoderExport,
-    Family,
+    HFFamily,
     Loaded,
-    chat_content_format,
-    hf_prompt_layout,
-    hf_text_model,
+    load_float32,
     seeded_normal,
 )
-from edgebridge.exporters.gguf.writer import TextModel
 from edgebridge.exporters.image_spec import image_spec
-from edgebridge.manifest import PromptLayout
 
 
 class LlavaImageGraph(torch.nn.Module):
@@ -46,7 +41,7 @@ class LlavaImageGraph(torch.nn.Module):
 
 
 @register_family
-class LlavaFamily(Family):
+class LlavaFamily(HFFamily):
     name = "llava"
     model_types = ("llava",)
     bridge_type = "mlp"
@@ -56,9 +51,7 @@ class LlavaFamily(Family):
     def load(self, folder: Path) -> Loaded:
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-        model = LlavaForConditionalGeneration.from_pretrained(
-            folder, dtype=torch.float32, local_files_only=True
-        ).eval()
+        model = load_float32(LlavaForConditionalGeneration, folder)
         processor = AutoProcessor.from_pretrained(folder, local_files_only=True, use_fast=False)
         text_type = model.config.text_config.model_type
         if text_type not in ("llama", "qwen2", "mistral"):
@@ -105,13 +98,3 @@ class LlavaFamily(Family):
                 bridge_scopes=("projector",),
             )
         ]
-
-    def text_model(self, loaded: Loaded) -> TextModel:
-        return hf_text_model(loaded, "model.language_model.")
-
-    def prompt_layout(self, loaded: Loaded) -> PromptLayout:
-        return hf_prompt_layout(loaded, chat_content_format(loaded.processor, loaded.processor.image_token, "image"))
-
-    def reference_inputs(self, loaded: Loaded, prompt: str, media: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
-        images = media.get("image") or None
-        return dict(loaded.processor(images=images, text=prompt, return_tensors="pt"))

@@ -17,16 +17,12 @@ from edgebridge.exporters.families import register_family
 from edgebridge.exporters.families._audio import AudioProcessor
 from edgebridge.exporters.families.base import (
     EncoderExport,
-    Family,
+    HFFamily,
     Loaded,
-    chat_content_format,
-    hf_prompt_layout,
-    hf_text_model,
+    load_float32,
     seeded_normal,
 )
-from edgebridge.exporters.gguf.writer import TextModel
 from edgebridge.exporters.image_spec import image_spec
-from edgebridge.manifest import PromptLayout
 
 PLACEHOLDER = "<image>"
 
@@ -54,19 +50,23 @@ class ImageTextProcessor(AudioProcessor):
 
 
 @register_family
-class MobileVLMFamily(Family):
+class MobileVLMFamily(HFFamily):
     name = "mobilevlm"
     model_types = ("mobilevlm",)
     bridge_type = "LDP (depthwise conv / pooling downsample)"
     survey_group = "converter"
     description = "CLIP ViT + Lightweight Downsample Projector v1/v2 (MobileVLM), project reference module"
+    text_prefix = "language_model.model."
+    lm_head = "language_model.lm_head.weight"
+    processor_template = False
+    delegates_generate = True
 
     def load(self, folder: Path) -> Loaded:
         from transformers import CLIPImageProcessor, PreTrainedTokenizerFast
 
         from edgebridge.exporters.reference.mobilevlm import MobileVLMForCausalLM
 
-        model = MobileVLMForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True).eval()
+        model = load_float32(MobileVLMForCausalLM, folder)
         processor = ImageTextProcessor(CLIPImageProcessor.from_pretrained(folder, local_files_only=True),
                                        PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True))
         return Loaded(folder=Path(folder), config=model.config, model=model, processor=processor)
@@ -99,14 +99,8 @@ class MobileVLMFamily(Family):
             bridge_scopes=("projector",),
         )]
 
-    def text_model(self, loaded: Loaded) -> TextModel:
-        return hf_text_model(loaded, "language_model.model.", lm_head="language_model.lm_head.weight",
-                             generation_config=loaded.model.language_model.generation_config)
-
-    def prompt_layout(self, loaded: Loaded) -> PromptLayout:
-        return hf_prompt_layout(loaded, chat_content_format(loaded.processor, PLACEHOLDER, "image"),
-                                processor_template=False,
-                                generation_config=loaded.model.language_model.generation_config)
+    def placeholder_token(self, loaded: Loaded) -> str:
+        return PLACEHOLDER
 
     def reference_inputs(self, loaded: Loaded, prompt: str, media: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
         images = media.get("image") or []

@@ -31,6 +31,7 @@ import torch
 
 from edgebridge.errors import ExportError, UnsupportedModelError
 from edgebridge.exporters.importers.ctranslate2 import CT2Model, read_ct2
+from edgebridge.runtimes.tools.tool_whisper_asr import bytes_to_unicode
 
 # openai-whisper's language codes, in token order (whisper/tokenizer.py LANGUAGES)
 LANGUAGES = (
@@ -38,19 +39,6 @@ LANGUAGES = (
     "mi ml cy sk te fa lv bn sr az sl kn et mk br eu is hy ne mn bs kk sq sw gl mr pa si km sn yo so af oc ka be "
     "tg sd gu am yi lo uz fo ht ps tk nn mt sa lb my bo tl mg as tt haw ln ha ba jw su yue"
 ).split()
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character map (byte-level BPE)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
 
 
 def _merge_parts(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[bytes]:
@@ -94,7 +82,7 @@ def english_tokenizer_json(out: Path, vocab_size: int) -> None:
         if line:
             tok, rank = line.split()
             ranks[base64.b64decode(tok)] = int(rank)
-    to_str = _bytes_to_unicode()
+    to_str = bytes_to_unicode()
     enc = lambda b: "".join(to_str[x] for x in b)  # noqa: E731
     vocab = {enc(tok): rank for tok, rank in ranks.items()}
     merges = []

@@ -22,8 +22,8 @@ from edgebridge.runtimes.registry import run_named
 from edgebridge.runtimes.tools import ToolOutput, open_graphs, register_tool
 
 
-def _unicode_to_bytes() -> dict[str, int]:
-    """The inverse of GPT-2's byte -> printable character map."""
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map (byte-level BPE vocabularies spell tokens in it)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
     n = 0
@@ -32,7 +32,7 @@ def _unicode_to_bytes() -> dict[str, int]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
+    return dict(zip(bs, map(chr, cs)))
 
 
 class ByteLevelVocab:
@@ -42,7 +42,7 @@ class ByteLevelVocab:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         self.tokens: list[str] = data["tokens"]
         self.special = set(data["special_ids"])
-        self._map = _unicode_to_bytes()
+        self._map = {ch: byte for byte, ch in bytes_to_unicode().items()}
 
     def decode(self, ids: list[int]) -> str:
         raw = bytearray()
