@@ -10,6 +10,9 @@ export steps:
 - ``text_model()``: the decoder LLM for the GGUF writer;
 - ``prompt_layout()``: BOS, stop tokens, chat template.
 
+``HFFamily`` implements the last two (and ``reference_inputs``) for transformers-style composites
+from a few class attributes (where the decoder's tensors are, the media placeholder, ...).
+
 Shape legend used in docstrings: ``B`` batch, ``N`` embeddings per item, ``D`` LLM width,
 ``C/H/W`` image channels/height/width, ``M/T`` mel bins/frames.
 """
