@@ -23,6 +23,18 @@ def _resample_name(value: Any) -> str:
     return RESAMPLE_NAMES[number]
 
 
+def pixel_steps(image_processor: Any) -> dict[str, Any]:
+    """Resample mode, rescale factor and mean/std of a processor (``None`` for a step it skips): the
+    per-pixel part that the tiling preprocessing kinds share."""
+    ip = image_processor
+    return {
+        "resample": _resample_name(ip.resample),
+        "rescale_factor": float(ip.rescale_factor) if ip.do_rescale else None,
+        "mean": [float(x) for x in ip.image_mean] if ip.do_normalize else None,
+        "std": [float(x) for x in ip.image_std] if ip.do_normalize else None,
+    }
+
+
 def image_spec(image_processor: Any) -> dict[str, Any]:
     """Read a CLIP/SigLIP-style image processor into the manifest's preprocessing dict."""
     for flag in _UNSUPPORTED_FLAGS:

@@ -23,7 +23,7 @@ from edgebridge.exporters.families.base import (
     load_float32,
     seeded_normal,
 )
-from edgebridge.exporters.image_spec import _resample_name
+from edgebridge.exporters.image_spec import pixel_steps
 
 
 class Idefics2ImageGraph(torch.nn.Module):
@@ -86,10 +86,7 @@ class Idefics2Family(HFFamily):
             "shortest_edge": int(ip.size["shortest_edge"]),
             "longest_edge": int(ip.size["longest_edge"]),
             "do_image_splitting": bool(ip.do_image_splitting),
-            "resample": _resample_name(ip.resample),
-            "rescale_factor": float(ip.rescale_factor) if ip.do_rescale else None,
-            "mean": [float(x) for x in ip.image_mean] if ip.do_normalize else None,
-            "std": [float(x) for x in ip.image_std] if ip.do_normalize else None,
+            **pixel_steps(ip),
         }
 
     def encoders(self, loaded: Loaded) -> list[EncoderExport]:

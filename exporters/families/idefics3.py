@@ -25,7 +25,7 @@ from edgebridge.exporters.families.base import (
     read_config,
     seeded_normal,
 )
-from edgebridge.exporters.image_spec import _resample_name
+from edgebridge.exporters.image_spec import pixel_steps
 
 
 def full_tile_position_ids(vision: torch.nn.Module, tile: int) -> torch.Tensor:
@@ -103,10 +103,7 @@ class Idefics3Family(HFFamily):
             "tile_size": int(ip.max_image_size["longest_edge"]),
             "resize_longest_edge": int(ip.size["longest_edge"]) if ip.do_resize else None,
             "do_image_splitting": bool(ip.do_image_splitting),
-            "resample": _resample_name(ip.resample),
-            "rescale_factor": float(ip.rescale_factor) if ip.do_rescale else None,
-            "mean": [float(x) for x in ip.image_mean] if ip.do_normalize else None,
-            "std": [float(x) for x in ip.image_std] if ip.do_normalize else None,
+            **pixel_steps(ip),
         }
 
     def encoders(self, loaded: Loaded) -> list[EncoderExport]:

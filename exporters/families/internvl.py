@@ -23,7 +23,7 @@ from edgebridge.exporters.families.base import (
     load_float32,
     seeded_normal,
 )
-from edgebridge.exporters.image_spec import _resample_name
+from edgebridge.exporters.image_spec import pixel_steps
 
 
 class InternVLImageGraph(torch.nn.Module):
@@ -71,10 +71,7 @@ class InternVLFamily(HFFamily):
             "min_patches": int(ip.min_patches),
             "max_patches": int(ip.max_patches),
             "use_thumbnail": True,
-            "resample": _resample_name(ip.resample),
-            "rescale_factor": float(ip.rescale_factor) if ip.do_rescale else None,
-            "mean": [float(x) for x in ip.image_mean] if ip.do_normalize else None,
-            "std": [float(x) for x in ip.image_std] if ip.do_normalize else None,
+            **pixel_steps(ip),
             "tokens_per_tile": int(loaded.processor.image_seq_length),
         }
 
