@@ -90,30 +90,41 @@ def print_table(title: str, header: list[str], rows: list[list[object]]) -> None
     Console(width=160).print(table)
 
 
-def bare_llama_decode(gguf: Path, prompt: str, n_tokens: int, runs: int, threads: int) -> list[float]:
-    """Greedy decode tokens/s of a bare ``llama_cpp.Llama`` on ``gguf`` (text prompt), one sample per run.
+class BareLlama:
+    """A bare ``llama_cpp.Llama`` on ``gguf`` (loaded once), for decode timings against the pipeline."""
 
-    Times ``n_tokens - 1`` single-token steps after the prompt, as the pipeline's decode figure does.
-    """
-    import numpy as np
-    from llama_cpp import Llama
+    def __init__(self, gguf: Path, threads: int) -> None:
+        from llama_cpp import Llama
 
-    from edgebridge.runtimes.llamacpp._lib import llama
+        from edgebridge.runtimes.llamacpp._lib import llama
 
-    # The set-up's portable build keeps its CPU kernels in per-variant libraries that llama-cpp-python
-    # 0.3.36 does not load itself ("no backends are loaded"); this registers them, nothing more.
-    llama()
-    bare = Llama(model_path=str(gguf), n_ctx=2048, n_batch=512, n_ubatch=512, n_threads=threads,
-                 n_threads_batch=threads, verbose=False)
-    tokens = bare.tokenize(prompt.encode())
-    samples = []
-    for _ in range(runs):
+        # The set-up's portable build keeps its CPU kernels in per-variant libraries that llama-cpp-python
+        # 0.3.36 does not load itself ("no backends are loaded"); this registers them, nothing more.
+        llama()
+        self.llm = Llama(model_path=str(gguf), n_ctx=2048, n_batch=512, n_ubatch=512, n_threads=threads,
+                         n_threads_batch=threads, verbose=False)
+
+    def decode_tokens_per_s(self, prompt: str, n_tokens: int) -> float:
+        """Greedy decode after a text prompt: ``n_tokens - 1`` single-token steps, as the pipeline's
+        decode figure times them."""
+        import numpy as np
+
+        bare = self.llm
         bare.reset()
-        bare.eval(tokens)
+        bare.eval(bare.tokenize(prompt.encode()))
         start = time.perf_counter()
         for _ in range(n_tokens - 1):
-            tok = int(np.argmax(bare.scores[bare.n_tokens - 1]))
-            bare.eval([tok])
-        samples.append((n_tokens - 1) / (time.perf_counter() - start))
-    bare.close()
-    return samples
+            bare.eval([int(np.argmax(bare.scores[bare.n_tokens - 1]))])
+        return (n_tokens - 1) / (time.perf_counter() - start)
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+def bare_llama_decode(gguf: Path, prompt: str, n_tokens: int, runs: int, threads: int) -> list[float]:
+    """Decode tokens/s of a bare ``llama_cpp.Llama`` on ``gguf``, one sample per run."""
+    bare = BareLlama(gguf, threads)
+    try:
+        return [bare.decode_tokens_per_s(prompt, n_tokens) for _ in range(runs)]
+    finally:
+        bare.close()

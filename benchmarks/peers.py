@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import BENCH_DIR, ROOT, bare_llama_decode, bench_bundle, bench_model, machine, print_table
+from common import BENCH_DIR, ROOT, BareLlama, bench_bundle, bench_model, machine, print_table
 
 PROMPTS = ["USER: <image>\nDescribe the picture. ASSISTANT:",
            "USER: <image>\nWhat colours are in it? ASSISTANT:"]  # warm runs alternate: follow-up questions
@@ -128,17 +128,19 @@ def child_pair(spec: dict[str, Any]) -> dict[str, Any]:
     from edgebridge import Pipeline
 
     prompt = "Describe the picture in detail. " * max(1, spec["prompt_positions"] // 7)
-    ours, bare = [], []
+    ours, theirs = [], []
+    bare = BareLlama(Path(spec["gguf"]), spec["threads"])
     with Pipeline.from_bundle(spec["bundle"], threads=spec["threads"], verify=False, cache_embeddings=False,
                               reuse_prefix=False) as pipe:
         for i in range(spec["warmup"] + spec["runs"]):
             result = pipe.generate(prompt, max_new_tokens=spec["tokens"], stop_at_eos=False)
-            theirs = bare_llama_decode(Path(spec["gguf"]), prompt, spec["tokens"], 1, spec["threads"])
+            bare_rate = bare.decode_tokens_per_s(prompt, spec["tokens"])
             if i >= spec["warmup"]:
                 ours.append(result.timings["decode_tokens_per_s"])
-                bare.extend(theirs)
-    return {"pipeline_tokens_per_s": statistics.median(ours), "decode_tokens_per_s": statistics.median(bare),
-            "pipeline_samples": ours, "samples": bare, "prompt_tokens": result.prompt_tokens}
+                theirs.append(bare_rate)
+    bare.close()
+    return {"pipeline_tokens_per_s": statistics.median(ours), "decode_tokens_per_s": statistics.median(theirs),
+            "pipeline_samples": ours, "samples": theirs, "prompt_tokens": result.prompt_tokens}
 
 
 CHILDREN = {"edgebridge": child_edgebridge, "peer": child_peer, "pair": child_pair}
