@@ -87,8 +87,11 @@ test-fast: setup
 demo: setup
 	$(PY) -m edgebridge.demo
 
+# All three benchmarks (about 20 minutes on 2 cores; they print ratio tables, write bench-out/).
 bench: setup
 	$(PY) benchmarks/spine.py
+	$(PY) benchmarks/quantization.py
+	$(PY) benchmarks/peers.py
 
 clean-venv:
 	rm -rf $(VENV)
