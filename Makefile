@@ -87,11 +87,12 @@ test-fast: setup
 demo: setup
 	$(PY) -m edgebridge.demo
 
-# All three benchmarks (about 20 minutes on 2 cores; they print ratio tables, write bench-out/).
+# All four benchmarks (about 22 minutes on 2 cores; they print ratio tables, write bench-out/).
 bench: setup
 	$(PY) benchmarks/spine.py
 	$(PY) benchmarks/quantization.py
 	$(PY) benchmarks/peers.py
+	$(PY) benchmarks/prefill.py
 
 clean-venv:
 	rm -rf $(VENV)

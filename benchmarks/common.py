@@ -47,6 +47,49 @@ def bench_bundle(model: Path, name: str, **export_options) -> Path:
     return target
 
 
+def optimum_export(model: Path) -> Path:
+    """``model`` exported by optimum-intel (fp16 weights) into ``BENCH_DIR``, once."""
+    target = BENCH_DIR / "optimum-ov-fp16"
+    if not (target / "openvino_language_model.xml").is_file():
+        from edgebridge.exporters.baselines import export_optimum
+
+        export_optimum(model, target)
+    return target
+
+
+def sample_image() -> Path:
+    """The photo every benchmark asks about (scikit-image's ``chelsea``, a real photo shipped on PyPI)."""
+    path = BENCH_DIR / "chelsea.png"
+    if not path.is_file():
+        from PIL import Image
+        from skimage import data
+
+        Image.fromarray(data.chelsea()).save(path)
+    return path
+
+
+def bench_ggufs(model: Path, work: Path) -> dict[str, Path]:
+    """The benchmark LLM as GGUF, one file per type (f32, f16 and every LLM quantization edgebridge
+    offers), written into ``work`` once and reused."""
+    from edgebridge.exporters.families import family_for
+    from edgebridge.exporters.gguf.writer import write_gguf
+    from edgebridge.exporters.quantize.gguf_quant import LLM_FTYPES, quantize_gguf
+
+    work.mkdir(parents=True, exist_ok=True)
+    paths = {"f32": work / "llm-f32.gguf", "f16": work / "llm-f16.gguf"}
+    missing = [dtype for dtype, path in paths.items() if not path.exists()]
+    if missing:
+        family = family_for(model)
+        text = family.text_model(family.load(model))
+        for dtype in missing:
+            write_gguf(text, paths[dtype], dtype)
+    for precision in LLM_FTYPES:
+        paths[precision] = work / f"llm-{precision}.gguf"
+        if not paths[precision].exists():
+            quantize_gguf(paths["f32"], paths[precision], precision)
+    return paths
+
+
 def median_ms(fn: Callable[[], object], runs: int = 7, warmup: int = 2) -> float:
     """Median wall time of ``fn`` in ms after ``warmup`` untimed calls."""
     for _ in range(warmup):

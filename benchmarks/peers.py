@@ -39,7 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import BENCH_DIR, ROOT, BareLlama, bench_bundle, bench_model, machine, print_table
+from common import (BENCH_DIR, ROOT, BareLlama, bench_bundle, bench_model, machine, optimum_export, print_table,
+                    sample_image)
 
 PROMPTS = ["USER: <image>\nDescribe the picture. ASSISTANT:",
            "USER: <image>\nWhat colours are in it? ASSISTANT:"]  # warm runs alternate: follow-up questions
@@ -228,25 +229,6 @@ def drift_summary(manifest) -> str:
             if "top1_agreement" in m:
                 parts.append(f"{art.precision} top1 {m['top1_agreement']:.2f} KL {m['kl_mean']:.3g}")
     return "; ".join(parts) or "none (full precision)"
-
-
-def optimum_export(model: Path) -> Path:
-    target = BENCH_DIR / "optimum-ov-fp16"
-    if not (target / "openvino_language_model.xml").is_file():
-        from edgebridge.exporters.baselines import export_optimum
-
-        export_optimum(model, target)
-    return target
-
-
-def sample_image() -> Path:
-    path = BENCH_DIR / "chelsea.png"
-    if not path.is_file():
-        from PIL import Image
-        from skimage import data
-
-        Image.fromarray(data.chelsea()).save(path)
-    return path
 
 
 def p50(conf: dict[str, Any] | None, stage: str) -> float | None:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import BENCH_DIR, bench_model, machine, median_ms, print_table
+from common import BENCH_DIR, bench_ggufs, bench_model, machine, median_ms, print_table
 
 
 def encoder_table(model_dir: Path, work: Path, runs: int) -> list[list[object]]:
@@ -75,23 +75,12 @@ def encoder_table(model_dir: Path, work: Path, runs: int) -> list[list[object]]:
 def llm_table(model_dir: Path, work: Path, n_tokens: int, runs: int) -> list[list[object]]:
     from edgebridge.exporters.families import family_for
     from edgebridge.exporters.gguf.export import reference_text_cases, run_llamacpp
-    from edgebridge.exporters.gguf.writer import write_gguf
-    from edgebridge.exporters.quantize.gguf_quant import LLM_FTYPES, quantize_gguf
     from edgebridge.parity import logit_metrics
     from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
 
     family = family_for(model_dir)
-    loaded = family.load(model_dir)
-    text = family.text_model(loaded)
-    add_bos = family.prompt_layout(loaded).add_bos
-    paths = {"f32": work / "llm-f32.gguf", "f16": work / "llm-f16.gguf"}
-    for dtype, path in paths.items():
-        if not path.exists():
-            write_gguf(text, path, dtype)
-    for precision in LLM_FTYPES:
-        paths[precision] = work / f"llm-{precision}.gguf"
-        if not paths[precision].exists():
-            quantize_gguf(paths["f32"], paths[precision], precision)
+    add_bos = family.prompt_layout(family.load(model_dir)).add_bos
+    paths = bench_ggufs(model_dir, work)
     cases = reference_text_cases(paths["f32"], add_bos)
     with LlamaCppLLM(paths["f32"], LlamaSettings(n_ctx=512)) as llm:
         ref = run_llamacpp(llm, cases)

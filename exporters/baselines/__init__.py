@@ -132,11 +132,16 @@ def export_optimum(model_dir: Path, out: str | Path) -> None:
                 ov_config=OVConfig(dtype="fp16"), local_files_only=True)
 
 
+def optimum_ov_config(threads: int | None) -> dict[str, Any]:
+    """The OpenVINO config the optimum-intel baseline compiles its models with: latency hint, our threads."""
+    return {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or available_cores()}
+
+
 def load_optimum(exported: str | Path, threads: int | None) -> tuple[Any, dict[str, Any]]:
     """``OVModelForVisualCausalLM`` on CPU with the latency hint; returns it and its OpenVINO config."""
     from optimum.intel import OVModelForVisualCausalLM
 
-    ov_config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or available_cores()}
+    ov_config = optimum_ov_config(threads)
     return OVModelForVisualCausalLM.from_pretrained(str(exported), ov_config=ov_config, device="CPU"), ov_config
 
 
