@@ -25,6 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from edgebridge.errors import BackendError
+from edgebridge.runtimes.llamacpp._lib import last_log
+
 STATE_MAGIC = 0xAF143CD8  # llama-context.cpp: io_magic
 GGML_F16 = 1  # ggml.h: GGML_TYPE_F16
 
@@ -112,7 +115,7 @@ def write_state(llm: Any, blob: bytes, n: int) -> None:
     llm.reset()
     src = (ctypes.c_uint8 * len(blob)).from_buffer_copy(blob)
     if llm.lib.llama_state_seq_set_data(llm._ctx, src, len(blob), 0) != len(blob):
-        raise RuntimeError("llama.cpp refused the sequence state")
+        raise BackendError(f"llama.cpp refused the sequence state ({last_log()}).")
     llm.n_past = n
 
 

@@ -168,7 +168,8 @@ def hybrid_prefill(model: Path, gguf: Path, embeds: np.ndarray, work: Path,
     n = embeds.shape[0]
     first = theirs.eval_embeddings(embeds).copy()
     logits, k, v = session.run(None, feeds)
-    problem = kv_handoff.check_layout(kv_handoff.state_blob(k, v), kv_handoff.read_state(theirs), n, *k.shape[::2])
+    layers, _, channels = k.shape  # [L, n, C]
+    problem = kv_handoff.check_layout(kv_handoff.state_blob(k, v), kv_handoff.read_state(theirs), n, layers, channels)
     if problem:
         return None, f"layout differs from llama.cpp's ({problem}): skipped", close
     kv_handoff.write_state(ours, kv_handoff.state_blob(k, v), n)
