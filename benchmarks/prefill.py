@@ -72,14 +72,19 @@ def prompt_positions(bundle: Path, image: Path, threads: int) -> int:
         return pipe.generate(PROMPT, images=[str(image)], max_new_tokens=1).prompt_tokens
 
 
-def optimum_prefill(optimum_dir: Path, embeds: np.ndarray, threads: int) -> Callable[[], None]:
+def optimum_request(optimum_dir: Path, part: str, threads: int):
+    """An infer request on one of optimum-intel's exported IRs, compiled as its pipeline compiles it."""
     import openvino as ov
 
     from edgebridge.exporters.baselines import optimum_ov_config
 
-    compiled = ov.Core().compile_model(str(optimum_dir / "openvino_language_model.xml"), "CPU",
+    compiled = ov.Core().compile_model(str(optimum_dir / f"openvino_{part}_model.xml"), "CPU",
                                        optimum_ov_config(threads))
-    request = compiled.create_infer_request()
+    return compiled.create_infer_request()
+
+
+def optimum_prefill(optimum_dir: Path, embeds: np.ndarray, threads: int) -> Callable[[], None]:
+    request = optimum_request(optimum_dir, "language", threads)
     n = embeds.shape[0]
     feeds = {"inputs_embeds": embeds[None], "attention_mask": np.ones((1, n), np.int64),
              "position_ids": np.arange(n, dtype=np.int64)[None], "beam_idx": np.zeros(1, np.int32)}
@@ -123,7 +128,7 @@ def int8_gemm_prefill(shapes: list[tuple[int, int]], n: int, work: Path, threads
     from onnx import TensorProto, helper, numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from edgebridge.runtimes.encoder_onnxruntime import _session_options
+    from edgebridge.runtimes.encoder_onnxruntime import session_options
 
     rng = np.random.default_rng(0)
     widths = sorted({d_in for d_in, _ in shapes})
@@ -138,7 +143,7 @@ def int8_gemm_prefill(shapes: list[tuple[int, int]], n: int, work: Path, threads
     fp32, int8 = work / "prefill-matmuls-fp32.onnx", work / "prefill-matmuls-int8.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), fp32)
     quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
-    session = ort.InferenceSession(str(int8), _session_options(threads), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(int8), session_options(threads), providers=["CPUExecutionProvider"])
     feeds = {f"x{w}": rng.standard_normal((n, w), dtype=np.float32) for w in widths}
     return lambda: session.run(None, feeds)
 
@@ -149,14 +154,14 @@ def hybrid_prefill(model: Path, gguf: Path, embeds: np.ndarray, work: Path,
     import onnxruntime as ort
 
     import kv_handoff
-    from edgebridge.runtimes.encoder_onnxruntime import _session_options
+    from edgebridge.runtimes.encoder_onnxruntime import session_options
     from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
 
     fp32, int8 = work / "llm-prefill-fp32.onnx", work / "llm-prefill-int8.onnx"
     if not int8.is_file():
         work.mkdir(parents=True, exist_ok=True)
         kv_handoff.export_prefill_graph(model, fp32, int8, embeds.shape[0])
-    session = ort.InferenceSession(str(int8), _session_options(threads), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(int8), session_options(threads), providers=["CPUExecutionProvider"])
     feeds = {"inputs_embeds": embeds[None]}
     ours = LlamaCppLLM(gguf, LlamaSettings(n_ctx=1024, threads=threads))
     theirs = LlamaCppLLM(gguf, LlamaSettings(n_ctx=1024, threads=threads))
@@ -169,10 +174,11 @@ def hybrid_prefill(model: Path, gguf: Path, embeds: np.ndarray, work: Path,
     first = theirs.eval_embeddings(embeds).copy()
     logits, k, v = session.run(None, feeds)
     layers, _, channels = k.shape  # [L, n, C]
-    problem = kv_handoff.check_layout(kv_handoff.state_blob(k, v), kv_handoff.read_state(theirs), n, layers, channels)
+    blob = kv_handoff.state_blob(k, v)
+    problem = kv_handoff.check_layout(blob, kv_handoff.read_state(theirs), n, layers, channels)
     if problem:
         return None, f"layout differs from llama.cpp's ({problem}): skipped", close
-    kv_handoff.write_state(ours, kv_handoff.state_blob(k, v), n)
+    kv_handoff.write_state(ours, blob, n)
     # teacher-forced: both contexts are fed llama.cpp's own greedy tokens; compare every step's logits
     agree, worst, mine, ref = 0, 0.0, logits[0], first
     for _ in range(16):
@@ -199,13 +205,7 @@ def onnx_encoder(path: Path, threads: int) -> Callable[[], None]:
 
 
 def optimum_encoder(optimum_dir: Path, threads: int) -> Callable[[], None]:
-    import openvino as ov
-
-    from edgebridge.exporters.baselines import optimum_ov_config
-
-    compiled = ov.Core().compile_model(str(optimum_dir / "openvino_vision_embeddings_model.xml"), "CPU",
-                                       optimum_ov_config(threads))
-    request = compiled.create_infer_request()
+    request = optimum_request(optimum_dir, "vision_embeddings", threads)
     pixels = np.random.default_rng(1).standard_normal((1, 3, 224, 224), dtype=np.float32)
     return lambda: request.infer({"pixel_values": pixels})
 

@@ -36,7 +36,8 @@ def _choose_providers(device: str, available: list[str]) -> tuple[list[str], str
     return ["CPUExecutionProvider"], f"no onnxruntime execution provider for {device} is installed"
 
 
-def _session_options(threads: int) -> "onnxruntime.SessionOptions":
+def session_options(threads: int) -> "onnxruntime.SessionOptions":
+    """The CPU session options every edgebridge onnxruntime session runs with (the benchmarks' too)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -66,7 +67,7 @@ class OnnxRuntimeEncoder:
             raise BackendUnavailableError(f"unknown device '{device}'.", hint=f"Choose one of {', '.join(DEVICES)}.")
         path = Path(files[0])
         providers, reason = _choose_providers(device, ort.get_available_providers())
-        opts = _session_options(threads or default_threads())
+        opts = session_options(threads or default_threads())
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
@@ -104,7 +105,7 @@ class OnnxRuntimeEncoder:
         import onnxruntime as ort
 
         with tempfile.TemporaryDirectory(prefix="edgebridge-ortprof-") as tmp:
-            opts = _session_options(self._opts.intra_op_num_threads)
+            opts = session_options(self._opts.intra_op_num_threads)
             opts.enable_profiling = True
             opts.profile_file_prefix = str(Path(tmp) / "ort")
             session = ort.InferenceSession(str(self._path), opts, providers=self._providers)

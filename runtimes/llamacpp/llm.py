@@ -46,9 +46,9 @@ class LlamaSettings:
     n_ubatch: int = 512
     threads: int | None = None
     # Off by default. Measured here (AVX2, 2 threads, 12x768 llama, q8_0): flash attention prefills
-    # ~20% faster, but its CPU decode slows with the context (tok/s with it on vs off): 144 vs 114
-    # at 105 positions, 86 vs 112 at 357, 59 vs 89 at 663. An image prompt alone is 200-300
-    # positions, and decode dominates an answer. None lets llama.cpp decide (on for CPU).
+    # 7-20% faster (7-10% at 216 positions), but its CPU decode slows with the context (tok/s with
+    # it on vs off): 144 vs 114 at 105 positions, 86 vs 112 at 357, 59 vs 89 at 663. An image
+    # prompt alone is 200-300 positions, and decode dominates an answer. None lets llama.cpp decide.
     flash_attn: bool | None = False
     kv_type: str = "f16"
     use_extra_bufts: bool = True  # AMX / repacked weight buffers; needs the crash-free build
