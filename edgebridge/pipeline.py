@@ -8,7 +8,10 @@
 Flow of one ``generate``: validate the prompt against the media given and the context size,
 preprocess the media (numpy/PIL), run each modality's encoder + bridge graph (onnxruntime or
 OpenVINO), then prefill llama.cpp with text tokens and the embeddings in prompt order (handed
-over in memory), and decode greedily. Requested devices that are not present fall back to CPU;
+over in memory), and decode greedily. A bundle exported with ``--prefill`` carries the LLM's
+prefill graph: a conversation's first prompt then runs through onnxruntime and its KV cache is
+handed to llama.cpp (``runtimes/llamacpp/kv_handoff.py``), checked against this context's cache
+layout at load; where it does not fit, llama.cpp prefills and ``result.warnings`` says why. Requested devices that are not present fall back to CPU;
 ``result.devices`` and ``result.warnings`` say so.
 
 Imports no torch and no transformers.
@@ -41,6 +44,7 @@ from edgebridge.prompt import (
     split_segments,
 )
 from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
+from edgebridge.runtimes.llamacpp.kv_handoff import HandoffUnavailable, KVHandoff, PrefillGraph
 from edgebridge.runtimes.registry import EncoderSession, artifact_format, open_encoder
 from edgebridge.runtimes.static_shapes import conform, run_static
 from edgebridge.runtimes.tools import Tool, ToolOutput, open_tool
@@ -87,7 +91,7 @@ class Pipeline:
 
     def __init__(self, bundle: Bundle, encoders: dict[str, _Encoder], llm: LlamaCppLLM, load_ms: float,
                  warnings: list[str], tools: dict[str, Tool] | None = None, *, cache_embeddings: bool = True,
-                 reuse_prefix: bool = True) -> None:
+                 reuse_prefix: bool = True, handoff: KVHandoff | None = None) -> None:
         self.bundle = bundle
         self.embedding_cache = EmbeddingCache() if cache_embeddings else None
         self.kv = KVPrefix() if reuse_prefix else None
@@ -95,6 +99,8 @@ class Pipeline:
         self.encoders = encoders
         self.tools = tools or {}
         self.llm = llm
+        self.handoff = handoff
+        self.last_prefill_engine = "llama.cpp"
         self.load_ms = load_ms
         self.load_warnings = warnings
         self._bos = self._bos_token()
@@ -118,6 +124,7 @@ class Pipeline:
         verify: bool = True,
         cache_embeddings: bool = True,
         reuse_prefix: bool = True,
+        fast_prefill: bool = True,
     ) -> "Pipeline":
         """Open a bundle and load its engines.
 
@@ -126,7 +133,8 @@ class Pipeline:
         ``bf16``/``f16`` faster, ``auto`` the device default). ``verify`` checks every file's sha256.
         ``cache_embeddings`` reuses encoder outputs for inputs seen before (by content hash) and
         ``reuse_prefix`` keeps the KV cache of a prompt prefix shared with the previous call; both
-        give the same results as recomputing.
+        give the same results as recomputing. ``fast_prefill`` uses the bundle's prefill graph (if it
+        has one) for a conversation's first prompt.
         """
         start = now_ms()
         bundle = Bundle.open(path, verify=verify)
@@ -165,8 +173,23 @@ class Pipeline:
                           expect_n_embd=int(llm_comp.inputs[0].shape[-1]))
         if llm.report.fallback_reason:
             warnings.append(f"llm: {llm.report.fallback_reason}; ran on {llm.report.executed}.")
+        handoff = None
+        if fast_prefill and "prefill" in llm_comp.artifacts:
+            handoff = cls._attach_prefill(bundle, llm_comp.artifacts["prefill"], llm, threads, warnings)
+        llm.report.details["prefill"] = handoff.describe() if handoff else {"engine": "llama.cpp"}
         return cls(bundle, encoders, llm, now_ms() - start, warnings, tools, cache_embeddings=cache_embeddings,
-                   reuse_prefix=reuse_prefix)
+                   reuse_prefix=reuse_prefix, handoff=handoff)
+
+    @staticmethod
+    def _attach_prefill(bundle: Bundle, art: Any, llm: LlamaCppLLM, threads: int | None,
+                        warnings: list[str]) -> KVHandoff | None:
+        """The bundle's prefill graph bound to ``llm``, or None with the reason in ``warnings``."""
+        graph = PrefillGraph(bundle.path(art.files[0]), threads=threads, precision=art.precision)
+        try:
+            return KVHandoff.attach(llm, graph)
+        except HandoffUnavailable as exc:
+            warnings.append(f"llm prefill: {exc}; llama.cpp prefills instead.")
+            return None
 
     def close(self) -> None:
         self.llm.close()
@@ -360,6 +383,7 @@ class Pipeline:
         decode_ms = now_ms() - decode_start
         timings = self._timings(times, ttft, per_token, decode_ms, now_ms() - start, n_prompt, len(tokens))
         timings["reused_prefix_positions"] = self.reused_positions
+        timings["prefill_engine"] = self.last_prefill_engine
         timings["embedding_cache_hits"] = self.embedding_cache.hits if self.embedding_cache else 0
         devices = {self.manifest.inputs[m].component: (self.encoders[m].session.report if m in self.encoders
                                                         else self.tools[m].report).as_dict() for m in encoded}
@@ -449,6 +473,34 @@ class Pipeline:
         self.reused_positions = self.llm.n_past
         if self.kv is not None:
             self.kv.clear()  # until the prefill completes, the cache holds nothing we can vouch for
+        if self.handoff is not None and self.llm.n_past == 0:
+            logits = self._prefill_handoff(runs)
+            self.last_prefill_engine = "onnxruntime+handoff"
+        else:
+            logits = self._prefill_llamacpp(runs)
+            self.last_prefill_engine = "llama.cpp"
+        if self.kv is not None:
+            self.kv.set(signature)
+        return logits
+
+    def _prefill_handoff(self, runs: list[tuple[str, Any]]) -> np.ndarray:
+        """The whole prompt through the prefill graph; its KV cache becomes llama.cpp's."""
+        n = sum(len(data) for _, data in runs)
+        ids = np.zeros(n, np.int64)
+        media = np.zeros((n, self.llm.n_embd), np.float32)
+        mask = np.zeros(n, bool)
+        at = 0
+        for kind, data in runs:
+            if kind == "embeds":
+                media[at:at + len(data)] = self.llm.validate_embeddings(data)
+                mask[at:at + len(data)] = True
+            else:
+                ids[at:at + len(data)] = self.llm.validate_tokens(data)
+            at += len(data)
+        return self.handoff.prefill(ids, media, mask)
+
+    def _prefill_llamacpp(self, runs: list[tuple[str, Any]]) -> np.ndarray:
+        """The prompt's runs after the reused prefix, through llama.cpp."""
         skip = self.llm.n_past
         logits = None
         for i, (kind, data) in enumerate(runs):
@@ -459,8 +511,6 @@ class Pipeline:
             part, skip = data[skip:], 0
             want = "last" if i == len(runs) - 1 else "none"
             logits = self.llm.eval_embeddings(part, want) if kind == "embeds" else self.llm.eval_tokens(part, want)
-        if self.kv is not None:
-            self.kv.set(signature)
         return logits
 
     @staticmethod

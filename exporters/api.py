@@ -34,6 +34,7 @@ from edgebridge.exporters.encoder import (
 from edgebridge.exporters.families import family_for
 from edgebridge.exporters.families.base import EncoderExport, Family, Loaded, read_config
 from edgebridge.exporters.gguf.export import export_llm, import_gguf, validate_existing_gguf
+from edgebridge.exporters.prefill import FILE_NAME as PREFILL_FILE, PREFILL_PRECISIONS, export_prefill
 from edgebridge.exporters.quantize import QuantPlan, Trial, first_within_budget, parse_budget, parse_quantize, verdict
 from edgebridge.exporters.quantize.calibration import CalibrationSet, calibration_for
 from edgebridge.exporters.quantize.onnx_quant import quantize_onnx
@@ -215,6 +216,7 @@ def export_bundle(
     static: bool = False,
     static_batch: int = 1,
     static_tokens: int = 32,
+    prefill: str | None = None,
     force: bool = False,
     encoder_tolerance: dict[str, float] | None = None,
     step: Step | None = None,
@@ -224,8 +226,10 @@ def export_bundle(
     ``quantize`` is the ``--quantize`` text (``auto``, or ``encoder=int8,llm=q4_k_m`` ...);
     ``max_drift`` the ``--max-drift`` items (or a ready budget dict); ``llm_gguf`` an existing
     GGUF to use as the LLM. ``static`` fixes every encoder shape (``static_batch`` rows, token axes
-    of ``static_tokens``) for accelerators that compile fixed shapes. ``step`` receives a short
-    message as each stage starts.
+    of ``static_tokens``) for accelerators that compile fixed shapes. ``prefill`` (``fp32`` or ``int8``)
+    adds the LLM's prefill graph, whose KV cache the runtime hands to llama.cpp (faster prompts on
+    CPUs where onnxruntime's int8 GEMM outruns llama.cpp). ``step`` receives a short message as
+    each stage starts.
     """
     step = step or (lambda _msg: None)
     model_dir = Path(model_dir)
@@ -239,6 +243,9 @@ def export_bundle(
     parsed = parse_quantize(quantize, formats, llm_dtype)
     if llm_gguf is not None and quantize and "llm" in quantize and parsed["llm"] != llm_dtype:
         raise ExportError("--llm-gguf uses the GGUF as it is; it cannot be combined with --quantize llm=...")
+    if prefill not in (None, "none", *PREFILL_PRECISIONS):
+        raise ExportError(f"unknown prefill precision '{prefill}'.",
+                          hint=f"Choose from: none, {', '.join(PREFILL_PRECISIONS)}.")
     budget = max_drift if isinstance(max_drift, dict) else parse_budget(max_drift)
     plan = QuantPlan(encoder=parsed["encoder"], llm=parsed["llm"], budget=budget,
                      calibration=Path(calibration) if calibration else None,
@@ -283,12 +290,18 @@ def export_bundle(
             llm_art, text = export_llm(family, loaded, layout, writer.path("llm.gguf"), plan, step=step)
             text_type, n_vocab = text.model_type, int(text.config.vocab_size)
             description = f"{text.model_type} decoder, {llm_art.details['n_params'] / 1e6:.1f}M parameters"
+        llm_artifacts = {"gguf": llm_art}
+        if prefill not in (None, "none"):
+            text_model = text if llm_gguf is None else family.text_model(loaded)
+            llm_artifacts["prefill"] = export_prefill(text_model, family.causal_lm(loaded), writer.path("llm.gguf"),
+                                                      writer.path(PREFILL_FILE), prefill, plan.budget["llm"],
+                                                      step=step)
         components["llm"] = Component(
             role="llm",
             modality="text",
             inputs=[TensorSpec(name="inputs_embeds", dtype="float32", shape=["tokens", n_embd])],
             outputs=[TensorSpec(name="logits", dtype="float32", shape=["tokens", n_vocab])],
-            artifacts={"gguf": llm_art},
+            artifacts=llm_artifacts,
             description=description,
         )
         config = read_config(model_dir)

@@ -106,7 +106,7 @@ def exported(workdir: Path, kind: str, llm_dtype: str = "f32") -> Exported:
 
 
 _model_dirs: dict[tuple[str, str], Path] = {}
-_bundles: dict[tuple[str, str, str], Exported] = {}
+_bundles: dict[tuple[str, ...], Exported] = {}
 
 
 def tiny_llava(workdir: Path, combo: tuple[str, str]) -> Path:
@@ -117,14 +117,16 @@ def tiny_llava(workdir: Path, combo: tuple[str, str]) -> Path:
     return _model_dirs[combo]
 
 
-def exported_llava(workdir: Path, combo: tuple[str, str], llm_dtype: str = "f32") -> Exported:
-    key = (*combo, llm_dtype)
+def exported_llava(workdir: Path, combo: tuple[str, str], llm_dtype: str = "f32", prefill: str | None = None) -> Exported:
+    """A bundle of a tiny LLaVA; ``prefill`` adds the LLM prefill graph (and exports the ONNX encoder only)."""
+    key = (*combo, llm_dtype) if prefill is None else (*combo, llm_dtype, prefill)
     if key not in _bundles:
         from edgebridge.exporters.api import export_bundle
 
         model_dir = tiny_llava(workdir, combo)
-        bundle = workdir / f"bundle-{combo_id(combo)}-{llm_dtype}"
-        manifest = export_bundle(model_dir, bundle, llm_dtype=llm_dtype)
+        bundle = workdir / f"bundle-{combo_id(combo)}-{llm_dtype}{'-prefill-' + prefill if prefill else ''}"
+        formats = ("onnx",) if prefill else ("onnx", "openvino")
+        manifest = export_bundle(model_dir, bundle, llm_dtype=llm_dtype, encoder_formats=formats, prefill=prefill)
         _bundles[key] = Exported(model_dir, bundle, manifest)
     return _bundles[key]
 

@@ -235,11 +235,7 @@ class LlamaCppLLM:
 
     def eval_tokens(self, tokens: Sequence[int], logits: Logits = "last") -> np.ndarray | None:
         """Decode ``T`` token ids at the next positions; returns ``[V]`` (last) or ``[T, V]`` (all) logits."""
-        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
-        if ids.size == 0:
-            raise InputError("no tokens to evaluate.")
-        if ids.min() < 0 or ids.max() >= self.n_vocab:
-            raise InputError(f"token id out of range [0, {self.n_vocab}): {int(ids.min())}..{int(ids.max())}.")
+        ids = self.validate_tokens(tokens)
         self.check_room(ids.size)
         batch = self._tokens
         return self._run_chunks(ids.size, logits, lambda lo, hi: batch.token.__setitem__(slice(0, hi - lo), ids[lo:hi]), batch)
@@ -265,6 +261,15 @@ class LlamaCppLLM:
             raise BackendError(f"llama_decode failed with code {rc} ({last_log()}).")
         self.n_past += 1
         return np.ctypeslib.as_array(self.lib.llama_get_logits_ith(self._ctx, 0), shape=(self.n_vocab,))
+
+    def validate_tokens(self, tokens: Sequence[int]) -> np.ndarray:
+        """Token ids as int64 ``[T]``, refused when empty or outside the vocabulary."""
+        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            raise InputError("no tokens to evaluate.")
+        if ids.min() < 0 or ids.max() >= self.n_vocab:
+            raise InputError(f"token id out of range [0, {self.n_vocab}): {int(ids.min())}..{int(ids.max())}.")
+        return ids
 
     def validate_embeddings(self, embeds: Any) -> np.ndarray:
         if not isinstance(embeds, np.ndarray):
@@ -304,6 +309,27 @@ class LlamaCppLLM:
         if logits == "all":
             return np.stack(rows)
         return last
+
+    def read_seq_state(self) -> bytes:
+        """Sequence 0's KV cache as llama.cpp serialises it (``llama_state_seq_get_data``)."""
+        size = self.lib.llama_state_seq_get_size(self._ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        written = self.lib.llama_state_seq_get_data(self._ctx, buf, size, 0)
+        return bytes(buf)[:written]
+
+    def write_seq_state(self, blob: np.ndarray, n_positions: int) -> None:
+        """Replace the cache with a serialised sequence 0 (``blob``: uint8 bytes) of ``n_positions``
+        cells; the next decode goes on at position ``n_positions``. ``kv_handoff`` builds the blob."""
+        data = np.ascontiguousarray(blob, np.uint8)
+        self.check_fits(n_positions)
+        self.reset()
+        read = self.lib.llama_state_seq_set_data(self._ctx, data.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)),
+                                                 data.size, 0)
+        if read != data.size:
+            self.reset()
+            raise BackendError(f"llama.cpp refused the sequence state ({last_log()}).",
+                               hint="Run without the prefill graph (fast_prefill=False / --no-fast-prefill).")
+        self.n_past = n_positions
 
     def _logits_row(self, i: int) -> np.ndarray:
         ptr = self.lib.llama_get_logits_ith(self._ctx, i)

@@ -1,0 +1,235 @@
+"""The LLM's prompt prefill as an ONNX graph whose KV cache llama.cpp takes over (``--prefill``).
+
+The graph (``llm_prefill.onnx``; see ``runtimes/llamacpp/kv_handoff.py`` for how it is used)::
+
+    input_ids    [1, n] int64    text token ids (any id where media_mask is set)
+    media_embeds [1, n, D] f32   encoder + bridge embeddings at media positions
+    media_mask   [1, n] bool     True where the position takes media_embeds
+      -> logits  [1, V] f32      the last position's
+         k       [L, n, C] f16   every layer's keys, one row per position, in llama.cpp's channel
+                                 order (the GGUF writer interleaves the rotary halves of llama/mistral)
+         v       [L, C, n] f16   every layer's values, one row per channel (llama.cpp's transposed V)
+
+It is built from the same ``TextModel`` the GGUF writer reads, so both hold the same weights.
+``int8`` quantizes its MatMul weights (onnxruntime ``quantize_dynamic``); the token-embedding
+Gather stays float.
+
+Gates, both recorded in the manifest:
+1. the graph's logits against the family's HF model on seeded ids + injected embeddings:
+   ``max_abs <= 1e-3`` for fp32; measured and recorded for int8;
+2. what users get: the hand-over into the bundle's own GGUF under the runtime's default llama.cpp
+   settings, then 8 teacher-forced decode steps, against llama.cpp's own prefill of the same
+   sequences; held to the LLM drift budget (top-1 agreement, mean KL).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from edgebridge.errors import ExportError, UnsupportedModelError
+from edgebridge.exporters.gguf.export import N_CTX, SEED, text_logits
+from edgebridge.exporters.gguf.writer import TextModel, arch_spec
+from edgebridge.manifest import Artifact, Parity
+from edgebridge.parity import enforce, logit_metrics, violations
+from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
+from edgebridge.runtimes.llamacpp.kv_handoff import GRAPH_INPUTS, GRAPH_OUTPUTS, HandoffUnavailable, KVHandoff, PrefillGraph
+
+PREFILL_PRECISIONS = ("fp32", "int8")
+STRICT_TOLERANCE = {"max_abs": 1e-3}
+OPSET = 17
+TEACHER_STEPS = 8
+MAX_GRAPH_BYTES = 1_900_000_000  # one ONNX protobuf holds < 2 GiB; bigger graphs would need external data
+FILE_NAME = "llm_prefill.onnx"
+
+
+def rotary_order(head_dim: int) -> list[int]:
+    """HF channel for each llama.cpp channel within a head (llama.cpp row ``2i + j`` <- HF row
+    ``j * d/2 + i``): the order the GGUF writer gives Q and K rows, and so the cached K."""
+    half = head_dim // 2
+    return [j * half + i for i in range(half) for j in range(2)]
+
+
+def causal_lm_from(text: TextModel) -> torch.nn.Module:
+    """The text model as a float32 ``*ForCausalLM`` holding exactly the weights the GGUF got."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(text.config, attn_implementation="eager", dtype=torch.float32)
+    state = {k: v.detach().to(torch.float32) for k, v in text.state_dict.items() if not k.endswith("inv_freq")}
+    if "lm_head.weight" not in state:  # the writer drops a head equal to the embeddings (llama.cpp reuses them)
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UnsupportedModelError(
+            f"the {text.model_type} text model's tensors do not fit transformers' own class "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}).", hint="Export without --prefill.")
+    return model.eval()
+
+
+class PrefillModule(torch.nn.Module):
+    """``input_ids, media_embeds, media_mask -> logits, k, v`` (shapes in the module docstring)."""
+
+    def __init__(self, lm: torch.nn.Module, permute_k: bool, head_dim: int) -> None:
+        super().__init__()
+        self.lm = lm
+        self.permute_k = permute_k
+        self.register_buffer("order", torch.tensor(rotary_order(head_dim)), persistent=False)
+
+    def forward(self, input_ids: torch.Tensor, media_embeds: torch.Tensor, media_mask: torch.Tensor):
+        tokens = self.lm.get_input_embeddings()(input_ids)
+        x = torch.where(media_mask[..., None], media_embeds, tokens)
+        # Positions and the causal mask from tensor ops, so the traced graph keeps ``n`` dynamic
+        # (transformers' own mask code turns the example's length into constants when traced).
+        pos = torch.cumsum(torch.ones_like(input_ids[0]), 0) - 1  # [n]
+        causal = torch.where(pos[None, :] <= pos[:, None], 0.0, torch.finfo(torch.float32).min)  # [n, n]
+        out = self.lm.model(inputs_embeds=x, attention_mask=causal[None, None], position_ids=pos[None],
+                            cache_position=pos, use_cache=True)
+        ks, vs = [], []
+        for layer in out.past_key_values.layers:  # keys / values [1, H, n, d]
+            k = layer.keys[0].index_select(-1, self.order) if self.permute_k else layer.keys[0]
+            ks.append(k.permute(1, 0, 2).flatten(1))  # [n, H * d]
+            vs.append(layer.values[0].permute(0, 2, 1).flatten(0, 1))  # [H * d, n]
+        logits = self.lm.lm_head(out.last_hidden_state[:, -1])
+        return logits, torch.stack(ks).half(), torch.stack(vs).half()
+
+
+def write_graph(text: TextModel, dst: Path, precision: str, scratch: Path) -> dict[str, Any]:
+    """Export the prefill graph of ``text`` to ``dst`` at ``precision``; returns the method for the manifest."""
+    spec = arch_spec(text.model_type)
+    lm = causal_lm_from(text)
+    n_bytes = sum(p.numel() * 4 for p in lm.parameters())
+    if n_bytes > MAX_GRAPH_BYTES:
+        raise UnsupportedModelError(
+            f"the text model is {n_bytes / 1e9:.1f} GB in float32; the prefill graph is written as one ONNX "
+            "file, which holds less than 2 GB.", hint="Export without --prefill (llama.cpp then prefills).")
+    module = PrefillModule(lm, spec.permute_qk, text.head_dim).eval()
+    n, width = 8, int(text.config.hidden_size)
+    example = (torch.zeros(1, n, dtype=torch.long), torch.zeros(1, n, width), torch.zeros(1, n, dtype=torch.bool))
+    fp32 = scratch / "prefill-fp32.onnx" if precision != "fp32" else dst
+    with torch.no_grad():
+        torch.onnx.export(module, example, str(fp32), input_names=list(GRAPH_INPUTS),
+                          output_names=list(GRAPH_OUTPUTS), opset_version=OPSET, dynamo=False,
+                          dynamic_axes={"input_ids": {1: "positions"}, "media_embeds": {1: "positions"},
+                                        "media_mask": {1: "positions"}, "k": {1: "positions"},
+                                        "v": {2: "positions"}})
+    method: dict[str, Any] = {"method": "torch.onnx.export (TorchScript)", "opset": OPSET,
+                              "rotary_permuted": spec.permute_qk}
+    if precision == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(fp32), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+        method.update(method="onnxruntime.quantization.quantize_dynamic", weights="int8",
+                      activations="uint8, quantized at run time", exported_with="torch.onnx.export (TorchScript)")
+    return method
+
+
+def _cases(lm: torch.nn.Module, vocab_rows: int) -> list[dict[str, np.ndarray]]:
+    """Seeded prompts: ids alone; ids + injected embeddings + ids; each with teacher-forced next tokens."""
+    gen = torch.Generator().manual_seed(SEED + 1)
+    embed = lm.get_input_embeddings().weight.detach()
+    scale = float(embed.std())
+    width = embed.shape[1]
+    cases = []
+    for n_media in (0, 12):
+        ids = torch.randint(0, vocab_rows, (8 + n_media + 8,), generator=gen)
+        mask = torch.zeros(ids.shape[0], dtype=torch.bool)
+        mask[8:8 + n_media] = True
+        media = torch.randn((ids.shape[0], width), generator=gen) * scale * mask[:, None]
+        follow = torch.randint(0, vocab_rows, (TEACHER_STEPS,), generator=gen)
+        cases.append({"ids": ids.numpy(), "media": media.numpy(), "mask": mask.numpy(), "follow": follow.numpy()})
+    return cases
+
+
+def _hf_last_logits(lm: torch.nn.Module, case: dict[str, np.ndarray]) -> np.ndarray:
+    ids, media, mask = (torch.from_numpy(case[k]) for k in ("ids", "media", "mask"))
+    with torch.no_grad():
+        x = torch.where(mask[:, None], media, lm.get_input_embeddings()(ids))
+    return text_logits(lm, inputs_embeds=x[None])[-1]
+
+
+def _llamacpp_prefill(llm: LlamaCppLLM, case: dict[str, np.ndarray]) -> np.ndarray:
+    """llama.cpp's own prefill of a case, in runs of tokens and embeddings; the last logits."""
+    llm.reset()
+    ids, media, mask = case["ids"], case["media"], case["mask"]
+    bounds = [0] + [i for i in range(1, len(ids)) if mask[i] != mask[i - 1]] + [len(ids)]
+    logits = None
+    for lo, hi in zip(bounds, bounds[1:]):
+        want = "last" if hi == len(ids) else "none"
+        logits = llm.eval_embeddings(media[lo:hi], want) if mask[lo] else llm.eval_tokens(ids[lo:hi].tolist(), want)
+    return logits
+
+
+def _teacher_forced(llm: LlamaCppLLM, first: np.ndarray, follow: np.ndarray) -> list[np.ndarray]:
+    return [first.copy()] + [llm.eval_tokens([int(t)]).copy() for t in follow]
+
+
+def _time_ms(fn: Callable[[], Any]) -> float:
+    fn()
+    samples = []
+    for _ in range(3):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1000.0)
+    return round(float(np.median(samples)), 3)
+
+
+def measure_handoff(graph_path: Path, gguf_path: Path, precision: str, cases: list[dict[str, np.ndarray]]
+                    ) -> tuple[dict[str, float], dict[str, Any]]:
+    """Logits after the hand-over (+ teacher-forced steps) vs llama.cpp's own prefill; (metrics, settings)."""
+    with LlamaCppLLM(gguf_path, LlamaSettings(n_ctx=N_CTX)) as llm:
+        graph = PrefillGraph(graph_path, precision=precision)
+        try:
+            handoff = KVHandoff.attach(llm, graph)
+        except HandoffUnavailable as exc:
+            raise ExportError(f"the prefill graph cannot hand its KV cache to llama.cpp: {exc}.",
+                              hint="Export without --prefill, and report this with the model's config.") from None
+        ours, theirs = [], []
+        for case in cases:
+            theirs += _teacher_forced(llm, _llamacpp_prefill(llm, case), case["follow"])
+            ours += _teacher_forced(llm, handoff.prefill(case["ids"], case["media"], case["mask"]), case["follow"])
+        n = N_CTX // 2
+        ids, media, mask = np.arange(n) % llm.n_vocab, np.zeros((n, llm.n_embd), np.float32), np.zeros(n, bool)
+        speed = {"positions": n,
+                 "prefill_ms": _time_ms(lambda: handoff.prefill(ids, media, mask)),
+                 "llamacpp_prefill_ms": _time_ms(lambda: (llm.reset(), llm.eval_tokens(ids.tolist())))}
+        settings = {"llama_settings": "default", **handoff.describe(), "speed": speed}
+    return logit_metrics(np.stack(ours), np.stack(theirs)), settings
+
+
+def export_prefill(text: TextModel, reference_lm: torch.nn.Module, gguf_path: Path, dst: Path, precision: str,
+                   budget: dict[str, float], *, step: Callable[[str], None] = lambda _: None) -> Artifact:
+    """Write, gate and describe the prefill artifact for the bundle whose GGUF is ``gguf_path``."""
+    if precision not in PREFILL_PRECISIONS:
+        raise ExportError(f"unknown prefill precision '{precision}'.", hint=f"Choose from: {', '.join(PREFILL_PRECISIONS)}.")
+    vocab_rows = min(int(text.config.vocab_size), int(reference_lm.get_input_embeddings().weight.shape[0]))
+    cases = _cases(reference_lm, vocab_rows)
+    with tempfile.TemporaryDirectory(prefix="edgebridge-prefill-") as scratch:
+        step(f"prefill graph: exporting ONNX ({precision})")
+        method = write_graph(text, dst, precision, Path(scratch))
+    step("prefill graph: logits against transformers")
+    graph = PrefillGraph(dst, precision=precision)
+    ours = np.stack([graph.run(c["ids"], c["media"], c["mask"])[0] for c in cases])
+    reference = np.stack([_hf_last_logits(reference_lm, c) for c in cases])
+    pytorch = logit_metrics(ours, reference)
+    if precision == "fp32":
+        enforce("llm prefill graph (fp32 ONNX)", pytorch, STRICT_TOLERANCE)
+    step("prefill graph: KV hand-over to llama.cpp against llama.cpp's own prefill")
+    metrics, settings = measure_handoff(dst, gguf_path, precision, cases)
+    parity = Parity(reference="llama.cpp prefill (same GGUF)", metrics=metrics, tolerance=dict(budget),
+                    passed=not violations(metrics, budget), settings=settings,
+                    samples=len(cases) * (TEACHER_STEPS + 1))
+    enforce("llm prefill graph (KV hand-over vs llama.cpp's prefill)", metrics, budget,
+            hint="Use --prefill fp32, or raise the budget (--max-drift llm.kl_mean=...).")
+    return Artifact(
+        format="onnx", files=[dst.name], precision=precision, parity=parity,
+        quantization={"precision": precision, **method, "bytes": dst.stat().st_size},
+        details={"role": "prefill", "inputs": list(GRAPH_INPUTS), "outputs": list(GRAPH_OUTPUTS),
+                 "checks": {"pytorch": {"metrics": pytorch,
+                                        "tolerance": STRICT_TOLERANCE if precision == "fp32" else None,
+                                        "samples": len(cases)}}},
+    )

@@ -1,0 +1,255 @@
+"""Prefill with onnxruntime, decode with llama.cpp: the prompt's KV cache handed over in memory.
+
+On CPUs without fast int8 dot products in ggml's kernels (AVX2 without VNNI), llama.cpp prefills
+at roughly sgemm speed whatever the GGUF type, while onnxruntime's int8 GEMM runs the same
+matmuls ~2.5x faster. A bundle exported with ``--prefill int8`` carries the LLM's prefill graph
+(``components.llm.artifacts.prefill``): token ids, media embeddings and their mask in; the last
+position's logits and every layer's K and V out, already in llama.cpp's cache layout. This module
+turns those into llama.cpp's sequence-state blob and loads it with ``llama_state_seq_set_data``;
+llama.cpp decodes on from there.
+
+The blob follows llama.cpp's own writer (``llama-context.cpp`` / ``llama-kv-cache.cpp``):
+
+    magic u32 | seq_id i32 | n_stream u32 | cell_count u32
+    per cell: pos i32 | n_seq u32 | seq_id i32
+    v_trans u32 | n_layer u32
+    per layer K: type i32 | row_bytes u64 | cell_count rows
+    per layer V: v_trans == 0: like K
+                 v_trans == 1: type i32 | el_bytes u32 | n_embd_v u32 | n_embd_v rows of cell_count values
+
+Nothing is assumed about the context: ``KVHandoff.attach`` has llama.cpp prefill a short probe
+prompt, parses the blob it writes (layer count, types, widths, V transposed or not, which flash
+attention decides), builds ours for the same prompt from the graph, and requires every byte that
+is not K/V data to be equal and the K/V values to agree (cosine >= ``PROBE_COSINE``, which a
+wrong rotary order or head layout fails). Any difference gives a reason instead of a hand-over;
+the pipeline then prefills with llama.cpp and reports why.
+
+Shapes: L layers, n positions, C = KV heads x head dim, D = the LLM's embedding width, V vocabulary.
+Imports no torch and no transformers.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgebridge.errors import BackendError, InputError
+from edgebridge.runtimes.llamacpp.llm import LlamaCppLLM
+from edgebridge.runtimes.registry import EncoderSession, open_encoder
+
+STATE_MAGIC = 0xAF143CD8  # llama-context.cpp: io_magic
+GGML_DTYPES = {0: np.float32, 1: np.float16}  # ggml.h: GGML_TYPE_F32, GGML_TYPE_F16 (the types we can write)
+PROBE_COSINE = 0.98  # K/V of the probe prompt, ours vs llama.cpp's (quantized GGUFs included)
+PROBE_TOKENS = 6
+
+GRAPH_INPUTS = ("input_ids", "media_embeds", "media_mask")  # [1, n] int64, [1, n, D] f32, [1, n] bool
+GRAPH_OUTPUTS = ("logits", "k", "v")  # [1, V] f32, [L, n, C] f16, [L, C, n] f16
+
+
+class HandoffUnavailable(Exception):
+    """This context's cache cannot take our blob; the message says why (reported, not raised to users)."""
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """What llama.cpp's sequence state looks like in this context (read from its own blob)."""
+
+    v_trans: bool
+    k_types: tuple[int, ...]  # ggml type per layer
+    v_types: tuple[int, ...]
+    k_width: tuple[int, ...]  # channels per layer (C)
+    v_width: tuple[int, ...]
+
+    @property
+    def n_layer(self) -> int:
+        return len(self.k_types)
+
+    def blob_size(self, n: int) -> int:
+        size = 16 + 12 * n + 8
+        for t, c in zip(self.k_types + self.v_types, self.k_width + self.v_width):
+            size += 12 + n * c * np.dtype(GGML_DTYPES[t]).itemsize  # a 12-byte header per layer, either V layout
+        return size
+
+
+def parse_layout(blob: bytes) -> tuple[StateLayout, int]:
+    """(layout, cell count) of a llama.cpp sequence-state blob for one sequence at positions 0..n-1."""
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise HandoffUnavailable(f"llama.cpp's sequence state differs from the layout edgebridge writes ({what})")
+
+    need(len(blob) >= 24, "too short")
+    magic, _seq, n_stream, n = struct.unpack_from("<IiII", blob, 0)
+    need(magic == STATE_MAGIC, f"magic {magic:#x}")
+    need(n_stream == 1, f"{n_stream} streams")
+    meta = np.frombuffer(blob, np.int32, count=3 * n, offset=16).reshape(n, 3) if n else np.zeros((0, 3), np.int32)
+    need(bool((meta[:, 0] == np.arange(n)).all() and (meta[:, 1] == 1).all()), "cell metadata")
+    off = 16 + 12 * n
+    v_trans, n_layer = struct.unpack_from("<II", blob, off)
+    off += 8
+    k_types, k_width, v_types, v_width = [], [], [], []
+    for _ in range(n_layer):
+        typ, row = struct.unpack_from("<iQ", blob, off)
+        need(typ in GGML_DTYPES, f"K cache type {typ}; edgebridge writes f32 and f16 caches")
+        k_types.append(typ)
+        k_width.append(row // np.dtype(GGML_DTYPES[typ]).itemsize)
+        off += 12 + n * row
+    for _ in range(n_layer):
+        if v_trans:
+            typ, el, width = struct.unpack_from("<iII", blob, off)
+            need(typ in GGML_DTYPES and el == np.dtype(GGML_DTYPES[typ]).itemsize, f"V cache type {typ}")
+        else:
+            typ, row = struct.unpack_from("<iQ", blob, off)
+            need(typ in GGML_DTYPES, f"V cache type {typ}")
+            width = row // np.dtype(GGML_DTYPES[typ]).itemsize
+        v_types.append(typ)
+        v_width.append(width)
+        off += 12 + n * width * np.dtype(GGML_DTYPES[typ]).itemsize
+    need(off == len(blob), f"{len(blob) - off} unexplained bytes")
+    layout = StateLayout(bool(v_trans), tuple(k_types), tuple(v_types), tuple(k_width), tuple(v_width))
+    return layout, n
+
+
+def build_state(k: np.ndarray, v: np.ndarray, layout: StateLayout) -> np.ndarray:
+    """llama.cpp's sequence state (seq 0, positions 0..n-1) from ``k [L, n, C]`` and ``v [L, C, n]``,
+    written straight into one buffer (bytes as uint8)."""
+    layers, n, _ = k.shape
+    if layers != layout.n_layer or v.shape[0] != layers or v.shape[2] != n:
+        raise HandoffUnavailable(f"the prefill graph gives {layers} layers, llama.cpp's cache has {layout.n_layer}")
+    buf = np.empty(layout.blob_size(n), np.uint8)
+    struct.pack_into("<IiII", buf, 0, STATE_MAGIC, 0, 1, n)
+    meta = buf[16:16 + 12 * n].view(np.int32).reshape(n, 3)
+    meta[:, 0] = np.arange(n)  # pos
+    meta[:, 1] = 1  # one sequence per cell
+    meta[:, 2] = 0  # sequence 0
+    off = 16 + 12 * n
+    struct.pack_into("<II", buf, off, int(layout.v_trans), layers)
+    off += 8
+    for layer in range(layers):
+        dtype, width = GGML_DTYPES[layout.k_types[layer]], layout.k_width[layer]
+        _check_width(k.shape[2], width, "K")
+        struct.pack_into("<iQ", buf, off, layout.k_types[layer], width * np.dtype(dtype).itemsize)
+        off = _put(buf, off + 12, k[layer], dtype)
+    for layer in range(layers):
+        dtype, width = GGML_DTYPES[layout.v_types[layer]], layout.v_width[layer]
+        _check_width(v.shape[1], width, "V")
+        size = np.dtype(dtype).itemsize
+        if layout.v_trans:  # one row per channel: the graph's [C, n] as it is
+            struct.pack_into("<iII", buf, off, layout.v_types[layer], size, width)
+            off = _put(buf, off + 12, v[layer], dtype)
+        else:  # one row per cell
+            struct.pack_into("<iQ", buf, off, layout.v_types[layer], width * size)
+            off = _put(buf, off + 12, v[layer].T, dtype)
+    return buf
+
+
+def _check_width(got: int, want: int, which: str) -> None:
+    if got != want:
+        raise HandoffUnavailable(f"the prefill graph's {which} rows hold {got} channels, llama.cpp's hold {want}")
+
+
+def _put(buf: np.ndarray, off: int, values: np.ndarray, dtype: type) -> int:
+    """Copy ``values`` (cast to ``dtype``) into ``buf`` at ``off``; the offset after it."""
+    size = values.size * np.dtype(dtype).itemsize
+    buf[off:off + size].view(dtype).reshape(values.shape)[...] = values
+    return off + size
+
+
+def data_spans(layout: StateLayout, n: int) -> list[tuple[int, int]]:
+    """Byte ranges of K/V values in a blob of ``n`` cells (everything else is layout)."""
+    spans, off = [], 16 + 12 * n + 8
+    for t, c in list(zip(layout.k_types, layout.k_width)) + list(zip(layout.v_types, layout.v_width)):
+        size = n * c * np.dtype(GGML_DTYPES[t]).itemsize
+        spans.append((off + 12, off + 12 + size))
+        off += 12 + size
+    return spans
+
+
+def compare_states(ours: np.ndarray, theirs: bytes, layout: StateLayout, n: int) -> float:
+    """The worst per-tensor cosine of our K/V values vs llama.cpp's; raises when a layout byte differs."""
+    theirs_arr = np.frombuffer(theirs, np.uint8)
+    if ours.size != theirs_arr.size:
+        raise HandoffUnavailable(f"our state is {ours.size} bytes, llama.cpp's {theirs_arr.size}")
+    start, worst = 0, 1.0
+    types = layout.k_types + layout.v_types
+    for (lo, hi), typ in zip(data_spans(layout, n), types):
+        if not np.array_equal(ours[start:lo], theirs_arr[start:lo]):
+            raise HandoffUnavailable(f"layout bytes {start}..{lo} differ from llama.cpp's")
+        a = ours[lo:hi].view(GGML_DTYPES[typ]).astype(np.float64)
+        b = theirs_arr[lo:hi].view(GGML_DTYPES[typ]).astype(np.float64)
+        denom = np.linalg.norm(a) * np.linalg.norm(b)
+        worst = min(worst, float(a @ b / denom) if denom > 0 else float(np.array_equal(a, b)))
+        start = hi
+    if not np.array_equal(ours[start:], theirs_arr[start:]):
+        raise HandoffUnavailable("trailing bytes differ from llama.cpp's")
+    return worst
+
+
+class PrefillGraph:
+    """The bundle's prefill graph on onnxruntime (CPU)."""
+
+    def __init__(self, path: str | Path, *, threads: int | None = None, precision: str = "int8") -> None:
+        self.session: EncoderSession = open_encoder("onnxruntime", [Path(path)], threads=threads,
+                                                    artifact_precision=precision)
+        if tuple(self.session.input_names) != GRAPH_INPUTS or tuple(self.session.output_names) != GRAPH_OUTPUTS:
+            raise BackendError(
+                f"'{Path(path).name}' is not an edgebridge prefill graph (inputs {self.session.input_names}, "
+                f"outputs {self.session.output_names}).", hint="Re-export the bundle with --prefill.")
+        self.precision = precision
+
+    def run(self, ids: np.ndarray, media: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``ids [n]``, ``media [n, D]``, ``mask [n]`` (True where ``media`` holds the position's embedding)
+        -> logits ``[V]``, k ``[L, n, C]``, v ``[L, C, n]``."""
+        logits, k, v = self.session.run({
+            "input_ids": np.ascontiguousarray(ids, np.int64)[None],
+            "media_embeds": np.ascontiguousarray(media, np.float32)[None],
+            "media_mask": np.ascontiguousarray(mask, bool)[None],
+        })
+        return logits[0], k, v
+
+
+class KVHandoff:
+    """A prefill graph bound to one llama.cpp context whose cache layout it was checked against."""
+
+    def __init__(self, llm: LlamaCppLLM, graph: PrefillGraph, layout: StateLayout, probe_cosine: float) -> None:
+        self.llm, self.graph, self.layout, self.probe_cosine = llm, graph, layout, probe_cosine
+
+    @classmethod
+    def attach(cls, llm: LlamaCppLLM, graph: PrefillGraph) -> "KVHandoff":
+        """Probe the context (it is left empty); raises ``HandoffUnavailable`` with the reason."""
+        ids = np.arange(1, PROBE_TOKENS + 1, dtype=np.int64) % llm.n_vocab
+        llm.reset()
+        try:
+            llm.eval_tokens(ids.tolist(), logits="none")
+            theirs = llm.read_seq_state()
+        finally:
+            llm.reset()
+        layout, n = parse_layout(theirs)
+        if n != ids.size:
+            raise HandoffUnavailable(f"llama.cpp's state holds {n} cells for a {ids.size}-token probe")
+        _, k, v = graph.run(ids, np.zeros((ids.size, llm.n_embd), np.float32), np.zeros(ids.size, bool))
+        cosine = compare_states(build_state(k, v, layout), theirs, layout, n)
+        if cosine < PROBE_COSINE:
+            raise HandoffUnavailable(f"the prefill graph's KV cache disagrees with llama.cpp's (cosine {cosine:.4f} "
+                                     f"< {PROBE_COSINE}): the graph and the GGUF do not belong together")
+        return cls(llm, graph, layout, cosine)
+
+    def prefill(self, ids: np.ndarray, media: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Replace the context's cache with the prompt's (positions 0..n-1); the last logits ``[V]``."""
+        n = int(ids.shape[0])
+        if n == 0:
+            raise InputError("no positions to prefill.")
+        self.llm.check_fits(n)
+        logits, k, v = self.graph.run(ids, media, mask)
+        try:
+            blob = build_state(k, v, self.layout)
+        except HandoffUnavailable as exc:
+            raise BackendError(f"the prefill graph's output does not fit llama.cpp's cache ({exc}).") from None
+        self.llm.write_seq_state(blob, n)
+        return logits
+
+    def describe(self) -> dict[str, object]:
+        return {"engine": "onnxruntime", "precision": self.graph.precision, "handoff": "llama_state_seq_set_data",
+                "v_trans": self.layout.v_trans, "probe_cosine": round(self.probe_cosine, 6)}

@@ -1,0 +1,188 @@
+"""The prefill graph (``--prefill``) and the KV-cache hand-over to llama.cpp.
+
+Two bundles: a llama text model (rotary rows permuted in the GGUF) with an f32 GGUF and an fp32
+graph, where the hand-over must reproduce llama.cpp's own prefill; and a qwen2 text model (no
+permutation) with an f16 GGUF and an int8 graph, held to the drift budget. Real onnxruntime and
+llama.cpp throughout; the state layout is compared byte for byte with the blob llama.cpp writes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+
+import numpy as np
+import pytest
+
+from edgebridge.errors import CorruptArtifactError, ExportError
+from edgebridge.parity import logit_metrics
+from edgebridge.pipeline import Pipeline
+from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
+from edgebridge.runtimes.llamacpp.kv_handoff import (
+    HandoffUnavailable,
+    KVHandoff,
+    PrefillGraph,
+    build_state,
+    compare_states,
+    parse_layout,
+)
+from tests.conftest import PROMPT, exported_llava, run_cli
+from tests.test_torch_free import BLOCKER, HOST_ONLY_MODULES
+
+pytestmark = pytest.mark.slow
+
+SETTINGS = {"default": LlamaSettings(), "strict": LlamaSettings.strict(), "flash_attn": LlamaSettings(flash_attn=True)}
+
+
+@pytest.fixture(scope="module")
+def llama_fp32(workdir):
+    return exported_llava(workdir, ("clip", "llama"), "f32", prefill="fp32")
+
+
+@pytest.fixture(scope="module")
+def qwen2_int8(workdir):
+    return exported_llava(workdir, ("clip", "qwen2"), "f16", prefill="int8")
+
+
+def _files(exp):
+    art = exp.manifest.llm.artifacts["prefill"]
+    return exp.bundle / exp.manifest.llm.artifacts["gguf"].files[0], exp.bundle / art.files[0], art
+
+
+def test_manifest_records_both_gates(llama_fp32, qwen2_int8):
+    for exp, precision in ((llama_fp32, "fp32"), (qwen2_int8, "int8")):
+        _, graph, art = _files(exp)
+        assert art.format == "onnx" and art.precision == precision and art.files[0] in exp.manifest.files
+        assert art.parity.passed and art.parity.reference == "llama.cpp prefill (same GGUF)"
+        assert art.parity.metrics["top1_agreement"] >= art.parity.tolerance["top1_agreement"]
+        assert art.parity.metrics["kl_mean"] <= art.parity.tolerance["kl_mean"]
+        assert art.parity.settings["speed"]["prefill_ms"] > 0
+        pytorch = art.details["checks"]["pytorch"]["metrics"]
+        assert pytorch["max_abs"] <= (1e-3 if precision == "fp32" else 1.0)
+    assert llama_fp32.manifest.llm.artifacts["prefill"].quantization["rotary_permuted"] is True
+    assert qwen2_int8.manifest.llm.artifacts["prefill"].quantization["rotary_permuted"] is False
+
+
+@pytest.mark.parametrize("setting", list(SETTINGS))
+@pytest.mark.parametrize("which", ["llama_fp32", "qwen2_int8"])
+def test_state_equals_llamacpps_own_layout(which, setting, request):
+    """Our blob for a 23-position prompt has every layout byte of llama.cpp's own, and K/V values close
+    (exact to f16 rounding for the fp32 graph on an f32 GGUF)."""
+    gguf, graph_path, art = _files(request.getfixturevalue(which))
+    with LlamaCppLLM(gguf, SETTINGS[setting].with_(n_ctx=256)) as llm:
+        ids = (np.arange(23) * 7 + 3) % llm.n_vocab
+        llm.eval_tokens(ids.tolist(), logits="none")
+        theirs = llm.read_seq_state()
+        layout, n = parse_layout(theirs)
+        assert n == 23 and layout.v_trans == (setting != "flash_attn")
+        assert set(layout.k_types) == {0 if setting == "strict" else 1}
+        graph = PrefillGraph(graph_path, precision=art.precision)
+        _, k, v = graph.run(ids, np.zeros((23, llm.n_embd), np.float32), np.zeros(23, bool))
+        cosine = compare_states(build_state(k, v, layout), theirs, layout, n)
+    assert cosine >= (0.99999 if which == "llama_fp32" else 0.99)
+
+
+def _pair(bundle, settings, **kw):
+    return (Pipeline.from_bundle(bundle, llm_settings=settings, **kw),
+            Pipeline.from_bundle(bundle, llm_settings=settings, fast_prefill=False, **kw))
+
+
+@pytest.mark.parametrize("setting", ["strict", "default", "flash_attn"])
+def test_greedy_tokens_equal_llamacpp_prefill(llama_fp32, photo, setting):
+    fast, plain = _pair(llama_fp32.bundle, SETTINGS[setting])
+    with fast, plain:
+        assert not fast.load_warnings
+        assert fast.llm.report.details["prefill"]["engine"] == "onnxruntime"
+        a = fast.generate(PROMPT, images=[photo], max_new_tokens=16)
+        b = plain.generate(PROMPT, images=[photo], max_new_tokens=16)
+        assert a.timings["prefill_engine"] == "onnxruntime+handoff" and b.timings["prefill_engine"] == "llama.cpp"
+        assert a.devices["llm"]["prefill"]["handoff"] == "llama_state_seq_set_data"
+        assert a.token_ids == b.token_ids and len(a.token_ids) == 16
+        # a follow-up sharing the prompt prefix reuses the handed-over cache; llama.cpp prefills the rest
+        follow = PROMPT + " A cat. USER: and its colour? ASSISTANT:"
+        c = fast.generate(follow, images=[photo], max_new_tokens=8)
+        d = plain.generate(follow, images=[photo], max_new_tokens=8)
+        assert c.timings["reused_prefix_positions"] >= a.prompt_tokens - 2 and c.timings["prefill_engine"] == "llama.cpp"
+        assert c.token_ids == d.token_ids
+
+
+def test_int8_graph_stays_within_budget(qwen2_int8, photo):
+    fast, plain = _pair(qwen2_int8.bundle, LlamaSettings(), reuse_prefix=False)
+    with fast, plain:
+        prompts = [PROMPT, "USER: <image>\nDescribe the colours. ASSISTANT:", "<image>\nA photo of"]
+        ours = np.stack([fast.prefill_logits(p, images=[photo]) for p in prompts])
+        ref = np.stack([plain.prefill_logits(p, images=[photo]) for p in prompts])
+        assert fast.last_prefill_engine == "onnxruntime+handoff"
+    budget = qwen2_int8.manifest.llm.artifacts["prefill"].parity.tolerance
+    metrics = logit_metrics(ours, ref)
+    # KL, not top-1: a random tiny model's logits are near ties, so three rows make top-1 a coin flip
+    # (the export gate measures top-1 over 18 positions)
+    assert metrics["kl_mean"] <= budget["kl_mean"] and metrics["max_abs"] < 1.0, metrics
+
+
+def test_graph_of_another_model_falls_back_with_reason(llama_fp32, qwen2_int8, tmp_path, photo):
+    """A prefill graph that does not belong to the GGUF is refused at load, reported, never used."""
+    bundle = shutil.copytree(llama_fp32.bundle, tmp_path / "mixed")
+    _, graph, _ = _files(llama_fp32)
+    shutil.copyfile(_files(qwen2_int8)[1], bundle / graph.name)
+    fast, plain = _pair(bundle, LlamaSettings(), verify=False)
+    with fast, plain:
+        assert any("llama.cpp prefills instead" in w for w in fast.load_warnings), fast.load_warnings
+        assert fast.handoff is None and fast.llm.report.details["prefill"] == {"engine": "llama.cpp"}
+        a = fast.generate(PROMPT, images=[photo], max_new_tokens=8)
+        b = plain.generate(PROMPT, images=[photo], max_new_tokens=8)
+    assert a.timings["prefill_engine"] == "llama.cpp" and a.token_ids == b.token_ids
+    assert any("llama.cpp prefills instead" in w for w in a.warnings)
+
+
+def test_quantized_kv_cache_layout_is_refused(llama_fp32):
+    """A cache type we do not write (q8_0 here, patched into llama.cpp's own blob) gives a reason."""
+    gguf, _, _ = _files(llama_fp32)
+    with LlamaCppLLM(gguf, LlamaSettings(n_ctx=64)) as llm:
+        llm.eval_tokens([1, 2, 3], logits="none")
+        blob = bytearray(llm.read_seq_state())
+    parse_layout(bytes(blob))  # as llama.cpp wrote it
+    first_k_type = 16 + 12 * 3 + 8
+    quantized = bytearray(blob)
+    struct.pack_into("<i", quantized, first_k_type, 8)  # GGML_TYPE_Q8_0
+    with pytest.raises(HandoffUnavailable, match="K cache type 8"):
+        parse_layout(bytes(quantized))
+    with pytest.raises(HandoffUnavailable, match="unexplained bytes"):
+        parse_layout(bytes(blob) + b"\0")
+
+
+def test_attach_leaves_the_context_empty(llama_fp32):
+    gguf, graph_path, art = _files(llama_fp32)
+    with LlamaCppLLM(gguf, LlamaSettings(n_ctx=64)) as llm:
+        handoff = KVHandoff.attach(llm, PrefillGraph(graph_path, precision=art.precision))
+        assert llm.n_past == 0 and handoff.probe_cosine >= 0.99999
+
+
+def test_truncated_prefill_graph_is_a_clear_error(llama_fp32, tmp_path):
+    bundle = shutil.copytree(llama_fp32.bundle, tmp_path / "truncated")
+    graph = bundle / _files(llama_fp32)[1].name
+    graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 3])
+    with pytest.raises(CorruptArtifactError, match="onnxruntime cannot load"):
+        Pipeline.from_bundle(bundle, verify=False)
+
+
+def test_unknown_prefill_precision_is_refused_before_work(tmp_path):
+    from edgebridge.exporters.api import export_bundle
+
+    with pytest.raises(ExportError, match="unknown prefill precision 'int4'"):
+        export_bundle(tmp_path / "nowhere", tmp_path / "out", prefill="int4")
+
+
+def test_cli_run_hands_over_without_torch(qwen2_int8, tmp_path, photo):
+    """``edgebridge run`` takes the hand-over path on a device without torch/transformers, and says so."""
+    from PIL import Image
+
+    image = tmp_path / "cat.png"
+    Image.fromarray(photo).save(image)
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER.format(blocked=sorted(HOST_ONLY_MODULES)))
+    for flag, engine in (("--fast-prefill", "onnxruntime+handoff"), ("--no-fast-prefill", "llama.cpp")):
+        proc = run_cli("run", str(qwen2_int8.bundle), "-i", str(image), "-p", PROMPT, "-n", "4", "--json", flag,
+                       env={"PYTHONPATH": str(tmp_path)})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert json.loads(proc.stdout)["timings"]["prefill_engine"] == engine
