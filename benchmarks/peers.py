@@ -53,12 +53,18 @@ EDGEBRIDGE = {
     "edgebridge q8_0 + int8-static enc (onnxruntime)": ("q8_0", "onnxruntime"),
     "edgebridge q8_0 + int8-static enc (openvino)": ("q8_0", "openvino"),
     "edgebridge q4_0 + int8-static enc (onnxruntime)": ("q4_0", "onnxruntime"),
+    "edgebridge q8_0 + int8 prefill graph + int8-static enc (onnxruntime)": ("q8_0-prefill", "onnxruntime"),
+    "edgebridge q4_0 + int8 prefill graph + int8-static enc (onnxruntime)": ("q4_0-prefill", "onnxruntime"),
 }
 BUNDLES = {  # key -> export options
     "f16": {"llm_dtype": "f16"},
     "q8_0": {"quantize": "encoder=int8-static,llm=q8_0"},
     "q4_0": {"quantize": "encoder=int8-static,llm=q4_0", "encoder_formats": ("onnx",)},
+    # the same GGUFs plus the LLM's int8 prefill graph, whose KV cache is handed to llama.cpp
+    "q8_0-prefill": {"quantize": "encoder=int8-static,llm=q8_0", "encoder_formats": ("onnx",), "prefill": "int8"},
+    "q4_0-prefill": {"quantize": "encoder=int8-static,llm=q4_0", "encoder_formats": ("onnx",), "prefill": "int8"},
 }
+PAIRED = ("f16", "q8_0", "q4_0")  # bundles whose GGUF also runs bare (the prefill bundles share theirs)
 OPTIMUM, TRANSFORMERS = "optimum-intel OpenVINO (fp16)", "transformers eager (fp32)"
 
 
@@ -227,7 +233,7 @@ def drift_summary(manifest) -> str:
             if "cosine_min" in m:
                 parts.append(f"{fmt} {art.precision} cos_min {m['cosine_min']:.4f}")
             if "top1_agreement" in m:
-                parts.append(f"{art.precision} top1 {m['top1_agreement']:.2f} KL {m['kl_mean']:.3g}")
+                parts.append(f"{fmt} {art.precision} top1 {m['top1_agreement']:.2f} KL {m['kl_mean']:.3g}")
     return "; ".join(parts) or "none (full precision)"
 
 
@@ -265,7 +271,7 @@ def report(results: dict[str, dict[str, Any]], bundles: dict[str, dict[str, Any]
         decode_rows.append([name, decode, ratio(decode, opt_decode), rss, "yes" if res.get("torch_imported") else "no",
                             note])
     pair_rows = []
-    for key in BUNDLES:
+    for key in PAIRED:
         res = results.get(f"bare llama-cpp-python ({key})", {})
         if "error" in res:
             pair_rows.append([key, "failed", "-", "-", "-"])
@@ -318,7 +324,8 @@ def main() -> None:
             results[system] = merge(results.get(system), run_child(spec))
         positions = next((res["cold"]["prompt_tokens"] for res in results.values()
                           if (res.get("cold") or {}).get("prompt_tokens")), 200)
-        for key, info in bundles.items():
+        for key in PAIRED:
+            info = bundles[key]
             system = f"bare llama-cpp-python ({key})"
             results[system] = merge(results.get(system), run_child(
                 {**common, "kind": "pair", "system": system, "bundle": str(info["path"]),

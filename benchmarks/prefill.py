@@ -13,9 +13,9 @@ between samples so no engine's threads still spin when the next starts):
 - the same weight matmuls through numpy's BLAS (OpenBLAS), a dense-sgemm reference for the f32
   work, and through onnxruntime with int8 weights (dynamic quantization: MLAS's int8 GEMM), what an
   int8-GEMM prefill could reach on this CPU;
-- the hybrid of ``kv_handoff.py`` (an experiment, not in the pipeline): the LLM's prefill through
-  onnxruntime with int8 weights, its KV cache handed to llama.cpp (q8_0 GGUF), which decodes on;
-  its byte layout is checked against llama.cpp's own and its decode against llama.cpp's prefill;
+- the pipeline's prefill graph (a bundle exported with ``--prefill int8``): the LLM's prefill
+  through onnxruntime with int8 weights, its KV cache handed to llama.cpp (q8_0 GGUF), which decodes
+  on (``runtimes/llamacpp/kv_handoff.py``); its decode is checked against llama.cpp's own prefill;
 - the image encoder + bridge: edgebridge's int8-static ONNX (the q8_0 bundle's) and fp32 ONNX on
   onnxruntime, and optimum-intel's OpenVINO vision model (fp16 weights).
 
@@ -46,7 +46,7 @@ LLM_TYPES = ("f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")
 OPTIMUM_LM, OPTIMUM_VISION = "optimum-intel OpenVINO LM (fp16 IR)", "optimum-intel OpenVINO vision (fp16 IR)"
 SGEMM = "numpy sgemm, same matmuls (OpenBLAS)"
 INT8_GEMM = "onnxruntime int8 GEMM, same matmuls (MLAS)"
-HYBRID = "hybrid: onnxruntime int8 prefill + KV into llama.cpp q8_0"
+HYBRID = "prefill graph: onnxruntime int8 + KV hand-over to llama.cpp q8_0"
 
 
 def text_config(model: Path) -> dict:
@@ -148,52 +148,39 @@ def int8_gemm_prefill(shapes: list[tuple[int, int]], n: int, work: Path, threads
     return lambda: session.run(None, feeds)
 
 
-def hybrid_prefill(model: Path, gguf: Path, embeds: np.ndarray, work: Path,
+def hybrid_prefill(bundle: Path, embeds: np.ndarray,
                    threads: int) -> tuple[Callable[[], None] | None, str, Callable[[], None]]:
-    """The kv_handoff experiment on ``embeds``: (timed run or None, what its check found, close)."""
-    import onnxruntime as ort
-
-    import kv_handoff
-    from edgebridge.runtimes.encoder_onnxruntime import session_options
+    """The bundle's int8 prefill graph + KV hand-over (the pipeline's path, ``kv_handoff.py``) on
+    ``embeds``: (timed run or None, what its check found, close)."""
+    from edgebridge.manifest import read_manifest
     from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
+    from edgebridge.runtimes.llamacpp.kv_handoff import HandoffUnavailable, KVHandoff, PrefillGraph
 
-    fp32, int8 = work / "llm-prefill-fp32.onnx", work / "llm-prefill-int8.onnx"
-    if not int8.is_file():
-        work.mkdir(parents=True, exist_ok=True)
-        kv_handoff.export_prefill_graph(model, fp32, int8, embeds.shape[0])
-    session = ort.InferenceSession(str(int8), session_options(threads), providers=["CPUExecutionProvider"])
-    feeds = {"inputs_embeds": embeds[None]}
-    ours = LlamaCppLLM(gguf, LlamaSettings(n_ctx=1024, threads=threads))
-    theirs = LlamaCppLLM(gguf, LlamaSettings(n_ctx=1024, threads=threads))
+    art = read_manifest(bundle).llm.artifacts["prefill"]
+    ours = LlamaCppLLM(bundle / "llm.gguf", LlamaSettings(n_ctx=1024, threads=threads))
+    theirs = LlamaCppLLM(bundle / "llm.gguf", LlamaSettings(n_ctx=1024, threads=threads))
 
     def close() -> None:
         ours.close()
         theirs.close()
 
+    try:
+        handoff = KVHandoff.attach(ours, PrefillGraph(bundle / art.files[0], threads=threads, precision=art.precision))
+    except HandoffUnavailable as exc:
+        return None, f"no hand-over ({exc}): skipped", close
     n = embeds.shape[0]
-    first = theirs.eval_embeddings(embeds).copy()
-    logits, k, v = session.run(None, feeds)
-    layers, _, channels = k.shape  # [L, n, C]
-    blob = kv_handoff.state_blob(k, v)
-    problem = kv_handoff.check_layout(blob, kv_handoff.read_state(theirs), n, layers, channels)
-    if problem:
-        return None, f"layout differs from llama.cpp's ({problem}): skipped", close
-    kv_handoff.write_state(ours, blob, n)
+    ids, mask = np.zeros(n, np.int64), np.ones(n, bool)
     # teacher-forced: both contexts are fed llama.cpp's own greedy tokens; compare every step's logits
-    agree, worst, mine, ref = 0, 0.0, logits[0], first
+    mine, ref = handoff.prefill(ids, embeds, mask), theirs.eval_embeddings(embeds).copy()
+    agree, worst = 0, 0.0
     for _ in range(16):
         agree += int(np.argmax(mine) == np.argmax(ref))
         worst = max(worst, float(np.abs(mine - ref).max()))
         token = int(np.argmax(ref))
         mine, ref = ours.step(token).copy(), theirs.step(token).copy()
-    check = (f"vs llama.cpp's own q8_0 prefill, 16 teacher-forced steps: top-1 {agree}/16, logits max-abs "
-             f"{worst:.3g}; layout identical")
-
-    def run() -> None:
-        _, k, v = session.run(None, feeds)
-        kv_handoff.write_state(ours, kv_handoff.state_blob(k, v), n)
-
-    return run, check, close
+    check = (f"vs llama.cpp's own prefill of the same GGUF, 16 teacher-forced steps: top-1 {agree}/16, logits "
+             f"max-abs {worst:.3g}; state layout checked at attach (probe cosine {handoff.probe_cosine:.4f})")
+    return lambda: handoff.prefill(ids, embeds, mask), check, close
 
 
 def onnx_encoder(path: Path, threads: int) -> Callable[[], None]:
@@ -235,6 +222,8 @@ def main() -> None:
     print("exports (reused when present):", flush=True)
     int8_bundle = bench_bundle(model, "bundle-llava-bench-q8_0-int8s", quantize="encoder=int8-static,llm=q8_0")
     fp32_bundle = bench_bundle(model, "bundle-llava-bench-f16", llm_dtype="f16")
+    prefill_bundle = bench_bundle(model, "bundle-llava-bench-q8_0-prefill-int8s", quantize="encoder=int8-static,llm=q8_0",
+                                  encoder_formats=("onnx",), prefill="int8")  # peers.py's q8_0-prefill bundle
     optimum_dir = optimum_export(model)
     ggufs = bench_ggufs(model, BENCH_DIR / "quantization")
     cfg = text_config(model)
@@ -250,7 +239,7 @@ def main() -> None:
         closers.append(close)
     prefill[SGEMM] = sgemm_prefill(shapes, n)
     prefill[INT8_GEMM] = int8_gemm_prefill(shapes, n, BENCH_DIR / "prefill", args.threads)
-    hybrid, hybrid_check, close = hybrid_prefill(model, ggufs["q8_0"], embeds, BENCH_DIR / "prefill", args.threads)
+    hybrid, hybrid_check, close = hybrid_prefill(prefill_bundle, embeds, args.threads)
     closers.append(close)
     print(f"{HYBRID}: {hybrid_check}", flush=True)
     if hybrid:

@@ -473,7 +473,7 @@ class Pipeline:
         self.reused_positions = self.llm.n_past
         if self.kv is not None:
             self.kv.clear()  # until the prefill completes, the cache holds nothing we can vouch for
-        if self.handoff is not None and self.llm.n_past == 0:
+        if self.handoff is not None and self.llm.n_past == 0 and self.handoff.takes(len(signature)):
             logits = self._prefill_handoff(runs)
             self.last_prefill_engine = "onnxruntime+handoff"
         else:

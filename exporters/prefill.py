@@ -179,8 +179,9 @@ def _time_ms(fn: Callable[[], Any]) -> float:
 
 
 def measure_handoff(graph_path: Path, gguf_path: Path, precision: str, cases: list[dict[str, np.ndarray]]
-                    ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Logits after the hand-over (+ teacher-forced steps) vs llama.cpp's own prefill; (metrics, settings)."""
+                    ) -> tuple[dict[str, float], dict[str, Any], dict[str, Any]]:
+    """Logits after the hand-over (+ teacher-forced steps) vs llama.cpp's own prefill; (metrics, settings,
+    speed: the hand-over vs llama.cpp's prefill of the same text positions)."""
     with LlamaCppLLM(gguf_path, LlamaSettings(n_ctx=N_CTX)) as llm:
         graph = PrefillGraph(graph_path, precision=precision)
         try:
@@ -197,8 +198,8 @@ def measure_handoff(graph_path: Path, gguf_path: Path, precision: str, cases: li
         speed = {"positions": n,
                  "prefill_ms": _time_ms(lambda: handoff.prefill(ids, media, mask)),
                  "llamacpp_prefill_ms": _time_ms(lambda: (llm.reset(), llm.eval_tokens(ids.tolist())))}
-        settings = {"llama_settings": "default", **handoff.describe(), "speed": speed}
-    return logit_metrics(np.stack(ours), np.stack(theirs)), settings
+        settings = {"llama_settings": "default", **handoff.describe()}
+    return logit_metrics(np.stack(ours), np.stack(theirs)), settings, speed
 
 
 def export_prefill(text: TextModel, reference_lm: torch.nn.Module, gguf_path: Path, dst: Path, precision: str,
@@ -219,7 +220,7 @@ def export_prefill(text: TextModel, reference_lm: torch.nn.Module, gguf_path: Pa
     if precision == "fp32":
         enforce("llm prefill graph (fp32 ONNX)", pytorch, STRICT_TOLERANCE)
     step("prefill graph: KV hand-over to llama.cpp against llama.cpp's own prefill")
-    metrics, settings = measure_handoff(dst, gguf_path, precision, cases)
+    metrics, settings, speed = measure_handoff(dst, gguf_path, precision, cases)
     parity = Parity(reference="llama.cpp prefill (same GGUF)", metrics=metrics, tolerance=dict(budget),
                     passed=not violations(metrics, budget), settings=settings,
                     samples=len(cases) * (TEACHER_STEPS + 1))
@@ -227,7 +228,7 @@ def export_prefill(text: TextModel, reference_lm: torch.nn.Module, gguf_path: Pa
             hint="Use --prefill fp32, or raise the budget (--max-drift llm.kl_mean=...).")
     return Artifact(
         format="onnx", files=[dst.name], precision=precision, parity=parity,
-        quantization={"precision": precision, **method, "bytes": dst.stat().st_size},
+        quantization={"precision": precision, **method, "speed": speed, "bytes": dst.stat().st_size},
         details={"role": "prefill", "inputs": list(GRAPH_INPUTS), "outputs": list(GRAPH_OUTPUTS),
                  "checks": {"pytorch": {"metrics": pytorch,
                                         "tolerance": STRICT_TOLERANCE if precision == "fp32" else None,

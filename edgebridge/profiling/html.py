@@ -151,7 +151,8 @@ def _summary_table(report: dict[str, Any]) -> str:
             st = s.get(stage) or {}
             return f"{_fmt(st.get('p50'))} / {_fmt(st.get('p95'))} ms" if st.get("n") else "–"
 
-        devices = "; ".join(f"{k}: {v.get('executed')} {v.get('precision')}" for k, v in (c.get("devices") or {}).items())
+        devices = "; ".join(f"{k}: {v.get('executed')} {v.get('precision')}" + _prefill_note(v)
+                            for k, v in (c.get("devices") or {}).items())
         status = _esc(c["status"]) + (f'<div class="err">{_esc(c["error"])}</div>' if c.get("error") else "")
         rows.append("<tr>" + "".join(f"<td>{x}</td>" for x in [
             f"<b>{_esc(c['name'])}</b><div class='muted'>{_esc(c['kind'])}</div>", status, cell("load_ms"),
@@ -271,3 +272,11 @@ bundle {_mb(bundle.get('total_bytes'))} · <a id="download-json" download="repor
 <script>{SCRIPT}</script>
 </body></html>
 """
+
+
+def _prefill_note(device: dict) -> str:
+    """`` (prefill: onnxruntime int8)`` when the LLM's prompt ran through the bundle's prefill graph."""
+    prefill = device.get("prefill") or {}
+    if prefill.get("engine") in (None, "llama.cpp"):
+        return ""
+    return f" (prefill: {prefill['engine']} {prefill.get('precision', '')})".replace(" )", ")")

@@ -20,8 +20,8 @@ The blob follows llama.cpp's own writer (``llama-context.cpp`` / ``llama-kv-cach
 Nothing is assumed about the context: ``KVHandoff.attach`` has llama.cpp prefill a short probe
 prompt, parses the blob it writes (layer count, types, widths, V transposed or not, which flash
 attention decides), builds ours for the same prompt from the graph, and requires every byte that
-is not K/V data to be equal and the K/V values to agree (cosine >= ``PROBE_COSINE``, which a
-wrong rotary order or head layout fails). Any difference gives a reason instead of a hand-over;
+is not K/V data to be equal and the first layer's K and V values to agree (cosine >=
+``PROBE_COSINE``, which a wrong rotary order, head layout or model fails). Any difference gives a reason instead of a hand-over;
 the pipeline then prefills with llama.cpp and reports why.
 
 Shapes: L layers, n positions, C = KV heads x head dim, D = the LLM's embedding width, V vocabulary.
@@ -36,21 +36,25 @@ from pathlib import Path
 
 import numpy as np
 
-from edgebridge.errors import BackendError, InputError
+from edgebridge.errors import BackendError, BackendUnavailableError, InputError
 from edgebridge.runtimes.llamacpp.llm import LlamaCppLLM
 from edgebridge.runtimes.registry import EncoderSession, open_encoder
 
 STATE_MAGIC = 0xAF143CD8  # llama-context.cpp: io_magic
 GGML_DTYPES = {0: np.float32, 1: np.float16}  # ggml.h: GGML_TYPE_F32, GGML_TYPE_F16 (the types we can write)
-PROBE_COSINE = 0.98  # K/V of the probe prompt, ours vs llama.cpp's (quantized GGUFs included)
+PROBE_COSINE = 0.98  # first-layer K/V of the probe prompt, ours vs llama.cpp's (quantized GGUFs included)
 PROBE_TOKENS = 6
+# The graph's eager attention holds [heads, n, n] float32 scores per layer (16 MiB per head at 2048
+# positions), where llama.cpp prefills in n_batch chunks; longer prompts stay with llama.cpp.
+MAX_POSITIONS = 2048
 
 GRAPH_INPUTS = ("input_ids", "media_embeds", "media_mask")  # [1, n] int64, [1, n, D] f32, [1, n] bool
 GRAPH_OUTPUTS = ("logits", "k", "v")  # [1, V] f32, [L, n, C] f16, [L, C, n] f16
 
 
-class HandoffUnavailable(Exception):
-    """This context's cache cannot take our blob; the message says why (reported, not raised to users)."""
+class HandoffUnavailable(BackendUnavailableError):
+    """This context's cache cannot take our state; the message says why (the pipeline reports it and
+    lets llama.cpp prefill)."""
 
 
 @dataclass(frozen=True)
@@ -167,12 +171,13 @@ def data_spans(layout: StateLayout, n: int) -> list[tuple[int, int]]:
     return spans
 
 
-def compare_states(ours: np.ndarray, theirs: bytes, layout: StateLayout, n: int) -> float:
-    """The worst per-tensor cosine of our K/V values vs llama.cpp's; raises when a layout byte differs."""
+def compare_states(ours: np.ndarray, theirs: bytes, layout: StateLayout, n: int) -> list[float]:
+    """Cosine of our K/V values vs llama.cpp's per tensor (every layer's K, then every layer's V);
+    raises ``HandoffUnavailable`` when a layout byte differs."""
     theirs_arr = np.frombuffer(theirs, np.uint8)
     if ours.size != theirs_arr.size:
         raise HandoffUnavailable(f"our state is {ours.size} bytes, llama.cpp's {theirs_arr.size}")
-    start, worst = 0, 1.0
+    start, cosines = 0, []
     types = layout.k_types + layout.v_types
     for (lo, hi), typ in zip(data_spans(layout, n), types):
         if not np.array_equal(ours[start:lo], theirs_arr[start:lo]):
@@ -180,11 +185,11 @@ def compare_states(ours: np.ndarray, theirs: bytes, layout: StateLayout, n: int)
         a = ours[lo:hi].view(GGML_DTYPES[typ]).astype(np.float64)
         b = theirs_arr[lo:hi].view(GGML_DTYPES[typ]).astype(np.float64)
         denom = np.linalg.norm(a) * np.linalg.norm(b)
-        worst = min(worst, float(a @ b / denom) if denom > 0 else float(np.array_equal(a, b)))
+        cosines.append(float(a @ b / denom) if denom > 0 else float(np.array_equal(a, b)))
         start = hi
     if not np.array_equal(ours[start:], theirs_arr[start:]):
         raise HandoffUnavailable("trailing bytes differ from llama.cpp's")
-    return worst
+    return cosines
 
 
 class PrefillGraph:
@@ -215,6 +220,11 @@ class KVHandoff:
 
     def __init__(self, llm: LlamaCppLLM, graph: PrefillGraph, layout: StateLayout, probe_cosine: float) -> None:
         self.llm, self.graph, self.layout, self.probe_cosine = llm, graph, layout, probe_cosine
+        self.max_positions = MAX_POSITIONS
+
+    def takes(self, n: int) -> bool:
+        """Whether a prompt of ``n`` positions goes through the graph (else llama.cpp prefills it)."""
+        return 0 < n <= self.max_positions
 
     @classmethod
     def attach(cls, llm: LlamaCppLLM, graph: PrefillGraph) -> "KVHandoff":
@@ -229,8 +239,15 @@ class KVHandoff:
         layout, n = parse_layout(theirs)
         if n != ids.size:
             raise HandoffUnavailable(f"llama.cpp's state holds {n} cells for a {ids.size}-token probe")
-        _, k, v = graph.run(ids, np.zeros((ids.size, llm.n_embd), np.float32), np.zeros(ids.size, bool))
-        cosine = compare_states(build_state(k, v, layout), theirs, layout, n)
+        try:
+            _, k, v = graph.run(ids, np.zeros((ids.size, llm.n_embd), np.float32), np.zeros(ids.size, bool))
+        except BackendError as exc:  # e.g. a graph of another width
+            raise HandoffUnavailable(f"the prefill graph does not run on this LLM's inputs ({exc.message})") from None
+        cosines = compare_states(build_state(k, v, layout), theirs, layout, n)
+        # The first layer's K and V see one layer of weight rounding, so they agree closely whatever the
+        # GGUF type when the channel order and layout are right, and not at all when they are wrong;
+        # deeper layers add each type's rounding (0.94 at q4_0 on random weights), the export gate's business.
+        cosine = min(cosines[0], cosines[layout.n_layer])
         if cosine < PROBE_COSINE:
             raise HandoffUnavailable(f"the prefill graph's KV cache disagrees with llama.cpp's (cosine {cosine:.4f} "
                                      f"< {PROBE_COSINE}): the graph and the GGUF do not belong together")
@@ -252,4 +269,5 @@ class KVHandoff:
 
     def describe(self) -> dict[str, object]:
         return {"engine": "onnxruntime", "precision": self.graph.precision, "handoff": "llama_state_seq_set_data",
-                "v_trans": self.layout.v_trans, "probe_cosine": round(self.probe_cosine, 6)}
+                "v_trans": self.layout.v_trans, "probe_cosine": round(self.probe_cosine, 6),
+                "max_positions": self.max_positions}
