@@ -222,8 +222,8 @@ def main() -> None:
     print("exports (reused when present):", flush=True)
     int8_bundle = bench_bundle(model, "bundle-llava-bench-q8_0-int8s", quantize="encoder=int8-static,llm=q8_0")
     fp32_bundle = bench_bundle(model, "bundle-llava-bench-f16", llm_dtype="f16")
-    prefill_bundle = bench_bundle(model, "bundle-llava-bench-q8_0-prefill-int8s", quantize="encoder=int8-static,llm=q8_0",
-                                  encoder_formats=("onnx",), prefill="int8")  # peers.py's q8_0-prefill bundle
+    prefill_bundle = bench_bundle(model, "bundle-llava-bench-q8_0-prefill-int8s",  # peers.py's q8_0-prefill bundle
+                                  quantize="encoder=int8-static,llm=q8_0", encoder_formats=("onnx",), prefill="int8")
     optimum_dir = optimum_export(model)
     ggufs = bench_ggufs(model, BENCH_DIR / "quantization")
     cfg = text_config(model)

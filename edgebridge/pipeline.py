@@ -11,7 +11,8 @@ OpenVINO), then prefill llama.cpp with text tokens and the embeddings in prompt 
 over in memory), and decode greedily. A bundle exported with ``--prefill`` carries the LLM's
 prefill graph: a conversation's first prompt then runs through onnxruntime and its KV cache is
 handed to llama.cpp (``runtimes/llamacpp/kv_handoff.py``), checked against this context's cache
-layout at load; where it does not fit, llama.cpp prefills and ``result.warnings`` says why. Requested devices that are not present fall back to CPU;
+layout at load; where it does not fit, llama.cpp prefills and ``result.warnings`` says why.
+Requested devices that are not present fall back to CPU;
 ``result.devices`` and ``result.warnings`` say so.
 
 Imports no torch and no transformers.
@@ -454,7 +455,8 @@ class Pipeline:
         return n
 
     def _prefill(self, pieces: list[Segment | list[int]], embeds: dict[str, list[np.ndarray]]) -> np.ndarray:
-        """Feed the prompt to llama.cpp (keeping a KV prefix shared with the previous call); last logits."""
+        """Feed the prompt to the LLM; last logits. A prefix shared with the previous call stays in the
+        KV cache; on an empty cache the prefill graph (when the bundle has one) runs the whole prompt."""
         if not pieces:
             raise InputError("the prompt is empty.", hint="Give a prompt or at least one image/audio input.")
         runs: list[tuple[str, Any]] = []  # ("tokens", ids) | ("embeds", array), in prompt order

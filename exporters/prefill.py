@@ -38,7 +38,13 @@ from edgebridge.exporters.gguf.writer import TextModel, arch_spec
 from edgebridge.manifest import Artifact, Parity
 from edgebridge.parity import enforce, logit_metrics, violations
 from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
-from edgebridge.runtimes.llamacpp.kv_handoff import GRAPH_INPUTS, GRAPH_OUTPUTS, HandoffUnavailable, KVHandoff, PrefillGraph
+from edgebridge.runtimes.llamacpp.kv_handoff import (
+    GRAPH_INPUTS,
+    GRAPH_OUTPUTS,
+    HandoffUnavailable,
+    KVHandoff,
+    PrefillGraph,
+)
 
 PREFILL_PRECISIONS = ("fp32", "int8")
 STRICT_TOLERANCE = {"max_abs": 1e-3}
@@ -206,7 +212,8 @@ def export_prefill(text: TextModel, reference_lm: torch.nn.Module, gguf_path: Pa
                    budget: dict[str, float], *, step: Callable[[str], None] = lambda _: None) -> Artifact:
     """Write, gate and describe the prefill artifact for the bundle whose GGUF is ``gguf_path``."""
     if precision not in PREFILL_PRECISIONS:
-        raise ExportError(f"unknown prefill precision '{precision}'.", hint=f"Choose from: {', '.join(PREFILL_PRECISIONS)}.")
+        raise ExportError(f"unknown prefill precision '{precision}'.",
+                          hint=f"Choose from: {', '.join(PREFILL_PRECISIONS)}.")
     vocab_rows = min(int(text.config.vocab_size), int(reference_lm.get_input_embeddings().weight.shape[0]))
     cases = _cases(reference_lm, vocab_rows)
     with tempfile.TemporaryDirectory(prefix="edgebridge-prefill-") as scratch:

@@ -104,7 +104,8 @@ def test_greedy_tokens_equal_llamacpp_prefill(llama_fp32, photo, setting):
         follow = PROMPT + " A cat. USER: and its colour? ASSISTANT:"
         c = fast.generate(follow, images=[photo], max_new_tokens=8)
         d = plain.generate(follow, images=[photo], max_new_tokens=8)
-        assert c.timings["reused_prefix_positions"] >= a.prompt_tokens - 2 and c.timings["prefill_engine"] == "llama.cpp"
+        assert c.timings["reused_prefix_positions"] >= a.prompt_tokens - 2
+        assert c.timings["prefill_engine"] == "llama.cpp"
         assert c.token_ids == d.token_ids
 
 

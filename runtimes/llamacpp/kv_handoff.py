@@ -21,8 +21,8 @@ Nothing is assumed about the context: ``KVHandoff.attach`` has llama.cpp prefill
 prompt, parses the blob it writes (layer count, types, widths, V transposed or not, which flash
 attention decides), builds ours for the same prompt from the graph, and requires every byte that
 is not K/V data to be equal and the first layer's K and V values to agree (cosine >=
-``PROBE_COSINE``, which a wrong rotary order, head layout or model fails). Any difference gives a reason instead of a hand-over;
-the pipeline then prefills with llama.cpp and reports why.
+``PROBE_COSINE``, which a wrong rotary order, head layout or model fails). Any difference gives
+a reason instead of a hand-over; the pipeline then prefills with llama.cpp and reports why.
 
 Shapes: L layers, n positions, C = KV heads x head dim, D = the LLM's embedding width, V vocabulary.
 Imports no torch and no transformers.
