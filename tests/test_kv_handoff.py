@@ -197,3 +197,17 @@ def test_cli_run_hands_over_without_torch(qwen2_int8, tmp_path, photo):
                        env={"PYTHONPATH": str(tmp_path)})
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert json.loads(proc.stdout)["timings"]["prefill_engine"] == engine
+
+
+def test_profile_report_names_the_prefill_engine(qwen2_int8, photo):
+    import jsonschema
+
+    from edgebridge.profiling.html import render_html
+    from edgebridge.profiling.runner import profile_bundle
+    from tests.test_profile import REPORT_SCHEMA
+
+    report = profile_bundle(qwen2_int8.bundle, prompt=PROMPT, images=[photo], max_new_tokens=2, runs=1, warmup=0)
+    jsonschema.validate(report, json.loads(REPORT_SCHEMA.read_text()))
+    conf = report["configurations"][0]
+    assert conf["status"] == "ok" and conf["devices"]["llm"]["prefill"]["engine"] == "onnxruntime"
+    assert "(prefill: onnxruntime int8)" in render_html(report)
