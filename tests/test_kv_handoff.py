@@ -27,7 +27,8 @@ from edgebridge.runtimes.llamacpp.kv_handoff import (
     compare_states,
     parse_layout,
 )
-from tests.conftest import PROMPT, exported_llava, run_cli
+from edgebridge.testing import BUILDERS
+from tests.conftest import PROMPT, exported_llava, run_cli, tiny_model
 from tests.test_torch_free import BLOCKER, HOST_ONLY_MODULES
 
 pytestmark = pytest.mark.slow
@@ -211,3 +212,23 @@ def test_profile_report_names_the_prefill_engine(qwen2_int8, photo):
     conf = report["configurations"][0]
     assert conf["status"] == "ok" and conf["devices"]["llm"]["prefill"]["engine"] == "onnxruntime"
     assert "(prefill: onnxruntime int8)" in render_html(report)
+
+
+@pytest.mark.parametrize("kind", sorted(BUILDERS))
+def test_every_family_gets_a_gated_prefill_graph(workdir, kind, tmp_path):
+    """Each family's text model (llama, mistral, qwen2 behind every bridge) as a prefill graph that passes
+    both gates against an f32 GGUF of the same weights."""
+    from edgebridge.exporters.families import family_for
+    from edgebridge.exporters.gguf.writer import write_gguf
+    from edgebridge.exporters.prefill import export_prefill
+    from edgebridge.exporters.quantize import DEFAULT_BUDGET
+
+    model_dir = tiny_model(workdir, kind)
+    family = family_for(model_dir)
+    loaded = family.load(model_dir)
+    text = family.text_model(loaded)
+    write_gguf(text, tmp_path / "llm.gguf", "f32")
+    art = export_prefill(text, family.causal_lm(loaded), tmp_path / "llm.gguf", tmp_path / "llm_prefill.onnx",
+                         "fp32", DEFAULT_BUDGET["llm"])
+    assert art.parity.passed and art.details["checks"]["pytorch"]["metrics"]["max_abs"] <= 1e-3
+    assert art.quantization["rotary_permuted"] == (text.model_type in ("llama", "mistral"))
