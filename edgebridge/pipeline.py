@@ -30,7 +30,7 @@ import numpy as np
 from edgebridge.bundle import Bundle
 from edgebridge.caching import EmbeddingCache, KVPrefix, digest
 from edgebridge.errors import BackendUnavailableError, InputError, NonFiniteError, StaticShapeError
-from edgebridge.manifest import Component, Manifest
+from edgebridge.manifest import Artifact, Component, Manifest
 from edgebridge.preprocess import Prepared, get_preprocessor
 from edgebridge.preprocess.wordpiece import WordPiece
 from edgebridge.prompt import (
@@ -182,7 +182,7 @@ class Pipeline:
                    reuse_prefix=reuse_prefix, handoff=handoff)
 
     @staticmethod
-    def _attach_prefill(bundle: Bundle, art: Any, llm: LlamaCppLLM, threads: int | None,
+    def _attach_prefill(bundle: Bundle, art: Artifact, llm: LlamaCppLLM, threads: int | None,
                         warnings: list[str]) -> KVHandoff | None:
         """The bundle's prefill graph bound to ``llm``, or None with the reason in ``warnings``."""
         graph = PrefillGraph(bundle.path(art.files[0]), threads=threads, precision=art.precision)

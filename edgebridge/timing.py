@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 def now_ms() -> float:
@@ -28,6 +28,18 @@ class StageTimes:
 
     def add(self, name: str, ms: float) -> None:
         self.stages[name] = self.stages.get(name, 0.0) + ms
+
+
+def median_ms(fn: Callable[[], object], runs: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn`` in ms over ``runs`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(runs):
+        start = now_ms()
+        fn()
+        samples.append(now_ms() - start)
+    return percentile(samples, 50)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -44,6 +44,7 @@ from edgebridge.manifest import Artifact, Component, Manifest, ModalityInput, Pa
 from edgebridge.parity import violations
 from edgebridge.runtimes.registry import open_encoder
 from edgebridge.runtimes.static_shapes import conform, run_static
+from edgebridge.timing import median_ms
 
 ENCODER_FORMATS = ("onnx", "openvino")
 FORMAT_BACKEND = {"onnx": "onnxruntime", "openvino": "openvino"}  # the runtime backend that runs each format
@@ -91,13 +92,7 @@ def _latency_ms(backend: str, files: list[Path], inputs: dict[str, np.ndarray], 
     def run() -> Any:
         return run_static(session.run, inputs, static) if static else session.run(inputs)
 
-    run()
-    samples = []
-    for _ in range(5):
-        start = time.perf_counter()
-        run()
-        samples.append((time.perf_counter() - start) * 1000.0)
-    return round(float(np.median(samples)), 3)
+    return round(median_ms(run, runs=5), 3)
 
 
 def _static_spec(enc: EncoderExport, example: dict[str, torch.Tensor]) -> dict[str, Any]:

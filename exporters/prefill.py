@@ -25,7 +25,6 @@ Gates, both recorded in the manifest:
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,6 +37,7 @@ from edgebridge.exporters.gguf.writer import TextModel, arch_spec
 from edgebridge.manifest import Artifact, Parity
 from edgebridge.parity import enforce, logit_metrics, violations
 from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
+from edgebridge.timing import median_ms
 from edgebridge.runtimes.llamacpp.kv_handoff import (
     GRAPH_INPUTS,
     GRAPH_OUTPUTS,
@@ -174,22 +174,11 @@ def _teacher_forced(llm: LlamaCppLLM, first: np.ndarray, follow: np.ndarray) -> 
     return [first.copy()] + [llm.eval_tokens([int(t)]).copy() for t in follow]
 
 
-def _time_ms(fn: Callable[[], Any]) -> float:
-    fn()
-    samples = []
-    for _ in range(3):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000.0)
-    return round(float(np.median(samples)), 3)
-
-
-def measure_handoff(graph_path: Path, gguf_path: Path, precision: str, cases: list[dict[str, np.ndarray]]
+def measure_handoff(graph: PrefillGraph, gguf_path: Path, cases: list[dict[str, np.ndarray]]
                     ) -> tuple[dict[str, float], dict[str, Any], dict[str, Any]]:
     """Logits after the hand-over (+ teacher-forced steps) vs llama.cpp's own prefill; (metrics, settings,
     speed: the hand-over vs llama.cpp's prefill of the same text positions)."""
     with LlamaCppLLM(gguf_path, LlamaSettings(n_ctx=N_CTX)) as llm:
-        graph = PrefillGraph(graph_path, precision=precision)
         try:
             handoff = KVHandoff.attach(llm, graph)
         except HandoffUnavailable as exc:
@@ -202,8 +191,9 @@ def measure_handoff(graph_path: Path, gguf_path: Path, precision: str, cases: li
         n = N_CTX // 2
         ids, media, mask = np.arange(n) % llm.n_vocab, np.zeros((n, llm.n_embd), np.float32), np.zeros(n, bool)
         speed = {"positions": n,
-                 "prefill_ms": _time_ms(lambda: handoff.prefill(ids, media, mask)),
-                 "llamacpp_prefill_ms": _time_ms(lambda: (llm.reset(), llm.eval_tokens(ids.tolist())))}
+                 "prefill_ms": round(median_ms(lambda: handoff.prefill(ids, media, mask), runs=3), 3),
+                 "llamacpp_prefill_ms": round(median_ms(lambda: (llm.reset(), llm.eval_tokens(ids.tolist())),
+                                                        runs=3), 3)}
         settings = {"llama_settings": "default", **handoff.describe()}
     return logit_metrics(np.stack(ours), np.stack(theirs)), settings, speed
 
@@ -227,7 +217,7 @@ def export_prefill(text: TextModel, reference_lm: torch.nn.Module, gguf_path: Pa
     if precision == "fp32":
         enforce("llm prefill graph (fp32 ONNX)", pytorch, STRICT_TOLERANCE)
     step("prefill graph: KV hand-over to llama.cpp against llama.cpp's own prefill")
-    metrics, settings, speed = measure_handoff(dst, gguf_path, precision, cases)
+    metrics, settings, speed = measure_handoff(graph, gguf_path, cases)
     parity = Parity(reference="llama.cpp prefill (same GGUF)", metrics=metrics, tolerance=dict(budget),
                     passed=not violations(metrics, budget), settings=settings,
                     samples=len(cases) * (TEACHER_STEPS + 1))

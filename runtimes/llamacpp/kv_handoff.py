@@ -71,11 +71,15 @@ class StateLayout:
     def n_layer(self) -> int:
         return len(self.k_types)
 
-    def blob_size(self, n: int) -> int:
-        size = 16 + 12 * n + 8
+    def data_spans(self, n: int) -> list[tuple[int, int]]:
+        """Byte ranges of K/V values in a blob of ``n`` cells, every layer's K then every layer's V
+        (everything else is layout; the blob ends where the last span does)."""
+        spans, off = [], 16 + 12 * n + 8
         for t, c in zip(self.k_types + self.v_types, self.k_width + self.v_width):
-            size += 12 + n * c * np.dtype(GGML_DTYPES[t]).itemsize  # a 12-byte header per layer, either V layout
-        return size
+            size = n * c * np.dtype(GGML_DTYPES[t]).itemsize
+            spans.append((off + 12, off + 12 + size))  # a 12-byte header per layer, either V layout
+            off += 12 + size
+        return spans
 
 
 def parse_layout(blob: bytes) -> tuple[StateLayout, int]:
@@ -92,6 +96,7 @@ def parse_layout(blob: bytes) -> tuple[StateLayout, int]:
     need(bool((meta[:, 0] == np.arange(n)).all() and (meta[:, 1] == 1).all()), "cell metadata")
     off = 16 + 12 * n
     v_trans, n_layer = struct.unpack_from("<II", blob, off)
+    need(n_layer > 0, "no layers")
     off += 8
     k_types, k_width, v_types, v_width = [], [], [], []
     for _ in range(n_layer):
@@ -122,7 +127,7 @@ def build_state(k: np.ndarray, v: np.ndarray, layout: StateLayout) -> np.ndarray
     layers, n, _ = k.shape
     if layers != layout.n_layer or v.shape[0] != layers or v.shape[2] != n:
         raise HandoffUnavailable(f"the prefill graph gives {layers} layers, llama.cpp's cache has {layout.n_layer}")
-    buf = np.empty(layout.blob_size(n), np.uint8)
+    buf = np.empty(layout.data_spans(n)[-1][1], np.uint8)
     struct.pack_into("<IiII", buf, 0, STATE_MAGIC, 0, 1, n)
     meta = buf[16:16 + 12 * n].view(np.int32).reshape(n, 3)
     meta[:, 0] = np.arange(n)  # pos
@@ -161,16 +166,6 @@ def _put(buf: np.ndarray, off: int, values: np.ndarray, dtype: type) -> int:
     return off + size
 
 
-def data_spans(layout: StateLayout, n: int) -> list[tuple[int, int]]:
-    """Byte ranges of K/V values in a blob of ``n`` cells (everything else is layout)."""
-    spans, off = [], 16 + 12 * n + 8
-    for t, c in list(zip(layout.k_types, layout.k_width)) + list(zip(layout.v_types, layout.v_width)):
-        size = n * c * np.dtype(GGML_DTYPES[t]).itemsize
-        spans.append((off + 12, off + 12 + size))
-        off += 12 + size
-    return spans
-
-
 def compare_states(ours: np.ndarray, theirs: bytes, layout: StateLayout, n: int) -> list[float]:
     """Cosine of our K/V values vs llama.cpp's per tensor (every layer's K, then every layer's V);
     raises ``HandoffUnavailable`` when a layout byte differs."""
@@ -179,7 +174,7 @@ def compare_states(ours: np.ndarray, theirs: bytes, layout: StateLayout, n: int)
         raise HandoffUnavailable(f"our state is {ours.size} bytes, llama.cpp's {theirs_arr.size}")
     start, cosines = 0, []
     types = layout.k_types + layout.v_types
-    for (lo, hi), typ in zip(data_spans(layout, n), types):
+    for (lo, hi), typ in zip(layout.data_spans(n), types):
         if not np.array_equal(ours[start:lo], theirs_arr[start:lo]):
             raise HandoffUnavailable(f"layout bytes {start}..{lo} differ from llama.cpp's")
         a = ours[lo:hi].view(GGML_DTYPES[typ]).astype(np.float64)
