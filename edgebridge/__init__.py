@@ -9,8 +9,8 @@ from typing import Any
 
 from edgebridge.errors import EdgebridgeError
 
-__version__ = "0.1.0"
-__all__ = ["EdgebridgeError", "Pipeline", "GenerationResult", "__version__"]
+__version__ = "0.2.0"
+__all__ = ["EdgebridgeError", "Pipeline", "GenerationResult", "GenerationStream", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

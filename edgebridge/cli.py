@@ -40,7 +40,8 @@ class LlmDtype(str, Enum):
 class Prefill(str, Enum):
     none = "none"
     int8 = "int8"
-    fp32 = "fp32"
+    f32 = "f32"
+    fp32 = "fp32"  # the old spelling of f32, still accepted
 
 
 # --- export ----------------------------------------------------------------------------------
@@ -75,7 +76,7 @@ def export(
     encoder_format: EncoderFormat = typer.Option(EncoderFormat.both, help="Encoder + bridge format(s)."),
     llm_dtype: LlmDtype = typer.Option(LlmDtype.f16, help="GGUF weight type of the LLM (without --quantize llm=)."),
     quantize: Optional[str] = typer.Option(
-        None, help="auto, or COMPONENT=PRECISION pairs: encoder[.onnx|.openvino]=fp16|int8|int8-static|int4, "
+        None, help="auto, or COMPONENT=PRECISION pairs: encoder[.onnx|.openvino]=f16|int8|int8-static|int4, "
                    "llm=f16|q8_0|q6_k|q5_k_m|q4_k_m|q4_0 (each may be auto)."),
     max_drift: List[str] = typer.Option(
         [], help="Drift budget, COMPONENT.METRIC=VALUE (repeatable): encoder.cosine_min=0.99, llm.kl_mean=0.05, "
@@ -88,7 +89,7 @@ def export(
     static_batch: int = typer.Option(1, min=1, help="With --static: rows (images, tiles, windows) per encoder run."),
     static_tokens: int = typer.Option(32, min=1, help="With --static: length of padded token axes (Q-Former text)."),
     prefill: Prefill = typer.Option(
-        Prefill.none, help="Add the LLM's prefill graph (onnxruntime, int8 or fp32 weights) whose KV cache the "
+        Prefill.none, help="Add the LLM's prefill graph (onnxruntime, int8 or f32 weights) whose KV cache the "
                            "runtime hands to llama.cpp: faster prompts where onnxruntime's int8 GEMM outruns "
                            "llama.cpp (x86 without AVX-512 VNNI). Gated against llama.cpp's own prefill."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle folder."),
@@ -185,19 +186,15 @@ def run(
                 sys.stdout.write(piece)
                 sys.stdout.flush()
         result = stream.result
-        for warning in result.warnings[len(pipe.load_warnings):]:
+        for warning in result.call_warnings:
             err.print(f"[yellow]warning:[/yellow] {warning}")
     if as_json:
-        payload = {k: getattr(result, k) for k in ("text", "token_ids", "timings", "devices")}
-        payload["finish_reason"] = result.finish_reason
-        payload["warnings"] = result.warnings
-        payload["tool_outputs"] = result.tool_outputs
-        sys.stdout.write(json.dumps(payload) + "\n")
+        sys.stdout.write(json.dumps(result.to_dict()) + "\n")
         return
     sys.stdout.write("\n")
     for modality, texts in result.tool_outputs.items():
         err.print(f"[dim]{modality} tool: {' | '.join(texts)}[/dim]", highlight=False)
-    t = result.timings
+    t = result.timings.to_dict()
     err.print(
         f"[dim]{len(result.token_ids)} tokens ({result.finish_reason}); prompt {t['prompt_tokens']} positions; "
         f"preprocess {t['preprocess_ms']:.1f} ms, encode {t['encode_ms']:.1f} ms, "
@@ -321,7 +318,7 @@ def inspect(
     _print_components(m)
     for modality, spec in m.inputs.items():
         out.print(f"{modality}: '{spec.placeholder}' -> {spec.tokens_per_item} embeddings from {spec.component}; "
-                  f"preprocessing {spec.preprocessing['kind']}")
+                  f"preprocessing {spec.preprocessing.kind}")
     out.print(f"[green]{len(verified)} files verified (sha256)[/green]")
 
 

@@ -13,15 +13,55 @@ axis (``"batch"``, ``"frames"``).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from edgebridge.errors import ManifestError
+from edgebridge.typed import ReadAsDict, fields_jsonable, to_jsonable
 
 MANIFEST_NAME = "edgebridge.json"
 SCHEMA_VERSION = 1
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # a manifest is a few KiB; anything this big is not ours
+
+
+# One spelling of float precisions everywhere (GGUF's and OpenVINO's): ``f32``, ``f16``. Bundles
+# written before 0.2 spelled encoder artifacts ``fp32`` / ``fp16``; they are read as the new spelling.
+PRECISION_ALIASES = {"fp32": "f32", "fp16": "f16", "float32": "f32", "float16": "f16"}
+
+
+def canonical_precision(precision: str) -> str:
+    """``fp32`` -> ``f32``, ``fp16`` -> ``f16``; every other precision as it is (lower case)."""
+    p = precision.strip().lower()
+    return PRECISION_ALIASES.get(p, p)
+
+
+class Role(str, Enum):
+    """What a component does (``components.NAME.role``)."""
+
+    ENCODER = "encoder"  # encoder + bridge graph: media -> LLM-width embeddings
+    LLM = "llm"
+    TOOL = "tool"  # a model that turns a modality into text for the prompt
+
+
+class LayoutKind(str, Enum):
+    """How one placeholder in the prompt expands (``inputs.MODALITY.layout.kind``)."""
+
+    REPEAT = "repeat"  # the item's embeddings where the placeholder stands (LLaVA)
+    PREFIX = "prefix"  # before the whole prompt, BOS included (InstructBLIP)
+    TEXT = "text"  # a tool's text (``template``)
+    IDEFICS2_CROPS = "idefics2-crops"  # every crop between fake tokens
+    IDEFICS3_GRID = "idefics3-grid"  # tiles behind row/column tokens, then the global image
+
+
+def _enum(kind: type[Enum], value: str, where: str) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        raise ManifestError(f"manifest key '{where}' is '{value}'; this edgebridge knows "
+                            f"{', '.join(k.value for k in kind)}.",
+                            hint="Upgrade edgebridge, or re-export the bundle with this version.") from None
 
 
 class _Fields:
@@ -129,6 +169,9 @@ class Artifact:
     quantization: dict[str, Any] | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.precision = canonical_precision(self.precision)
+
     @classmethod
     def from_dict(cls, data: Any, where: str) -> "Artifact":
         f = _Fields(data, where)
@@ -136,7 +179,7 @@ class Artifact:
         return cls(
             format=f.req("format", str),
             files=f.req("files", list),
-            precision=f.req("precision", str),
+            precision=canonical_precision(f.req("precision", str)),
             parity=Parity.from_dict(parity, f"{where}.parity") if parity is not None else None,
             quantization=f.opt("quantization", dict),
             details=f.opt("details", dict, {}),
@@ -147,7 +190,7 @@ class Artifact:
 class Component:
     """A stage of the model: an encoder + bridge graph, the LLM, or a tool model."""
 
-    role: str  # "encoder" | "llm" | "tool"
+    role: Role
     modality: str  # "image" | "audio" | "text"
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
@@ -156,6 +199,9 @@ class Component:
     description: str = ""
     tool: dict[str, Any] | None = None  # role "tool": its kind and settings (runtimes/tools)
 
+    def __post_init__(self) -> None:  # exporters may hand the role as a string
+        self.role = Role(self.role)
+
     @classmethod
     def from_dict(cls, data: Any, where: str) -> "Component":
         f = _Fields(data, where)
@@ -163,7 +209,7 @@ class Component:
         if not arts.data:
             raise ManifestError(f"manifest key '{where}.artifacts' is empty; a component needs at least one artifact.")
         return cls(
-            role=f.req("role", str),
+            role=_enum(Role, f.req("role", str), f"{where}.role"),
             modality=f.req("modality", str),
             inputs=[TensorSpec.from_dict(t, f"{where}.inputs[{i}]") for i, t in enumerate(f.req("inputs", list))],
             outputs=[TensorSpec.from_dict(t, f"{where}.outputs[{i}]") for i, t in enumerate(f.req("outputs", list))],
@@ -174,32 +220,175 @@ class Component:
         )
 
 
-@dataclass
-class ModalityInput:
-    """How one modality (image, audio) reaches the LLM: preprocessing, encoder, prompt placeholder.
+@dataclass(eq=False)
+class Wrap:
+    """Tokens put around a placeholder (InternVL's ``<img>...</img>``)."""
 
-    ``layout`` says how one placeholder in the prompt expands: ``{"kind": "repeat"}`` puts the
-    item's embeddings where the placeholder stands (LLaVA); other kinds add wrapper text.
+    before: str
+    after: str
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> "Wrap":
+        f = _Fields(data, where)
+        return cls(before=f.req("before", str), after=f.req("after", str))
+
+    def to_dict(self) -> dict[str, str]:
+        return {"before": self.before, "after": self.after}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, (Wrap, dict)) and to_jsonable(other) == self.to_dict()
+
+
+@dataclass(eq=False)
+class Layout(ReadAsDict):
+    """How one placeholder expands in the prompt (``inputs.MODALITY.layout``); see ``LayoutKind``.
+
+    ``wrap`` puts tokens around every placeholder, ``wrap_if_missing`` around those that have
+    neither (Qwen2-Audio); ``template`` formats a tool's text; the grid kinds name their tokens;
+    ``collapse`` lists (doubled, single) text pairs merged after expansion (Idefics2's fake tokens).
     """
 
+    kind: LayoutKind = LayoutKind.REPEAT
+    wrap: Wrap | None = None
+    wrap_if_missing: Wrap | None = None
+    template: str = "{text}"
+    fake_token: str = ""
+    global_token: str = ""
+    row_col_token: str = ""
+    collapse: list[tuple[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> "Layout":
+        f = _Fields(data, where)
+        wraps = {k: Wrap.from_dict(f.data[k], f"{where}.{k}") for k in ("wrap", "wrap_if_missing") if f.data.get(k)}
+        collapse = f.opt("collapse", list, [])
+        if not all(isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in collapse):
+            raise ManifestError(f"manifest key '{where}.collapse' must hold [doubled, single] string pairs.")
+        return cls(kind=_enum(LayoutKind, f.opt("kind", str, "repeat"), f"{where}.kind"), **wraps,
+                   template=f.opt("template", str, "{text}"), fake_token=f.opt("fake_token", str, ""),
+                   global_token=f.opt("global_token", str, ""), row_col_token=f.opt("row_col_token", str, ""),
+                   collapse=[(a, b) for a, b in collapse])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object, with only the keys that differ from the defaults (as exporters wrote them)."""
+        out: dict[str, Any] = {"kind": self.kind.value}
+        for name in ("wrap", "wrap_if_missing"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name).to_dict()
+        for name, default in (("template", "{text}"), ("fake_token", ""), ("global_token", ""),
+                              ("row_col_token", "")):
+            if getattr(self, name) != default or (name == "template" and self.kind is LayoutKind.TEXT):
+                out[name] = getattr(self, name)
+        if self.collapse:
+            out["collapse"] = [list(p) for p in self.collapse]
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, (Layout, dict)) and to_jsonable(other) == self.to_dict()
+
+
+@dataclass(eq=False)
+class TextInputs:
+    """The prompt as an encoder input (``preprocessing.text_inputs``: a Q-Former reads the instruction)."""
+
+    tokenizer: str  # "wordpiece"
+    vocab: str  # bundle file
+    input_ids: str  # graph input names
+    attention_mask: str
+    lowercase: bool = True
+    max_length: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> "TextInputs":
+        f = _Fields(data, where)
+        return cls(tokenizer=f.req("tokenizer", str), vocab=f.req("vocab", str), input_ids=f.req("input_ids", str),
+                   attention_mask=f.req("attention_mask", str), lowercase=f.opt("lowercase", bool, True),
+                   max_length=f.opt("max_length", int))
+
+
+@dataclass(eq=False)
+class Preprocessing(ReadAsDict):
+    """How a modality's items become encoder inputs (``inputs.MODALITY.preprocessing``).
+
+    ``kind`` names a registered preprocessor (``edgebridge.preprocess``), which reads ``options``
+    (the whole JSON object: each kind has its own keys, documented with the kind); ``text_inputs``
+    is typed because the runtime itself, not the preprocessor, fills those inputs.
+    """
+
+    kind: str
+    options: dict[str, Any]
+    text_inputs: TextInputs | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> "Preprocessing":
+        f = _Fields(data, where)
+        text = f.opt("text_inputs", dict)
+        return cls(kind=f.req("kind", str), options=dict(f.data),
+                   text_inputs=TextInputs.from_dict(text, f"{where}.text_inputs") if text else None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.options, "kind": self.kind}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(other) == self.to_dict()
+
+
+@dataclass
+class ModalityInput:
+    """How one modality (image, audio) reaches the LLM: preprocessing, encoder, prompt placeholder."""
+
     component: str
-    preprocessing: dict[str, Any]
+    preprocessing: Preprocessing
     placeholder: str
     tokens_per_item: int
-    layout: dict[str, Any] = field(default_factory=lambda: {"kind": "repeat"})
+    layout: Layout = field(default_factory=Layout)
+
+    def __post_init__(self) -> None:  # exporters hand plain dicts
+        if not isinstance(self.preprocessing, Preprocessing):
+            self.preprocessing = Preprocessing.from_dict(dict(self.preprocessing), "preprocessing")
+        if not isinstance(self.layout, Layout):
+            self.layout = Layout.from_dict(dict(self.layout), "layout")
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> "ModalityInput":
         f = _Fields(data, where)
-        pre = f.sub("preprocessing")
-        pre.req("kind", str)
         return cls(
             component=f.req("component", str),
-            preprocessing=pre.data,
+            preprocessing=Preprocessing.from_dict(f.req("preprocessing", dict), f"{where}.preprocessing"),
             placeholder=f.req("placeholder", str),
             tokens_per_item=f.req("tokens_per_item", int),
-            layout=f.opt("layout", dict, {"kind": "repeat"}),
+            layout=Layout.from_dict(f.opt("layout", dict, {"kind": "repeat"}), f"{where}.layout"),
         )
+
+
+@dataclass(eq=False)
+class StaticShape(ReadAsDict):
+    """A fixed-shape encoder graph (``static_shapes.COMPONENT``, ``edgebridge export --static``):
+    ``batch`` rows per run, every input's full shape, and the axes that may be zero-padded."""
+
+    batch: int
+    inputs: dict[str, list[int]]
+    pad_axes: dict[str, list[int]] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> "StaticShape":
+        f = _Fields(data, where)
+        batch = f.req("batch", int)
+        inputs = f.req("inputs", dict)
+        pad_axes = f.opt("pad_axes", dict, {})
+        ok = batch >= 1 and all(isinstance(s, list) and s and all(isinstance(d, int) and d >= 1 for d in s)
+                                for s in inputs.values())
+        if not ok or not all(isinstance(a, list) and all(isinstance(x, int) for x in a) for a in pad_axes.values()):
+            raise ManifestError(f"manifest key '{where}' holds an invalid static shape (batch {batch!r}).",
+                                hint="Re-export the bundle with --static.")
+        return cls(batch=batch, inputs={k: list(v) for k, v in inputs.items()},
+                   pad_axes={k: list(v) for k, v in pad_axes.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"batch": self.batch, "inputs": self.inputs, "pad_axes": self.pad_axes}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and to_jsonable(dict(other)) == self.to_dict()
 
 
 @dataclass
@@ -252,7 +441,12 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
     edgebridge_version: str = ""
     created_utc: str = ""
-    static_shapes: dict[str, Any] | None = None
+    static_shapes: dict[str, StaticShape] | None = None
+
+    def __post_init__(self) -> None:  # exporters hand static shapes as plain dicts
+        if self.static_shapes:
+            self.static_shapes = {k: v if isinstance(v, StaticShape) else StaticShape.from_dict(v, f"static_shapes.{k}")
+                                  for k, v in self.static_shapes.items()}
 
     # --- parsing ---------------------------------------------------------------------------
 
@@ -280,13 +474,13 @@ class Manifest:
             inputs={k: ModalityInput.from_dict(v, f"inputs.{k}") for k, v in inputs.data.items()},
             prompt=PromptLayout.from_dict(f.req("prompt", dict), "prompt"),
             files={k: FileEntry.from_dict(v, f"files.{k}") for k, v in files.data.items()},
-            static_shapes=f.opt("static_shapes", dict),
+            static_shapes=_static_shapes(f.opt("static_shapes", dict)),
         )
         manifest._check_references()
         return manifest
 
     def _check_references(self) -> None:
-        llms = [n for n, c in self.components.items() if c.role == "llm"]
+        llms = [n for n, c in self.components.items() if c.role is Role.LLM]
         if len(llms) != 1:
             raise ManifestError(f"a bundle needs exactly one component with role 'llm', found {len(llms)}.")
         for modality, spec in self.inputs.items():
@@ -307,20 +501,29 @@ class Manifest:
 
     @property
     def llm_name(self) -> str:
-        return next(n for n, c in self.components.items() if c.role == "llm")
+        return next(n for n, c in self.components.items() if c.role is Role.LLM)
 
     @property
     def llm(self) -> Component:
         return self.components[self.llm_name]
 
+    def static_shape(self, component: str) -> StaticShape | None:
+        return (self.static_shapes or {}).get(component)
+
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = fields_jsonable(self)
         if data.get("static_shapes") is None:
             data.pop("static_shapes")
         return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+
+def _static_shapes(data: dict[str, Any] | None) -> dict[str, StaticShape] | None:
+    if data is None:
+        return None
+    return {k: StaticShape.from_dict(v, f"static_shapes.{k}") for k, v in data.items()}
 
 
 def read_manifest(bundle_dir: Path) -> Manifest:

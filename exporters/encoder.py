@@ -24,7 +24,7 @@ import torch
 
 from edgebridge.errors import ExportError, ShapeMismatchError
 from edgebridge.exporters.families.base import EncoderExport
-from edgebridge.manifest import Parity, TensorSpec
+from edgebridge.manifest import Parity, StaticShape, TensorSpec
 from edgebridge.parity import embedding_metrics, violations
 from edgebridge.runtimes.registry import open_encoder
 
@@ -187,7 +187,7 @@ def measure_encoder(
     cases: list[Case],
     tokens_per_item: int,
     tolerance: dict[str, float],
-    static: dict[str, Any] | None = None,
+    static: StaticShape | None = None,
     **options: Any,
 ) -> Parity:
     """Run an artifact through the runtime backend on the reference cases; return its ``Parity``.

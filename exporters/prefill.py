@@ -34,7 +34,7 @@ import torch
 from edgebridge.errors import ExportError, UnsupportedModelError
 from edgebridge.exporters.gguf.export import N_CTX, SEED, text_logits
 from edgebridge.exporters.gguf.writer import TextModel, arch_spec
-from edgebridge.manifest import Artifact, Parity
+from edgebridge.manifest import Artifact, Parity, canonical_precision
 from edgebridge.parity import enforce, logit_metrics, violations
 from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
 from edgebridge.timing import median_ms
@@ -46,7 +46,7 @@ from edgebridge.runtimes.llamacpp.kv_handoff import (
     PrefillGraph,
 )
 
-PREFILL_PRECISIONS = ("fp32", "int8")
+PREFILL_PRECISIONS = ("f32", "int8")
 STRICT_TOLERANCE = {"max_abs": 1e-3}
 OPSET = 17
 TEACHER_STEPS = 8
@@ -116,7 +116,7 @@ def write_graph(text: TextModel, dst: Path, precision: str, scratch: Path) -> di
     module = PrefillModule(lm, spec.permute_qk, text.head_dim).eval()
     n, width = 8, int(text.config.hidden_size)
     example = (torch.zeros(1, n, dtype=torch.long), torch.zeros(1, n, width), torch.zeros(1, n, dtype=torch.bool))
-    fp32 = scratch / "prefill-fp32.onnx" if precision != "fp32" else dst
+    fp32 = scratch / "prefill-f32.onnx" if precision != "f32" else dst
     with torch.no_grad():
         torch.onnx.export(module, example, str(fp32), input_names=list(GRAPH_INPUTS),
                           output_names=list(GRAPH_OUTPUTS), opset_version=OPSET, dynamo=False,
@@ -201,6 +201,7 @@ def measure_handoff(graph: PrefillGraph, gguf_path: Path, cases: list[dict[str, 
 def export_prefill(text: TextModel, reference_lm: torch.nn.Module, gguf_path: Path, dst: Path, precision: str,
                    budget: dict[str, float], *, step: Callable[[str], None] = lambda _: None) -> Artifact:
     """Write, gate and describe the prefill artifact for the bundle whose GGUF is ``gguf_path``."""
+    precision = canonical_precision(precision)  # fp32, the old spelling, still accepted
     if precision not in PREFILL_PRECISIONS:
         raise ExportError(f"unknown prefill precision '{precision}'.",
                           hint=f"Choose from: {', '.join(PREFILL_PRECISIONS)}.")
@@ -214,20 +215,20 @@ def export_prefill(text: TextModel, reference_lm: torch.nn.Module, gguf_path: Pa
     ours = np.stack([graph.run(c["ids"], c["media"], c["mask"])[0] for c in cases])
     reference = np.stack([_hf_last_logits(reference_lm, c) for c in cases])
     pytorch = logit_metrics(ours, reference)
-    if precision == "fp32":
-        enforce("llm prefill graph (fp32 ONNX)", pytorch, STRICT_TOLERANCE)
+    if precision == "f32":
+        enforce("llm prefill graph (f32 ONNX)", pytorch, STRICT_TOLERANCE)
     step("prefill graph: KV hand-over to llama.cpp against llama.cpp's own prefill")
     metrics, settings, speed = measure_handoff(graph, gguf_path, cases)
     parity = Parity(reference="llama.cpp prefill (same GGUF)", metrics=metrics, tolerance=dict(budget),
                     passed=not violations(metrics, budget), settings=settings,
                     samples=len(cases) * (TEACHER_STEPS + 1))
     enforce("llm prefill graph (KV hand-over vs llama.cpp's prefill)", metrics, budget,
-            hint="Use --prefill fp32, or raise the budget (--max-drift llm.kl_mean=...).")
+            hint="Use --prefill f32, or raise the budget (--max-drift llm.kl_mean=...).")
     return Artifact(
         format="onnx", files=[dst.name], precision=precision, parity=parity,
         quantization={"precision": precision, **method, "speed": speed, "bytes": dst.stat().st_size},
         details={"role": "prefill", "inputs": list(GRAPH_INPUTS), "outputs": list(GRAPH_OUTPUTS),
                  "checks": {"pytorch": {"metrics": pytorch,
-                                        "tolerance": STRICT_TOLERANCE if precision == "fp32" else None,
+                                        "tolerance": STRICT_TOLERANCE if precision == "f32" else None,
                                         "samples": len(cases)}}},
     )

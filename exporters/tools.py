@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from edgebridge.errors import ParityError
 from edgebridge.exporters.quantize.openvino_quant import quantize_openvino
+from edgebridge.formats import FORMATS
 from edgebridge.manifest import Artifact, Component, Parity, TensorSpec
-from edgebridge.parity import violations
+from edgebridge.parity import enforce, violations
 
 
 @dataclass
@@ -50,26 +50,23 @@ def export_tool(tool: ToolExport, root: Path, scratch: Path, formats: tuple[str,
     for fmt in formats:
         files = []
         for role, src in onnx_files.items():
+            names = FORMATS[fmt].files(stems[role])
             if fmt == "onnx":
-                shutil.copyfile(src, root / f"{stems[role]}.onnx")
-                files.append(f"{stems[role]}.onnx")
+                shutil.copyfile(src, root / names[0])
             else:
                 step(f"{tool.component}: converting {role} to OpenVINO IR")
-                quantize_openvino(src, root / f"{stems[role]}.xml", "fp32")
-                files += [f"{stems[role]}.xml", f"{stems[role]}.bin"]
-        artifacts[fmt] = Artifact(format=fmt, files=files, precision="fp32")
+                quantize_openvino(src, root / names[0], "f32")
+            files += names
+        artifacts[fmt] = Artifact(format=fmt, files=files, precision="f32")
     component = Component(role="tool", modality=tool.modality, inputs=tool.inputs, outputs=tool.outputs,
                           artifacts=artifacts, bridge={"type": tool.kind, "survey_group": "tool", **tool.bridge},
                           description=tool.description,
                           tool={"kind": tool.kind, "graphs": stems, **tool.settings})
     for fmt, art in artifacts.items():
-        backend = {"onnx": "onnxruntime", "openvino": "openvino"}[fmt]
+        backend = FORMATS[fmt].backend
         step(f"{tool.component}: checking the {fmt} tool against PyTorch")
         metrics, tolerance = tool.check(root, component, backend)
-        broken = violations(metrics, tolerance)
-        art.parity = Parity(reference="pytorch", metrics=metrics, tolerance=tolerance, passed=not broken,
-                            settings={"backend": backend, "precision": "f32" if fmt == "openvino" else "fp32"})
-        if broken:
-            key, value, limit = broken[0]
-            raise ParityError(f"{tool.component} ({fmt})", key, value, limit)
+        art.parity = Parity(reference="pytorch", metrics=metrics, tolerance=tolerance,
+                            passed=not violations(metrics, tolerance), settings={"backend": backend, "precision": "f32"})
+        enforce(f"{tool.component} ({fmt})", metrics, tolerance)
     return component

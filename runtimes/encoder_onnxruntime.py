@@ -56,7 +56,7 @@ class OnnxRuntimeEncoder:
     backend = "onnxruntime"
 
     def __init__(self, files: list[Path], *, device: str = "CPU", threads: int | None = None,
-                 artifact_precision: str = "fp32", **_: object) -> None:
+                 artifact_precision: str = "f32", **_: object) -> None:
         # onnxruntime executes the graph at the precision it was saved in (no precision hint)
         try:
             import onnxruntime as ort

@@ -65,7 +65,7 @@ class OpenVinoEncoder:
     backend = "openvino"
 
     def __init__(self, files: list[Path], *, device: str = "CPU", threads: int | None = None,
-                 precision: str | None = "f32", artifact_precision: str = "fp32", **_: object) -> None:
+                 precision: str | None = "f32", artifact_precision: str = "f32", **_: object) -> None:
         try:
             import openvino as ov
         except ImportError as exc:  # pragma: no cover - a dependency of the package

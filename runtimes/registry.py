@@ -8,8 +8,6 @@ listing backends stays cheap and works when an engine is not installed.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -17,6 +15,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from edgebridge.errors import BackendUnavailableError
+from edgebridge.registry import discover
 
 DEVICES = ("CPU", "GPU", "NPU", "AUTO")
 
@@ -49,6 +48,10 @@ class EncoderSession(Protocol):
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
+    def node_times(self, inputs: dict[str, np.ndarray]) -> list[tuple[str, float]]:
+        """(node name, microseconds) of one profiled run, in execution order."""
+        ...
+
 
 def run_named(session: EncoderSession, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run a session and key its outputs by name (graphs with many outputs: decoders with KV caches)."""
@@ -58,7 +61,6 @@ def run_named(session: EncoderSession, inputs: dict[str, np.ndarray]) -> dict[st
 EncoderFactory = Callable[..., EncoderSession]
 _REGISTRY: dict[str, EncoderFactory] = {}
 _FORMATS: dict[str, str] = {}  # backend name -> the artifact format it runs
-_discovered = False
 
 
 def register_encoder(name: str, artifact_format: str) -> Callable[[EncoderFactory], EncoderFactory]:
@@ -71,14 +73,7 @@ def register_encoder(name: str, artifact_format: str) -> Callable[[EncoderFactor
 
 
 def _discover() -> None:
-    global _discovered
-    if _discovered:
-        return
-    pkg_dir = Path(__file__).parent
-    for info in pkgutil.iter_modules([str(pkg_dir)]):
-        if info.name.startswith("encoder_"):
-            importlib.import_module(f"edgebridge.runtimes.{info.name}")
-    _discovered = True
+    discover("edgebridge.runtimes", [str(Path(__file__).parent)], lambda name: name.startswith("encoder_"))
 
 
 def encoder_backends() -> dict[str, str]:

@@ -12,11 +12,12 @@ then adapts the inputs, and refuses what it cannot adapt:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
 from edgebridge.errors import StaticShapeError
+from edgebridge.manifest import StaticShape
 
 
 def _pad_axis(arr: np.ndarray, axis: int, size: int, name: str) -> np.ndarray:
@@ -31,9 +32,9 @@ def _pad_axis(arr: np.ndarray, axis: int, size: int, name: str) -> np.ndarray:
     return np.pad(arr, widths)
 
 
-def conform(inputs: dict[str, np.ndarray], static: dict[str, Any]) -> dict[str, np.ndarray]:
+def conform(inputs: dict[str, np.ndarray], static: StaticShape) -> dict[str, np.ndarray]:
     """Pad the padable axes and check the fixed ones (the batch axis is left to ``run_static``)."""
-    shapes, pad_axes = static["inputs"], static.get("pad_axes", {})
+    shapes, pad_axes = static.inputs, static.pad_axes
     out = {}
     for name, arr in inputs.items():
         shape = shapes.get(name)
@@ -55,10 +56,10 @@ def conform(inputs: dict[str, np.ndarray], static: dict[str, Any]) -> dict[str, 
 
 
 def run_static(run: Callable[[dict[str, np.ndarray]], list[np.ndarray]], inputs: dict[str, np.ndarray],
-               static: dict[str, Any]) -> np.ndarray:
+               static: StaticShape) -> np.ndarray:
     """``run`` over chunks of the static batch size; returns the first output for the real rows."""
     inputs = conform(inputs, static)
-    batch = int(static["batch"])
+    batch = static.batch
     rows = next(iter(inputs.values())).shape[0]
     outs = []
     for lo in range(0, rows, batch):

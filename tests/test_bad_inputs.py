@@ -159,7 +159,7 @@ def test_nan_pixels(clip_llama_f32, photo):
         bad = good.inputs["pixel_values"].copy()
         bad[0, 0, 0, 0] = np.nan
         with pytest.raises(NonFiniteError, match="pixel_values"):
-            pipe._check_inputs(pipe.encoders["image"].component, {"pixel_values": bad})
+            pipe.stages["image"].check_inputs({"pixel_values": bad})
 
 
 def test_wrong_width_embeddings_never_reach_llama_cpp(clip_llama_f32):

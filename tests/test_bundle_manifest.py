@@ -156,3 +156,45 @@ def test_not_a_bundle(tmp_path):
     (tmp_path / MANIFEST_NAME).write_text("{not json")
     with pytest.raises(ManifestError, match="not valid JSON"):
         Bundle.open(tmp_path)
+
+
+# --- bundles written before the typed manifest (0.1.0: encoder precisions spelled fp32) -------------
+
+OLD_MANIFEST = Path(__file__).parent / "fixtures" / "manifest-0.1.0-llava.json"
+
+
+def test_a_0_1_0_manifest_reads_typed_and_writes_back_the_same_json():
+    from edgebridge.manifest import LayoutKind, Role
+
+    raw = json.loads(OLD_MANIFEST.read_text())
+    m = Manifest.from_dict(raw)
+    assert m.components["vision_encoder"].role is Role.ENCODER and m.llm.role is Role.LLM
+    assert {a.precision for a in m.components["vision_encoder"].artifacts.values()} == {"f32"}  # was "fp32"
+    assert m.inputs["image"].layout.kind is LayoutKind.REPEAT and m.inputs["image"].preprocessing.kind
+    again = json.loads(m.to_json())
+    for art in raw["components"]["vision_encoder"]["artifacts"].values():
+        art["precision"] = "f32"  # the one spelling, the only difference
+    assert again == raw
+
+
+@pytest.mark.slow
+def test_a_0_1_0_bundle_still_opens_and_runs(workdir, tmp_path, photo):
+    """The 0.1.0 manifest over a fresh export's files (same tiny model, so the same file names): it
+    opens with every hash verified and answers as the fresh bundle does."""
+    from edgebridge import Pipeline
+    from edgebridge.runtimes.llamacpp import LlamaSettings
+    from tests.conftest import copy_bundle, exported
+
+    fresh = exported(workdir, "llava")
+    old = copy_bundle(fresh.bundle, tmp_path / "old")
+    raw = json.loads(OLD_MANIFEST.read_text())
+    assert set(raw["files"]) == set(fresh.manifest.files)
+    raw["files"] = {k: {"sha256": v.sha256, "bytes": v.bytes} for k, v in fresh.manifest.files.items()}
+    (old / "edgebridge.json").write_text(json.dumps(raw))
+    prompt = "USER: <image>\nWhat is in this image? ASSISTANT:"
+    answers = []
+    for bundle in (fresh.bundle, old):
+        for backend in ("onnxruntime", "openvino"):
+            with Pipeline.from_bundle(bundle, encoder_backend=backend, llm_settings=LlamaSettings.strict()) as pipe:
+                answers.append(pipe.generate(prompt, images=[photo], max_new_tokens=16).token_ids)
+    assert answers[:2] == answers[2:] and len(answers[0]) == 16

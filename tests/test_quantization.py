@@ -164,7 +164,7 @@ def test_q8_0_bundle_still_matches_transformers_tokens(workdir, quantized, photo
                        max_new_tokens=16)
     with Pipeline.from_bundle(quantized["e"].root, llm_settings=LlamaSettings()) as pipe:
         first = pipe.prefill_logits(PROMPT, images=[photo])
-        rest = pipe.llm.eval_tokens(ref.token_ids[:-1], "all")
+        rest = pipe.llm.engine.eval_tokens(ref.token_ids[:-1], "all")
     predicted = np.argmax(np.vstack([first[None], rest]), axis=-1)
     assert np.mean(predicted == np.array(ref.token_ids)) >= 0.75
     assert np.abs(first - ref.first_logits).max() < 0.2 * ref.first_logits.std()  # q8_0 0.08 here, q4_k_m 0.38

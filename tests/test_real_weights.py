@@ -90,8 +90,8 @@ def test_whisper_conversion_gives_the_reference_transcript(assistant, tmp_path, 
 def test_asr_tool_transcripts_equal_transformers(assistant, assistant_bundle, speech, recordings, backend):
     with Pipeline.from_bundle(assistant_bundle, encoder_backend=backend) as pipe:
         for clip in [*speech, *recordings[:2]]:
-            pipe.generate("<audio>", audio=[clip], max_new_tokens=1)
-            assert pipe.last_tool_outputs["audio"][0] == _transcribe_hf(assistant / "asr-tiny.en", str(clip)), clip
+            result = pipe.generate("<audio>", audio=[clip], max_new_tokens=1)
+            assert result.tool_outputs["audio"][0] == _transcribe_hf(assistant / "asr-tiny.en", str(clip)), clip
 
 
 def test_tagger_top1_equals_pytorch(assistant, assistant_bundle):
@@ -107,11 +107,11 @@ def test_tagger_top1_equals_pytorch(assistant, assistant_bundle):
         with Pipeline.from_bundle(assistant_bundle, encoder_backend=backend) as pipe:
             for name in PHOTOS:
                 photo = getattr(data, name)()
-                pipe.generate("<image>", images=[photo], max_new_tokens=1)
+                result = pipe.generate("<image>", images=[photo], max_new_tokens=1)
                 x = torch.from_numpy(preprocess_image(load_image(photo), PREPROCESSING))[None]
                 with torch.no_grad():
                     top1 = labels[int(net.eval()(x).argmax())]
-                assert pipe.last_tool_outputs["image"][0].split(", ")[0] == top1, name
+                assert result.tool_outputs["image"][0].split(", ")[0] == top1, name
 
 
 def test_smollm2_gguf_agrees_with_its_dequantized_copy(assistant_bundle, capsys):

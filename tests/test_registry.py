@@ -57,3 +57,10 @@ def test_pyproject_lists_every_package_folder():
                 continue
             expected.add(".".join((prefix, *rel)))
     assert set(config["packages"]) == expected
+
+
+def test_the_formats_table_names_the_backend_that_registered_each_format():
+    from edgebridge.formats import FORMATS
+
+    for backend, fmt in encoder_backends().items():
+        assert FORMATS[fmt].backend == backend

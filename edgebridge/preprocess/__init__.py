@@ -7,14 +7,13 @@ items (images, audio clips) into the encoder graph's input arrays.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
 from edgebridge.errors import ManifestError
+from edgebridge.registry import discover
 
 
 @dataclass
@@ -36,7 +35,6 @@ class Prepared:
 
 Preprocessor = Callable[[list[Any], dict[str, Any]], Prepared]
 _KINDS: dict[str, Preprocessor] = {}
-_discovered = False
 
 
 def register_preprocessor(kind: str) -> Callable[[Preprocessor], Preprocessor]:
@@ -48,11 +46,7 @@ def register_preprocessor(kind: str) -> Callable[[Preprocessor], Preprocessor]:
 
 
 def get_preprocessor(kind: str) -> Preprocessor:
-    global _discovered
-    if not _discovered:
-        for info in pkgutil.iter_modules(__path__):
-            importlib.import_module(f"{__name__}.{info.name}")
-        _discovered = True
+    discover(__name__, __path__)
     if kind not in _KINDS:
         raise ManifestError(
             f"the bundle needs preprocessing kind '{kind}', which this edgebridge does not have.",

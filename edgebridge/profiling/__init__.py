@@ -112,7 +112,7 @@ class Profiler:
         if conf._seen <= self.warmup:
             conf.warmup_dropped += 1
             return False
-        t = result.timings
+        t = result.timings.to_dict() if hasattr(result.timings, "to_dict") else result.timings
         share = (conf.bridge_share or {}).get("share")
         graph = t.get("encode_ms")
         conf.add("encode_bridge_ms", graph)

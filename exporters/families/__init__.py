@@ -6,15 +6,13 @@ model type gets an error that lists every supported family.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from pathlib import Path
 
 from edgebridge.errors import UnsupportedModelError
 from edgebridge.exporters.families.base import Family, read_config
+from edgebridge.registry import discover
 
 _FAMILIES: dict[str, Family] = {}
-_discovered = False
 
 
 def register_family(cls: type[Family]) -> type[Family]:
@@ -26,12 +24,7 @@ def register_family(cls: type[Family]) -> type[Family]:
 
 
 def _discover() -> None:
-    global _discovered
-    if not _discovered:
-        for info in pkgutil.iter_modules(__path__):
-            if info.name != "base" and not info.name.startswith("_"):
-                importlib.import_module(f"{__name__}.{info.name}")
-        _discovered = True
+    discover(__name__, __path__, lambda name: name != "base" and not name.startswith("_"))
 
 
 def families() -> dict[str, Family]:

@@ -17,6 +17,7 @@ SmolLM2-135M-Instruct as a Q4_1 GGUF with its dequantized transformers copy as t
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 from pathlib import Path
@@ -173,8 +174,6 @@ class AssistantFamily(Family):
         return tools
 
     def _asr(self, loaded: Loaded) -> ToolExport:
-        from edgebridge.exporters.quantize.calibration import _speech
-
         asr, tok, fe = loaded.model, loaded.extra["asr_tokenizer"], loaded.extra["asr_features"]
         gen = asr.generation_config
         prompt = [gen.decoder_start_token_id]
@@ -186,40 +185,6 @@ class AssistantFamily(Family):
         vocab_file.write_text(json.dumps({"tokens": vocab, "special_ids": sorted(tok.all_special_ids)}))
         spec = audio_spec(fe, padding="max_length", embeddings_per_clip={"kind": "none"}, attention_mask_input=None)
 
-        def write_onnx(out: Path) -> dict[str, Path]:
-            from edgebridge.exporters.encoder import _quiet
-            from optimum.exporters.onnx import main_export
-
-            with _quiet():
-                main_export(model_name_or_path=str(loaded.folder / loaded.config["asr"]), output=str(out),
-                            task="automatic-speech-recognition-with-past", no_post_process=True,
-                            local_files_only=True, do_validation=False)
-            return {"encoder": out / "encoder_model.onnx", "decoder": out / "decoder_model.onnx",
-                    "decoder_with_past": out / "decoder_with_past_model.onnx"}
-
-        def check(root: Path, component: Component, backend: str) -> tuple[dict[str, float], dict[str, float]]:
-            from edgebridge.preprocess.audio import load_audio, prepare_audio
-            from edgebridge.runtimes.tools import open_tool
-
-            clips = _speech(None)[0][:5]
-            runtime = open_tool(root, component, backend, precision="f32")
-            same, worst = 0, 0.0
-            for clip in clips:
-                wave = load_audio(clip, fe.sampling_rate).samples
-                features = fe(wave, sampling_rate=fe.sampling_rate, return_tensors="pt")["input_features"]
-                with torch.no_grad():
-                    ref = asr.generate(features, max_new_tokens=gen.max_length - len(prompt))[0].tolist()
-                    hidden = asr.model.encoder(features).last_hidden_state.numpy()
-                ref = [t for t in ref if t not in tok.all_special_ids]
-                got = runtime.transcribe(features.numpy())
-                same += int(got == ref)
-                ours = runtime.graphs["encoder"].run({"input_features": features.numpy()})[0]
-                worst = max(worst, embedding_metrics(ours, hidden)["max_abs"])
-                prepared = prepare_audio([clip], spec)
-                runtime.run(prepared.inputs, [slice(0, 1)])  # the runtime's own front end runs too
-            return ({"token_agreement": same / len(clips), "max_abs": worst},
-                    {"token_agreement": 1.0, "max_abs": 1e-2})
-
         n_mels = asr.config.num_mel_bins
         return ToolExport(
             component="asr", modality="audio", kind="whisper-asr",
@@ -228,11 +193,11 @@ class AssistantFamily(Family):
                       "suppress_tokens": [int(i) for i in gen.suppress_tokens or []],
                       "begin_suppress_tokens": [int(i) for i in gen.begin_suppress_tokens or []],
                       "language": "en", "source": loaded.config["asr"]},
-            write_onnx=write_onnx,
+            write_onnx=functools.partial(_write_asr_onnx, loaded),
             inputs=[TensorSpec("input_features", "float32", ["batch", n_mels, int(fe.nb_max_frames)])],
             outputs=[TensorSpec("text", "str", ["batch"])],
             preprocessing=spec, placeholder=AUDIO_PLACEHOLDER, layout={"kind": "text", "template": "{text}"},
-            check=check, assets={"asr_vocab.json": vocab_file},
+            check=functools.partial(_check_asr, loaded, prompt, spec), assets={"asr_vocab.json": vocab_file},
             description=f"Whisper ({loaded.config['asr']}) speech recognition, greedy with KV cache",
         )
 
@@ -278,3 +243,44 @@ class AssistantFamily(Family):
             check=check, assets={"tagger_labels.json": labels_file},
             description="EfficientNet-Lite0 ImageNet classifier: its top-3 class names",
         )
+
+
+def _write_asr_onnx(loaded: Loaded, out: Path) -> dict[str, Path]:
+    """The Whisper folder through optimum's exporter: encoder, first decoder step, decoder with KV cache."""
+    from edgebridge.exporters.encoder import _quiet
+    from optimum.exporters.onnx import main_export
+
+    with _quiet():
+        main_export(model_name_or_path=str(loaded.folder / loaded.config["asr"]), output=str(out),
+                    task="automatic-speech-recognition-with-past", no_post_process=True,
+                    local_files_only=True, do_validation=False)
+    return {"encoder": out / "encoder_model.onnx", "decoder": out / "decoder_model.onnx",
+            "decoder_with_past": out / "decoder_with_past_model.onnx"}
+
+
+def _check_asr(loaded: Loaded, prompt: list[int], spec: dict[str, Any], root: Path, component: Component,
+               backend: str) -> tuple[dict[str, float], dict[str, float]]:
+    """The runtime tool against transformers' Whisper on spoken clips: identical token ids, encoder max-abs."""
+    from edgebridge.exporters.quantize.calibration import _speech
+    from edgebridge.preprocess.audio import load_audio, prepare_audio
+    from edgebridge.runtimes.tools import open_tool
+
+    asr, tok, fe = loaded.model, loaded.extra["asr_tokenizer"], loaded.extra["asr_features"]
+    gen = asr.generation_config
+    clips = _speech(None)[0][:5]
+    runtime = open_tool(root, component, backend, precision="f32")
+    same, worst = 0, 0.0
+    for clip in clips:
+        wave = load_audio(clip, fe.sampling_rate).samples
+        features = fe(wave, sampling_rate=fe.sampling_rate, return_tensors="pt")["input_features"]
+        with torch.no_grad():
+            ref = asr.generate(features, max_new_tokens=gen.max_length - len(prompt))[0].tolist()
+            hidden = asr.model.encoder(features).last_hidden_state.numpy()
+        ref = [t for t in ref if t not in tok.all_special_ids]
+        got = runtime.transcribe(features.numpy())
+        same += int(got == ref)
+        ours = runtime.graphs["encoder"].run({"input_features": features.numpy()})[0]
+        worst = max(worst, embedding_metrics(ours, hidden)["max_abs"])
+        prepared = prepare_audio([clip], spec)
+        runtime.run(prepared.inputs, [slice(0, 1)])  # the runtime's own front end runs too
+    return {"token_agreement": same / len(clips), "max_abs": worst}, {"token_agreement": 1.0, "max_abs": 1e-2}

@@ -29,7 +29,7 @@ import torch
 from edgebridge.errors import ExportError, ParityError
 from edgebridge.exporters.families.base import Family, Loaded
 from edgebridge.exporters.gguf.writer import TextModel, write_gguf
-from edgebridge.exporters.quantize import QuantPlan, Trial, first_within_budget, verdict
+from edgebridge.exporters.quantize import QuantPlan, Trial, choose_within_budget, verdict
 from edgebridge.exporters.quantize.gguf_quant import quantize_gguf, tensor_types
 from edgebridge.manifest import Artifact, Parity, PromptLayout
 from edgebridge.parity import enforce, logit_metrics, violations
@@ -175,61 +175,57 @@ def export_llm(family: Family, loaded: Loaded, layout: PromptLayout, out_path: P
                step: Callable[[str], None] = lambda _: None) -> tuple[Artifact, TextModel]:
     """Write the gated LLM GGUF at ``out_path`` at the plan's precision (or the one ``auto`` picks)."""
     text = family.text_model(loaded)
-    vocab_rows = min(len(_tokenizer_of(loaded)), text.config.vocab_size)
-    cases, reference = _reference_cases(family.causal_lm(loaded), vocab_rows)
     with tempfile.TemporaryDirectory(prefix="edgebridge-gguf-") as scratch:
-        scratch = Path(scratch)
-        f32_path = scratch / "llm-f32.gguf"
-        step("writing f32 GGUF")
-        details = write_gguf(text, f32_path, "f32")
-        step("checking GGUF f32 logits against transformers (strict settings)")
-        strict = _measure(f32_path, LlamaSettings.strict(n_ctx=N_CTX), cases, reference, STRICT_TOLERANCE, "strict")
-        enforce("llm (GGUF f32, strict llama.cpp settings)", strict.metrics, STRICT_TOLERANCE)
-        with LlamaCppLLM(f32_path, LlamaSettings.strict(n_ctx=N_CTX)) as llm:
-            _check_tokenizer(llm, loaded, layout, text.vocab.pre)
-        checks = {"strict_f32": strict.__dict__, "tokenizer_texts_matched": len(TOKENIZER_TEXTS)}
-        candidates = plan.candidates("llm")
-        if candidates == ["f32"]:
+        f32_path = Path(scratch) / "llm-f32.gguf"
+        details, strict = _write_strict_f32(family, loaded, layout, text, f32_path, step)
+        details["checks"] = {"strict_f32": strict.__dict__, "tokenizer_texts_matched": len(TOKENIZER_TEXTS)}
+        if plan.candidates("llm") == ["f32"]:
             shutil.copyfile(f32_path, out_path)
-            details["checks"] = checks
             return Artifact(format="gguf", files=[out_path.name], precision="f32", parity=strict,
                             details=details), text
-        text_cases = reference_text_cases(f32_path, layout.add_bos)
-        with LlamaCppLLM(f32_path, LlamaSettings(n_ctx=N_CTX)) as llm:
-            ref_logits = run_llamacpp(llm, text_cases)
-        budget = plan.budget["llm"]
-        tried: dict[str, _Candidate] = {}
-
-        def evaluate(precision: str) -> Trial:
-            step(f"LLM {precision}: writing and measuring drift against the f32 GGUF")
-            path = scratch / f"llm-{precision}.gguf"
-            if precision == "f32":
-                shutil.copyfile(f32_path, path)
-                method: dict[str, Any] = {"method": "none"}
-            elif precision == "f16":
-                write_gguf(text, path, "f16")
-                method = {"method": "edgebridge gguf writer", "tensor_types": tensor_types(path)}
-            else:
-                method = quantize_gguf(f32_path, path, precision)
-            parity = _measure(path, LlamaSettings(n_ctx=N_CTX), text_cases, ref_logits, budget, "default",
-                              reference_name="gguf-f32")
-            passed, why = verdict(parity.metrics, budget)
-            trial = Trial(precision, path.stat().st_size, _speed(path, text_cases), parity.metrics, dict(budget),
-                          passed, why)
-            tried[precision] = _Candidate(trial, path, parity, method)
-            return trial
-
-        kept, trials = first_within_budget(candidates, evaluate)
-        if kept is None:
-            last = trials[-1]
-            key, value, limit = violations(last.metrics, budget)[0]
-            raise ParityError(f"llm (GGUF {last.precision})", key, value, limit,
-                              hint="Raise the budget (--max-drift llm.kl_mean=..., llm.top1_agreement=...) "
-                                   "or choose a larger precision (--quantize llm=q8_0).")
-        chosen = tried[kept.precision]
+        chosen, quantization = _choose_precision(text, f32_path, layout, plan, Path(scratch), step)
         shutil.copyfile(chosen.path, out_path)
-    details["checks"] = checks
     details["tensor_types"] = _type_counts(chosen.method.get("tensor_types") or tensor_types(out_path))
+    artifact = Artifact(format="gguf", files=[out_path.name], precision=chosen.trial.precision,
+                        parity=chosen.parity, quantization=quantization, details=details)
+    return artifact, text
+
+
+def _write_strict_f32(family: Family, loaded: Loaded, layout: PromptLayout, text: TextModel, path: Path,
+                      step: Callable[[str], None]) -> tuple[dict[str, Any], Parity]:
+    """The f32 GGUF, held to transformers (strict settings) and to the HF tokenizer; (writer details, parity)."""
+    vocab_rows = min(len(_tokenizer_of(loaded)), text.config.vocab_size)
+    cases, reference = _reference_cases(family.causal_lm(loaded), vocab_rows)
+    step("writing f32 GGUF")
+    details = write_gguf(text, path, "f32")
+    step("checking GGUF f32 logits against transformers (strict settings)")
+    strict = _measure(path, LlamaSettings.strict(n_ctx=N_CTX), cases, reference, STRICT_TOLERANCE, "strict")
+    enforce("llm (GGUF f32, strict llama.cpp settings)", strict.metrics, STRICT_TOLERANCE)
+    with LlamaCppLLM(path, LlamaSettings.strict(n_ctx=N_CTX)) as llm:
+        _check_tokenizer(llm, loaded, layout, text.vocab.pre)
+    return details, strict
+
+
+def _choose_precision(text: TextModel, f32_path: Path, layout: PromptLayout, plan: QuantPlan, scratch: Path,
+                      step: Callable[[str], None]) -> tuple[_Candidate, dict[str, Any]]:
+    """Try the plan's GGUF types against the f32 GGUF on the reference texts; (kept, its quantization record)."""
+    text_cases = reference_text_cases(f32_path, layout.add_bos)
+    with LlamaCppLLM(f32_path, LlamaSettings(n_ctx=N_CTX)) as llm:
+        ref_logits = run_llamacpp(llm, text_cases)
+    budget = plan.budget["llm"]
+    tried: dict[str, _Candidate] = {}
+
+    def evaluate(precision: str) -> Trial:
+        step(f"LLM {precision}: writing and measuring drift against the f32 GGUF")
+        tried[precision] = _gguf_trial(text, f32_path, scratch / f"llm-{precision}.gguf", precision, text_cases,
+                                       ref_logits, budget)
+        return tried[precision].trial
+
+    candidates = plan.candidates("llm")
+    kept, trials = choose_within_budget("llm (GGUF {precision})", candidates, evaluate,
+                                        hint="Raise the budget (--max-drift llm.kl_mean=..., llm.top1_agreement=...) "
+                                             "or choose a larger precision (--quantize llm=q8_0).")
+    chosen = tried[kept.precision]
     quantization = {
         "precision": kept.precision,
         **{k: v for k, v in chosen.method.items() if k != "tensor_type_counts"},
@@ -240,9 +236,25 @@ def export_llm(family: Family, loaded: Loaded, layout: PromptLayout, out_path: P
     }
     if len(candidates) > 1:
         quantization["trials"] = [t.as_dict() for t in trials]
-    artifact = Artifact(format="gguf", files=[out_path.name], precision=kept.precision, parity=chosen.parity,
-                        quantization=quantization, details=details)
-    return artifact, text
+    return chosen, quantization
+
+
+def _gguf_trial(text: TextModel, f32_path: Path, path: Path, precision: str, cases, ref_logits: np.ndarray,
+                budget: dict[str, float]) -> _Candidate:
+    """Write the GGUF at ``precision`` and measure its drift and speed under default settings."""
+    if precision == "f32":
+        shutil.copyfile(f32_path, path)
+        method: dict[str, Any] = {"method": "none"}
+    elif precision == "f16":
+        write_gguf(text, path, "f16")
+        method = {"method": "edgebridge gguf writer", "tensor_types": tensor_types(path)}
+    else:
+        method = quantize_gguf(f32_path, path, precision)
+    parity = _measure(path, LlamaSettings(n_ctx=N_CTX), cases, ref_logits, budget, "default",
+                      reference_name="gguf-f32")
+    passed, why = verdict(parity.metrics, budget)
+    trial = Trial(precision, path.stat().st_size, _speed(path, cases), parity.metrics, dict(budget), passed, why)
+    return _Candidate(trial, path, parity, method)
 
 
 def _type_counts(types: dict[str, str]) -> dict[str, int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import gguf
 
@@ -105,6 +106,38 @@ def _adds_bos(tok_json: dict, tok_config: dict, bos_id: int | None) -> bool:
 def vocab_from_folder(folder: Path, vocab_size: int, eos_id: int | None) -> GgufVocab:
     """Read ``tokenizer.json`` and ``tokenizer_config.json`` of a HF folder into a ``GgufVocab``."""
     folder = Path(folder)
+    tok_json, tok_config = _read_tokenizer_files(folder)
+    model = tok_json["model"]
+    tokens, token_types, special_ids = _token_table(tok_json, vocab_size)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+
+    def tok_id(key: str) -> int | None:
+        value = tok_config.get(key)
+        if isinstance(value, dict):
+            value = value.get("content")
+        return special_ids.get(value) if value is not None else None
+
+    bos_id = tok_id("bos_token")
+    template = tok_config.get("chat_template")
+    jinja = folder / "chat_template.jinja"
+    if template is None and jinja.is_file():
+        template = jinja.read_text(encoding="utf-8")
+    return GgufVocab(
+        tokens=tokens,
+        token_types=token_types,
+        merges=merges,
+        pre=_detect_pre(tok_json.get("pre_tokenizer")),
+        bos_id=bos_id,
+        eos_id=eos_id if eos_id is not None else tok_id("eos_token"),
+        pad_id=tok_id("pad_token"),
+        add_bos=_adds_bos(tok_json, tok_config, bos_id),
+        chat_template=template if isinstance(template, str) else None,
+        special_ids=special_ids,
+    )
+
+
+def _read_tokenizer_files(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(tokenizer.json, tokenizer_config.json or {}); refuses what the GGUF writer cannot convert."""
     tok_path = folder / "tokenizer.json"
     if not tok_path.is_file():
         raise UnsupportedModelError(
@@ -121,9 +154,12 @@ def vocab_from_folder(folder: Path, vocab_size: int, eos_id: int | None) -> Gguf
             "edgebridge converts byte-level BPE tokenizers.",
             hint="Pass an existing GGUF of this model with --llm-gguf.",
         )
-    pre = _detect_pre(tok_json.get("pre_tokenizer"))
+    return tok_json, tok_config
 
-    id_to_token: dict[int, str] = {i: t for t, i in model["vocab"].items()}
+
+def _token_table(tok_json: dict[str, Any], vocab_size: int) -> tuple[list[str], list[int], dict[str, int]]:
+    """(token text per id, token type per id, special token text -> id) over the model's ``vocab_size`` rows."""
+    id_to_token: dict[int, str] = {i: t for t, i in tok_json["model"]["vocab"].items()}
     types: dict[int, int] = {i: NORMAL for i in id_to_token}
     special_ids: dict[str, int] = {}
     for added in tok_json.get("added_tokens", []):
@@ -142,28 +178,4 @@ def vocab_from_folder(folder: Path, vocab_size: int, eos_id: int | None) -> Gguf
         else:  # rows the model has but the tokenizer never emits (vocab padded to a multiple)
             tokens.append(f"[PAD{i}]")
             token_types.append(int(UNUSED))
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-
-    def tok_id(key: str) -> int | None:
-        value = tok_config.get(key)
-        if isinstance(value, dict):
-            value = value.get("content")
-        return special_ids.get(value) if value is not None else None
-
-    bos_id = tok_id("bos_token")
-    template = tok_config.get("chat_template")
-    jinja = folder / "chat_template.jinja"
-    if template is None and jinja.is_file():
-        template = jinja.read_text(encoding="utf-8")
-    return GgufVocab(
-        tokens=tokens,
-        token_types=token_types,
-        merges=merges,
-        pre=pre,
-        bos_id=bos_id,
-        eos_id=eos_id if eos_id is not None else tok_id("eos_token"),
-        pad_id=tok_id("pad_token"),
-        add_bos=_adds_bos(tok_json, tok_config, bos_id),
-        chat_template=template if isinstance(template, str) else None,
-        special_ids=special_ids,
-    )
+    return tokens, token_types, special_ids

@@ -26,13 +26,14 @@ from edgebridge.errors import ExportError
 from edgebridge.exporters.quantize.gguf_quant import LLM_FTYPES
 from edgebridge.exporters.quantize.onnx_quant import PRECISIONS as ONNX_PRECISIONS
 from edgebridge.exporters.quantize.openvino_quant import PRECISIONS as OPENVINO_PRECISIONS
-from edgebridge.parity import LOWER_BOUNDS, UPPER_BOUNDS, violations
+from edgebridge.manifest import canonical_precision
+from edgebridge.parity import LOWER_BOUNDS, UPPER_BOUNDS, enforce, violations
 
 ENCODER_PRECISIONS = {"onnx": ONNX_PRECISIONS, "openvino": OPENVINO_PRECISIONS}
 LLM_PRECISIONS = ("f32", "f16", *LLM_FTYPES)
 AUTO_ORDER = {
-    "onnx": ["int8-static", "int8", "fp16", "fp32"],
-    "openvino": ["int4", "int8-static", "int8", "fp16", "fp32"],
+    "onnx": ["int8-static", "int8", "f16", "f32"],
+    "openvino": ["int4", "int8-static", "int8", "f16", "f32"],
     "llm": ["q4_0", "q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16", "f32"],
 }
 DEFAULT_BUDGET: dict[str, dict[str, float]] = {
@@ -58,12 +59,12 @@ class QuantPlan:
 
     @property
     def quantizes_encoders(self) -> bool:
-        return any(p != "fp32" for p in self.encoder.values())
+        return any(p != "f32" for p in self.encoder.values())
 
 
 def parse_quantize(spec: str | None, formats: tuple[str, ...], llm_dtype: str = "f16") -> dict[str, Any]:
     """``--quantize`` text -> ``{"encoder": {format: precision}, "llm": precision}``."""
-    encoder = {fmt: "fp32" for fmt in formats}
+    encoder = {fmt: "f32" for fmt in formats}
     llm = llm_dtype
     if spec and spec.strip() == "auto":
         return {"encoder": {fmt: "auto" for fmt in formats}, "llm": "auto"}
@@ -72,6 +73,7 @@ def parse_quantize(spec: str | None, formats: tuple[str, ...], llm_dtype: str = 
             raise ExportError(f"--quantize item '{item}' is not COMPONENT=PRECISION.",
                               hint="Example: --quantize encoder=int8,llm=q4_k_m (or --quantize auto).")
         key, precision = (s.strip().lower() for s in item.split("=", 1))
+        precision = canonical_precision(precision)  # fp32/fp16, the old spelling, still accepted
         if key == "llm":
             if precision not in (*LLM_PRECISIONS, "auto"):
                 raise ExportError(f"unknown LLM precision '{precision}'.",
@@ -139,12 +141,19 @@ def verdict(metrics: dict[str, float], tolerance: dict[str, float]) -> tuple[boo
     return False, f"{key} {value:.4g} {sign} {limit:.4g}"
 
 
-def first_within_budget(candidates: list[str], evaluate: Callable[[str], Trial]) -> tuple[Trial | None, list[Trial]]:
-    """Evaluate candidates in order until one passes; returns (the kept trial or None, all trials)."""
+def choose_within_budget(label: str, candidates: list[str], evaluate: Callable[[str], Trial],
+                         hint: str | None = None) -> tuple[Trial, list[Trial]]:
+    """Evaluate candidates in order and keep the first within its budget: (kept trial, every trial).
+
+    When none is, ``parity.enforce`` raises ``ParityError`` for the last one tried (the largest
+    precision), naming ``label`` (``{precision}`` is filled in) and its first broken figure.
+    """
     trials = []
     for precision in candidates:
         trial = evaluate(precision)
         trials.append(trial)
         if trial.passed:
             return trial, trials
-    return None, trials
+    last = trials[-1]
+    enforce(label.format(precision=last.precision), last.metrics, last.tolerance, hint=hint)
+    raise ExportError(f"{label.format(precision=last.precision)} was refused: {last.verdict}.")

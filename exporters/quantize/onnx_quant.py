@@ -2,8 +2,8 @@
 
 | precision   | method                                                                          |
 |-------------|---------------------------------------------------------------------------------|
-| fp32        | the exported graph as is                                                        |
-| fp16        | ``onnxruntime.transformers.float16`` (weights and compute fp16, fp32 inputs/outputs) |
+| f32         | the exported graph as is                                                        |
+| f16         | ``onnxruntime.transformers.float16`` (weights and compute fp16, fp32 inputs/outputs) |
 | int8        | ``quantize_dynamic``: int8 weights of MatMul/Gemm, activations quantized at run time |
 | int8-static | ``quantize_static``, QDQ format: int8 weights (per channel), uint8 activations calibrated (MinMax) on the calibration set; the first and last weight layers stay float (``boundary_layers``) |
 
@@ -23,7 +23,7 @@ from typing import Any
 from edgebridge.errors import ExportError
 from edgebridge.exporters.quantize.calibration import CalibrationSet
 
-PRECISIONS = ("fp32", "fp16", "int8", "int8-static")
+PRECISIONS = ("f32", "f16", "int8", "int8-static")
 NEEDS_CALIBRATION = {"int8-static"}
 QUANTIZED_OPS = ["MatMul", "Gemm", "Conv"]
 
@@ -67,11 +67,11 @@ def quantize_onnx(src: Path, dst: Path, precision: str, calib: CalibrationSet | 
     """Write ``src`` at ``precision`` to ``dst``; returns the method description for the manifest."""
     if precision not in PRECISIONS:
         raise ExportError(f"ONNX encoders take precisions {', '.join(PRECISIONS)}, not '{precision}'.")
-    if precision == "fp32":
+    if precision == "f32":
         shutil.copyfile(src, dst)
         return {"method": "none"}
     try:
-        if precision == "fp16":
+        if precision == "f16":
             import onnx
             from onnxruntime.transformers.float16 import convert_float_to_float16
 

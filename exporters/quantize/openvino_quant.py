@@ -2,8 +2,8 @@
 
 | precision   | method                                                                                  |
 |-------------|-----------------------------------------------------------------------------------------|
-| fp32        | ``ov.save_model(compress_to_fp16=False)``                                              |
-| fp16        | ``ov.save_model(compress_to_fp16=True)``: fp16 weights, computed at the device's precision |
+| f32         | ``ov.save_model(compress_to_fp16=False)``                                              |
+| f16         | ``ov.save_model(compress_to_fp16=True)``: fp16 weights, computed at the device's precision |
 | int8        | ``nncf.compress_weights`` INT8_ASYM: int8 weights, float activations                   |
 | int4        | ``nncf.compress_weights`` INT4_SYM / INT4_ASYM with a group size (options ``int4_mode``, ``int4_group_size``) |
 | int8-static | ``nncf.quantize``: int8 weights and activations, calibrated (transformer preset, SmoothQuant off); the first and last weight layers stay float (see ``onnx_quant``) |
@@ -23,7 +23,7 @@ from typing import Any
 from edgebridge.errors import ExportError
 from edgebridge.exporters.quantize.calibration import CalibrationSet
 
-PRECISIONS = ("fp32", "fp16", "int8", "int4", "int8-static")
+PRECISIONS = ("f32", "f16", "int8", "int4", "int8-static")
 NEEDS_CALIBRATION = {"int8-static"}
 DEFAULT_INT4_GROUP = 128
 
@@ -80,9 +80,9 @@ def quantize_openvino(onnx_src: Path, xml_dst: Path, precision: str, calib: Cali
     try:
         model = ov.convert_model(str(onnx_src))
         info: dict[str, Any]
-        if precision in ("fp32", "fp16"):
-            ov.save_model(model, str(xml_dst), compress_to_fp16=precision == "fp16")
-            return {"method": "none" if precision == "fp32" else "openvino.save_model(compress_to_fp16=True)"}
+        if precision in ("f32", "f16"):
+            ov.save_model(model, str(xml_dst), compress_to_fp16=precision == "f16")
+            return {"method": "none" if precision == "f32" else "openvino.save_model(compress_to_fp16=True)"}
         import nncf
 
         with _quiet():

@@ -60,9 +60,22 @@ def _field(reader: Any, key: str) -> Any:
 
 def read_gguf_info(path: Path) -> GgufInfo:
     """Parse the GGUF header and tensor table; raise ``CorruptArtifactError`` on anything odd."""
+    path = Path(path)
+    reader = _open_reader(path)
+    try:
+        info, names = _describe(reader, path.stat().st_size)
+    except Exception as exc:  # gguf-py raises ValueError/IndexError/struct errors on bad data
+        raise CorruptArtifactError(
+            f"GGUF file '{path.name}' is corrupt or truncated ({type(exc).__name__}: {str(exc)[:200]}).",
+            hint="Re-export the bundle or re-download the GGUF.",
+        ) from None
+    _check_decoder(info, names, reader, path)
+    return info
+
+
+def _open_reader(path: Path) -> Any:
     import gguf
 
-    path = Path(path)
     if not path.is_file():
         raise CorruptArtifactError(f"GGUF file '{path}' does not exist.")
     with open(path, "rb") as fh:
@@ -71,52 +84,56 @@ def read_gguf_info(path: Path) -> GgufInfo:
                 f"'{path.name}' is not a GGUF file (bad magic).", hint="Pass a .gguf file written by llama.cpp tools."
             )
     try:
-        reader = gguf.GGUFReader(str(path), "r")
-        arch = _field(reader, "general.architecture")
-        if not isinstance(arch, str):
-            raise ValueError("no general.architecture")
-        size = path.stat().st_size
-        types: dict[str, int] = {}
-        names = set()
-        weight_bytes = embd_bytes = 0
-        for t in reader.tensors:
-            end = int(t.data_offset) + int(t.n_bytes)
-            if end > size:
-                raise ValueError(f"tensor {t.name} extends past the end of the file")
-            types[t.tensor_type.name.lower()] = types.get(t.tensor_type.name.lower(), 0) + 1
-            names.add(t.name)
-            weight_bytes += int(t.n_bytes)
-            if t.name == "token_embd.weight":
-                embd_bytes = int(t.n_bytes)
-        n_embd = _field(reader, f"{arch}.embedding_length")
-        n_layer = _field(reader, f"{arch}.block_count")
-        n_head = int(_field(reader, f"{arch}.attention.head_count") or 0)
-        n_head_kv = int(_field(reader, f"{arch}.attention.head_count_kv") or n_head)
-        key_length = _field(reader, f"{arch}.attention.key_length")
-        info = GgufInfo(
-            architecture=arch,
-            n_embd=int(n_embd) if n_embd is not None else -1,
-            n_layer=int(n_layer) if n_layer is not None else -1,
-            n_ctx_train=int(_field(reader, f"{arch}.context_length") or 0),
-            vocab_size=len(reader.fields["tokenizer.ggml.tokens"].data) if "tokenizer.ggml.tokens" in reader.fields else 0,
-            file_type=_field(reader, "general.file_type"),
-            tensor_types=types,
-            n_tensors=len(reader.tensors),
-            name=_field(reader, "general.name"),
-            n_head=n_head,
-            n_head_kv=n_head_kv,
-            head_dim=int(key_length) if key_length else (int(n_embd) // n_head if n_head and n_embd else 0),
-            weight_bytes=weight_bytes,
-            token_embd_bytes=embd_bytes,
-            output_tied="output.weight" not in names,
-        )
-    except CorruptArtifactError:
-        raise
-    except Exception as exc:  # gguf-py raises ValueError/IndexError/struct errors on bad data
+        return gguf.GGUFReader(str(path), "r")
+    except Exception as exc:  # noqa: BLE001 - any parse failure of the header is a corrupt file
         raise CorruptArtifactError(
             f"GGUF file '{path.name}' is corrupt or truncated ({type(exc).__name__}: {str(exc)[:200]}).",
             hint="Re-export the bundle or re-download the GGUF.",
         ) from None
+
+
+def _describe(reader: Any, size: int) -> tuple[GgufInfo, set[str]]:
+    """(the header's facts, the tensor names); raises ``ValueError`` on a tensor past the end of the file."""
+    arch = _field(reader, "general.architecture")
+    if not isinstance(arch, str):
+        raise ValueError("no general.architecture")
+    types: dict[str, int] = {}
+    names = set()
+    weight_bytes = embd_bytes = 0
+    for t in reader.tensors:
+        if int(t.data_offset) + int(t.n_bytes) > size:
+            raise ValueError(f"tensor {t.name} extends past the end of the file")
+        types[t.tensor_type.name.lower()] = types.get(t.tensor_type.name.lower(), 0) + 1
+        names.add(t.name)
+        weight_bytes += int(t.n_bytes)
+        if t.name == "token_embd.weight":
+            embd_bytes = int(t.n_bytes)
+    n_embd = _field(reader, f"{arch}.embedding_length")
+    n_layer = _field(reader, f"{arch}.block_count")
+    n_head = int(_field(reader, f"{arch}.attention.head_count") or 0)
+    key_length = _field(reader, f"{arch}.attention.key_length")
+    info = GgufInfo(
+        architecture=arch,
+        n_embd=int(n_embd) if n_embd is not None else -1,
+        n_layer=int(n_layer) if n_layer is not None else -1,
+        n_ctx_train=int(_field(reader, f"{arch}.context_length") or 0),
+        vocab_size=len(reader.fields["tokenizer.ggml.tokens"].data) if "tokenizer.ggml.tokens" in reader.fields else 0,
+        file_type=_field(reader, "general.file_type"),
+        tensor_types=types,
+        n_tensors=len(reader.tensors),
+        name=_field(reader, "general.name"),
+        n_head=n_head,
+        n_head_kv=int(_field(reader, f"{arch}.attention.head_count_kv") or n_head),
+        head_dim=int(key_length) if key_length else (int(n_embd) // n_head if n_head and n_embd else 0),
+        weight_bytes=weight_bytes,
+        token_embd_bytes=embd_bytes,
+        output_tied="output.weight" not in names,
+    )
+    return info, names
+
+
+def _check_decoder(info: GgufInfo, names: set[str], reader: Any, path: Path) -> None:
+    """Refuse a GGUF that lacks what a decoder LLM with embedding input needs."""
     missing = [t for t in REQUIRED_TENSORS if t not in names]
     if missing or info.n_embd <= 0 or info.n_layer <= 0 or info.vocab_size <= 0:
         raise CorruptArtifactError(
@@ -131,7 +148,6 @@ def read_gguf_info(path: Path) -> GgufInfo:
             f"GGUF file '{path.name}': token_embd width {int(token_embd.shape[0])} differs from "
             f"embedding_length {info.n_embd}."
         )
-    return info
 
 
 def check_expected(info: GgufInfo, path: Path, *, architecture: str | None = None, n_embd: int | None = None) -> None:

@@ -37,11 +37,11 @@ from pathlib import Path
 import numpy as np
 
 from edgebridge.errors import BackendError, BackendUnavailableError, InputError
-from edgebridge.runtimes.llamacpp.llm import LlamaCppLLM
+from edgebridge.runtimes.llamacpp.llm import KV_TYPES, LlamaCppLLM
 from edgebridge.runtimes.registry import EncoderSession, open_encoder
 
 STATE_MAGIC = 0xAF143CD8  # llama-context.cpp: io_magic
-GGML_DTYPES = {0: np.float32, 1: np.float16}  # ggml.h: GGML_TYPE_F32, GGML_TYPE_F16 (the types we can write)
+GGML_DTYPES = {KV_TYPES["f32"].ggml_type: np.float32, KV_TYPES["f16"].ggml_type: np.float16}  # what we write
 PROBE_COSINE = 0.98  # first-layer K/V of the probe prompt, ours vs llama.cpp's (quantized GGUFs included)
 PROBE_TOKENS = 6
 # The graph's eager attention holds [heads, n, n] float32 scores per layer (16 MiB per head at 2048

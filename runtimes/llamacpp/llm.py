@@ -33,7 +33,13 @@ from edgebridge.runtimes.llamacpp._lib import backend_info, captured_log, last_l
 from edgebridge.runtimes.llamacpp.gguf_check import GgufInfo, check_expected, read_gguf_info
 from edgebridge.runtimes.registry import DeviceReport, default_threads
 
-KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}  # ggml_type numbers
+@dataclass(frozen=True)
+class KVType:
+    ggml_type: int  # ggml.h's type number
+    bytes_per_value: float
+
+
+KV_TYPES = {"f32": KVType(0, 4.0), "f16": KVType(1, 2.0), "q8_0": KVType(8, 34 / 32)}  # q8_0: 34-byte blocks of 32
 Logits = Literal["last", "all", "none"]
 
 
@@ -101,60 +107,72 @@ class LlamaCppLLM:
     def __init__(self, path: str | Path, settings: LlamaSettings | None = None, *,
                  expect_architecture: str | None = None, expect_n_embd: int | None = None) -> None:
         self.path = Path(path)
-        self.settings = settings or LlamaSettings()
+        self.settings = s = settings or LlamaSettings()
         self.info: GgufInfo = read_gguf_info(self.path)
         check_expected(self.info, self.path, architecture=expect_architecture, n_embd=expect_n_embd)
-        self.lib = lib = llama()
-        self._model = self._ctx = None
-        self._batches: list[_Batch] = []
-        s = self.settings
         if s.n_batch < 1 or s.n_ctx < 8:
             raise InputError(f"n_batch ({s.n_batch}) and n_ctx ({s.n_ctx}) must be positive (n_ctx >= 8).")
-        mparams = lib.llama_model_default_params()
-        mparams.n_gpu_layers = s.n_gpu_layers
-        mparams.use_extra_bufts = s.use_extra_bufts
+        if s.kv_type not in KV_TYPES:
+            raise InputError(f"unknown KV cache type '{s.kv_type}'.", hint=f"Choose one of {', '.join(KV_TYPES)}.")
+        self.lib = llama()
+        self._model = self._ctx = None
+        self._batches: list[_Batch] = []
+        load_log = self._load_model()
+        threads = s.threads or default_threads()
+        self._create_context(threads)
+        self._vocab = self.lib.llama_model_get_vocab(self._model)
+        self._mem = self.lib.llama_get_memory(self._ctx)
+        self.n_embd = int(self.lib.llama_model_n_embd_inp(self._model))
+        self.n_vocab = int(self.lib.llama_vocab_n_tokens(self._vocab))
+        # llama.cpp may round n_ctx up (to 256) and clamp n_batch down to n_ctx; a batch above
+        # the context's real n_batch aborts the process, so read both back. Our limit is the
+        # n_ctx asked for, even when the context holds more.
+        self.n_ctx = min(s.n_ctx, int(self.lib.llama_n_ctx(self._ctx)))
+        self.n_batch = int(self.lib.llama_n_batch(self._ctx))
+        self.n_past = 0
+        self._tokens = _Batch(self.lib, self.n_batch, 0)
+        self._embeds = _Batch(self.lib, self.n_batch, self.n_embd)
+        self._batches = [self._tokens, self._embeds]
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self.report = self._device_report(threads, load_log)
+
+    def _load_model(self) -> list[str]:
+        """Load the GGUF into llama.cpp; returns llama.cpp's load log (weight buffer sizes)."""
+        mparams = self.lib.llama_model_default_params()
+        mparams.n_gpu_layers = self.settings.n_gpu_layers
+        mparams.use_extra_bufts = self.settings.use_extra_bufts
         with captured_log() as load_log:
-            self._model = lib.llama_model_load_from_file(str(self.path).encode(), mparams)
+            self._model = self.lib.llama_model_load_from_file(str(self.path).encode(), mparams)
         if not self._model:
             raise CorruptArtifactError(
                 f"llama.cpp could not load '{self.path.name}' ({last_log()}).",
                 hint="The GGUF is corrupt or uses an architecture this llama.cpp does not know.",
             )
-        cparams = lib.llama_context_default_params()
+        return load_log
+
+    def _create_context(self, threads: int) -> None:
+        s = self.settings
+        cparams = self.lib.llama_context_default_params()
         cparams.n_ctx = s.n_ctx
         cparams.n_batch = s.n_batch
         cparams.n_ubatch = min(s.n_ubatch, s.n_batch)
         cparams.n_seq_max = 1
-        threads = s.threads or default_threads()
         cparams.n_threads = cparams.n_threads_batch = threads
         if s.flash_attn is not None:
             cparams.flash_attn_type = 1 if s.flash_attn else 0
-        if s.kv_type not in KV_TYPES:
-            raise InputError(f"unknown KV cache type '{s.kv_type}'.", hint=f"Choose one of {', '.join(KV_TYPES)}.")
-        cparams.type_k = cparams.type_v = KV_TYPES[s.kv_type]
-        self._ctx = lib.llama_init_from_model(self._model, cparams)
+        cparams.type_k = cparams.type_v = KV_TYPES[s.kv_type].ggml_type
+        self._ctx = self.lib.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             self.close()
             raise BackendError(f"llama.cpp could not create a context ({last_log()}).",
                                hint="Lower n_ctx, or free memory.")
-        self._vocab = lib.llama_model_get_vocab(self._model)
-        self._mem = lib.llama_get_memory(self._ctx)
-        self.n_embd = int(lib.llama_model_n_embd_inp(self._model))
-        self.n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
-        # llama.cpp may round n_ctx up (to 256) and clamp n_batch down to n_ctx; a batch above
-        # the context's real n_batch aborts the process, so read both back. Our limit is the
-        # n_ctx asked for, even when the context holds more.
-        self.n_ctx = min(s.n_ctx, int(lib.llama_n_ctx(self._ctx)))
-        self.n_batch = int(lib.llama_n_batch(self._ctx))
-        self.n_past = 0
-        self._tokens = _Batch(lib, self.n_batch, 0)
-        self._embeds = _Batch(lib, self.n_batch, self.n_embd)
-        self._batches = [self._tokens, self._embeds]
-        self._piece_buf = ctypes.create_string_buffer(256)
+
+    def _device_report(self, threads: int, load_log: list[str]) -> DeviceReport:
+        s = self.settings
         info = backend_info()
         requested = s.device.upper()
         gpu_backends = [b for b in info["backends"] if b.upper() not in ("CPU", "BLAS")]
-        self.report = DeviceReport(
+        return DeviceReport(
             requested=requested,
             executed="CPU" if not (s.n_gpu_layers and gpu_backends) else gpu_backends[0],
             precision=self.precision,
@@ -167,6 +185,16 @@ class LlamaCppLLM:
                      "kv_type": s.kv_type, "n_ctx": self.n_ctx, "n_batch": self.n_batch,
                      "extra_bufts": s.use_extra_bufts, "weight_buffers_mib": weight_buffers(load_log)},
         )
+
+    @property
+    def bos_id(self) -> int | None:
+        """The vocabulary's BOS token id, or None when it has none."""
+        bos = int(self.lib.llama_vocab_bos(self._vocab))
+        return bos if bos >= 0 else None
+
+    def bytes_read_per_token(self, n_past: int) -> float:
+        """Bytes one decode step reads at ``n_past`` cached positions (weights + this context's K/V cache)."""
+        return self.info.bytes_read_per_token(n_past, KV_TYPES[self.settings.kv_type].bytes_per_value)
 
     # --- description ---------------------------------------------------------------------
 

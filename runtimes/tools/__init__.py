@@ -7,14 +7,14 @@ Tools run their graphs with the same encoder backends (onnxruntime / OpenVINO) a
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from edgebridge.errors import BackendUnavailableError, ManifestError
+from edgebridge.formats import FORMATS
 from edgebridge.manifest import Component
+from edgebridge.registry import discover
 from edgebridge.runtimes.registry import DeviceReport, EncoderSession, artifact_format, open_encoder
 
 
@@ -33,7 +33,6 @@ class Tool(Protocol):
 
 
 _TOOLS: dict[str, Callable[..., Tool]] = {}
-_discovered = False
 
 
 def register_tool(kind: str) -> Callable[[Callable[..., Tool]], Callable[..., Tool]]:
@@ -46,12 +45,7 @@ def register_tool(kind: str) -> Callable[[Callable[..., Tool]], Callable[..., To
 
 def open_tool(root: Path, component: Component, backend: str, **options: Any) -> Tool:
     """Load a bundle's tool component with the named backend (``device``, ``threads``, ``precision``)."""
-    global _discovered
-    if not _discovered:
-        for info in pkgutil.iter_modules(__path__):
-            if info.name.startswith("tool_"):
-                importlib.import_module(f"{__name__}.{info.name}")
-        _discovered = True
+    discover(__name__, __path__, lambda name: name.startswith("tool_"))
     spec = component.tool or {}
     kind = spec.get("kind")
     if kind not in _TOOLS:
@@ -66,10 +60,9 @@ def open_graphs(root: Path, component: Component, backend: str, **options: Any) 
     art = component.artifacts.get(fmt)
     if art is None:
         raise BackendUnavailableError(f"the tool has no {fmt} artifact (it has: {', '.join(component.artifacts)}).")
-    suffixes = {"onnx": [".onnx"], "openvino": [".xml", ".bin"]}[fmt]
     sessions = {}
     for role, stem in component.tool["graphs"].items():
-        files = [root / f"{stem}{suffix}" for suffix in suffixes]
+        files = [root / name for name in FORMATS[fmt].files(stem)]
         missing = [f.name for f in files if f.name not in art.files]
         if missing:
             raise ManifestError(f"tool graph '{role}' needs {missing}, which the artifact does not list.")

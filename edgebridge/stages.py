@@ -1,0 +1,218 @@
+"""Modality stages: one modality's items in, what the prompt plan needs out.
+
+A stage is made by ``open_stage`` from the component's role:
+
+- ``EncoderStage`` (role ``encoder``): preprocessing, then the encoder + bridge graph on
+  onnxruntime or OpenVINO -> one ``[n_i, D]`` embedding array per run (an item, or a tile);
+- ``ToolStage`` (role ``tool``): preprocessing, then a tool model -> one text per item, which the
+  plan puts where the placeholder stood (survey group "tool learning").
+
+Both follow ``ModalityStage``: ``prepare(items, instruction)`` checks and preprocesses (shapes,
+static shapes, NaN/Inf: refused here, before any engine runs), ``media_items`` tells the plan how
+many positions each run takes, and ``run(prepared)`` runs the engine. Each stage carries the
+device report of its engine. Stages hold no per-call state; the embedding cache they share is
+keyed by content (exact: a hit returns what recomputing would).
+
+Imports no torch and no transformers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from edgebridge.caching import EmbeddingCache, digest
+from edgebridge.errors import BackendUnavailableError, InputError, NonFiniteError
+from edgebridge.manifest import Component, ModalityInput, Role, StaticShape, TextInputs
+from edgebridge.plan import MediaItems
+from edgebridge.preprocess import Prepared, get_preprocessor
+from edgebridge.preprocess.wordpiece import WordPiece
+from edgebridge.runtimes.registry import DeviceReport, EncoderSession, artifact_format, open_encoder
+from edgebridge.runtimes.static_shapes import conform, run_static
+from edgebridge.runtimes.tools import Tool, open_tool
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    """What a stage made of one call's items: embeddings per run, or a text per item."""
+
+    embeddings: list[np.ndarray] | None = None
+    texts: list[str] | None = None
+
+
+class ModalityStage(Protocol):
+    modality: str
+    component: str
+    report: DeviceReport
+    produces: str  # "embeddings" (runs after the plan is built) | "text" (before: the plan needs it)
+
+    def prepare(self, items: Sequence[Any], instruction: str = "") -> Prepared: ...
+
+    def media_items(self, prepared: Prepared, output: StageOutput | None = None) -> MediaItems: ...
+
+    def run(self, prepared: Prepared) -> StageOutput: ...
+
+
+@dataclass(frozen=True)
+class StageOptions:
+    """Engine options shared by every stage of a pipeline."""
+
+    backend: str = "onnxruntime"
+    device: str = "CPU"
+    threads: int | None = None
+    precision: str | None = "f32"
+
+
+def open_stage(root: Path, modality: str, spec: ModalityInput, component: Component, options: StageOptions,
+               static: StaticShape | None = None, cache: EmbeddingCache | None = None) -> ModalityStage:
+    """The stage for ``modality``, by its component's role."""
+    if component.role is Role.TOOL:
+        tool = open_tool(root, component, options.backend, device=options.device, threads=options.threads,
+                         precision=options.precision)
+        return ToolStage(modality, spec, tool)
+    fmt = artifact_format(options.backend)
+    art = component.artifacts.get(fmt)
+    if art is None:
+        raise BackendUnavailableError(
+            f"the bundle has no {fmt} artifact for {spec.component} (it has: {', '.join(component.artifacts)}).",
+            hint=f"Choose another --backend, or re-export with --encoder-format {fmt}.")
+    session = open_encoder(options.backend, [root / f for f in art.files], device=options.device,
+                           threads=options.threads, precision=options.precision, artifact_precision=art.precision)
+    text = spec.preprocessing.text_inputs
+    return EncoderStage(modality, spec, component, session, static=static, cache=cache,
+                        text_tokenizer=_wordpiece(root, text) if text else None)
+
+
+def _wordpiece(root: Path, spec: TextInputs) -> WordPiece:
+    if spec.tokenizer != "wordpiece":
+        raise BackendUnavailableError(f"text input tokenizer '{spec.tokenizer}' is not supported.",
+                                      hint="Upgrade edgebridge.")
+    return WordPiece.from_file(root / spec.vocab, lowercase=spec.lowercase)
+
+
+def _preprocess(spec: ModalityInput, items: Sequence[Any]) -> Prepared:
+    return get_preprocessor(spec.preprocessing.kind)(list(items), spec.preprocessing.to_dict())
+
+
+def _run_lengths(prepared: Prepared, fixed: int) -> tuple[int, ...]:
+    """Positions of each embedding run: the preprocessor's counts, or the manifest's fixed count."""
+    if prepared.tokens_per_item is not None:
+        return tuple(int(n) for n in prepared.tokens_per_item)
+    rows = len(prepared.item_rows) if prepared.item_rows else next(iter(prepared.inputs.values())).shape[0]
+    return (fixed,) * rows
+
+
+class EncoderStage:
+    """An encoder + bridge graph for one modality."""
+
+    produces = "embeddings"
+
+    def __init__(self, modality: str, spec: ModalityInput, component: Component, session: EncoderSession, *,
+                 static: StaticShape | None = None, cache: EmbeddingCache | None = None,
+                 text_tokenizer: WordPiece | None = None) -> None:
+        self.modality, self.spec, self.graph, self.session = modality, spec, component, session
+        self.component = spec.component
+        self.static, self.cache, self.text_tokenizer = static, cache, text_tokenizer
+        self.report = session.report
+
+    def prepare(self, items: Sequence[Any], instruction: str = "") -> Prepared:
+        """Preprocess ``items``; ``instruction`` feeds encoders that also read the prompt (a Q-Former)."""
+        prepared = _preprocess(self.spec, items)
+        text = self.spec.preprocessing.text_inputs
+        if text is not None and self.text_tokenizer is not None:
+            rows = next(iter(prepared.inputs.values())).shape[0]
+            ids = np.asarray(self.text_tokenizer.encode(instruction, text.max_length), dtype=np.int64)
+            batch = np.repeat(ids[None], rows, axis=0)
+            prepared.inputs.update({text.input_ids: batch, text.attention_mask: np.ones_like(batch)})
+        for inputs in prepared.runs or [prepared.inputs]:
+            self.check_inputs(inputs)
+        return prepared
+
+    def check_inputs(self, inputs: dict[str, np.ndarray]) -> None:
+        """Refuse inputs the graph cannot take: missing, wrong shape (static shapes: what cannot be
+        padded or chunked), NaN/Inf."""
+        if self.static is not None:
+            conform(inputs, self.static)  # raises StaticShapeError naming the input and the shapes it takes
+        for tensor in self.graph.inputs:
+            arr = inputs.get(tensor.name)
+            if arr is None:
+                if self.static is not None:
+                    continue
+                raise InputError(f"the encoder needs input '{tensor.name}', the preprocessing did not produce it.")
+            if self.static is None and (arr.ndim != len(tensor.shape) or any(
+                    isinstance(d, int) and d != a for d, a in zip(tensor.shape, arr.shape))):
+                raise InputError(f"input '{tensor.name}' has shape {tuple(arr.shape)}, the encoder takes "
+                                 f"{tensor.shape}.")
+            if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+                raise NonFiniteError(f"input '{tensor.name}' holds NaN or Inf values.",
+                                     hint="Pass real images/audio; check any arrays you built yourself.")
+
+    def media_items(self, prepared: Prepared, output: StageOutput | None = None) -> MediaItems:
+        return MediaItems(run_lengths=_run_lengths(prepared, self.spec.tokens_per_item), infos=tuple(prepared.info))
+
+    def bridge_time(self, prepared: Prepared) -> tuple[float, float, int] | None:
+        """(bridge us, whole graph us, nodes) from one per-node engine profile; the bridge is the tail of
+        the graph from its first node (names recorded at export). None when the bundle did not record them."""
+        nodes = set((self.graph.bridge or {}).get("graph_nodes") or [])
+        if not nodes:
+            return None
+        times = self.session.node_times(prepared.inputs)
+        total = sum(us for _, us in times)
+        first = next((i for i, (name, _) in enumerate(times) if name in nodes), None)
+        if first is None or total <= 0:
+            return None
+        return sum(us for _, us in times[first:]), total, len(times)
+
+    def run(self, prepared: Prepared) -> StageOutput:
+        """Encoder + bridge -> one ``[n_i, D]`` float32 array per run (from the cache when seen before)."""
+        key = None
+        if self.cache is not None:
+            runs = prepared.runs or [prepared.inputs]
+            key = digest({f"{i}:{k}": v for i, run in enumerate(runs) for k, v in run.items()}, salt=self.component)
+            hit = self.cache.get(key)
+            if hit is not None:
+                return StageOutput(embeddings=hit)
+        out = self._encode(prepared)
+        if key is not None:
+            self.cache.put(key, out)
+        return StageOutput(embeddings=out)
+
+    def _encode(self, prepared: Prepared) -> list[np.ndarray]:
+        if self.static is not None:  # fixed-shape graph: chunk/pad rows, pad token axes
+            out = run_static(self.session.run, prepared.inputs, self.static)
+        elif prepared.runs:  # one run per item (sizes differ), stacked as if batched
+            out = np.concatenate([self.session.run(inputs)[0] for inputs in prepared.runs])
+        else:
+            out = self.session.run(prepared.inputs)[0]
+        if not np.isfinite(out).all():
+            raise NonFiniteError(
+                f"the {self.graph.description or self.modality} encoder produced NaN/Inf embeddings.",
+                hint="The input or the encoder artifact is bad; check the bundle with `edgebridge inspect`.")
+        return prepared.item_embeddings(out, self.spec.tokens_per_item)
+
+
+class ToolStage:
+    """A tool model that turns one modality into text for the prompt."""
+
+    produces = "text"
+
+    def __init__(self, modality: str, spec: ModalityInput, tool: Tool) -> None:
+        self.modality, self.spec, self.tool = modality, spec, tool
+        self.component = spec.component
+        self.report = tool.report
+
+    def prepare(self, items: Sequence[Any], instruction: str = "") -> Prepared:
+        return _preprocess(self.spec, items)
+
+    def media_items(self, prepared: Prepared, output: StageOutput | None = None) -> MediaItems:
+        texts = tuple(output.texts) if output is not None and output.texts is not None else None
+        return MediaItems(infos=tuple(prepared.info), texts=texts)
+
+    def run(self, prepared: Prepared) -> StageOutput:
+        rows = prepared.item_rows or [slice(i, i + 1) for i in range(len(prepared.info))]
+        return StageOutput(texts=[o.text for o in self.tool.run(prepared.inputs, rows)])
+
+

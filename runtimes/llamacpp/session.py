@@ -1,0 +1,192 @@
+"""``LLMSession``: the LLM as the pipeline sees it: tokens, a prompt plan in, logits out.
+
+The session owns one llama.cpp context (``LlamaCppLLM``) and decides, once at load, how prompts
+are prefilled:
+
+- ``llama.cpp``: the plan's runs are fed in order, token ids and media embeddings alike;
+- ``onnxruntime+handoff``: a bundle exported with ``--prefill`` carries the LLM's prefill graph; a
+  conversation's first prompt (empty cache, at most ``MAX_POSITIONS``) runs through it and its KV
+  cache is handed to llama.cpp (``kv_handoff``). Where the graph does not fit this context, the
+  session prefills with llama.cpp and ``warnings`` says why.
+
+It also keeps the KV-cache prefix across calls (``reuse_prefix``): what each cached position holds
+(a token id, or row r of an embedding run with a given digest); a new prompt keeps the longest
+common prefix and prefills only the rest. Results are the same as prefilling everything (tested).
+
+Nothing outside this package touches ctypes, llama.cpp's private handles or the hand-over.
+Imports no torch and no transformers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Hashable, Mapping
+
+import numpy as np
+
+from edgebridge.caching import KVPrefix, digest
+from edgebridge.errors import BackendUnavailableError, EmbeddingShapeError, InputError
+from edgebridge.plan import MediaRun, PromptPlan, TextRun
+from edgebridge.runtimes.llamacpp.kv_handoff import HandoffUnavailable, KVHandoff, PrefillGraph
+from edgebridge.runtimes.llamacpp.llm import LlamaCppLLM, LlamaSettings
+from edgebridge.runtimes.registry import DeviceReport
+
+LLAMACPP = "llama.cpp"
+HANDOFF = "onnxruntime+handoff"
+MediaEmbeddings = Mapping[tuple[str, int], np.ndarray]  # (modality, run index) -> [n, D]
+
+
+@dataclass(frozen=True)
+class PrefillGraphSpec:
+    """Where a bundle's prefill graph is and the precision of its weights."""
+
+    path: Path
+    precision: str
+
+
+@dataclass(frozen=True)
+class PrefillResult:
+    """What one prefill did: the last position's logits ``[V]``, the engine that ran, and how many
+    positions were kept from the previous call's KV cache."""
+
+    logits: np.ndarray
+    engine: str
+    reused_positions: int
+
+
+class LLMSession:
+    """One llama.cpp context, the prefill strategy chosen at load, and the KV-prefix record."""
+
+    def __init__(self, llm: LlamaCppLLM, handoff: KVHandoff | None, *, reuse_prefix: bool = True,
+                 warnings: list[str] | None = None) -> None:
+        self.engine = llm
+        self.handoff = handoff
+        self.warnings = list(warnings or [])
+        self._kv = KVPrefix() if reuse_prefix else None
+        llm.report.details["prefill"] = handoff.describe() if handoff else {"engine": LLAMACPP}
+
+    @classmethod
+    def open(cls, gguf: Path, settings: LlamaSettings, *, expect_architecture: str | None = None,
+             expect_n_embd: int | None = None, prefill_graph: PrefillGraphSpec | None = None,
+             reuse_prefix: bool = True) -> "LLMSession":
+        """Load the GGUF (validated first) and, when given, bind the prefill graph to its context."""
+        llm = LlamaCppLLM(gguf, settings, expect_architecture=expect_architecture, expect_n_embd=expect_n_embd)
+        warnings = []
+        if llm.report.fallback_reason:
+            warnings.append(f"llm: {llm.report.fallback_reason}; ran on {llm.report.executed}.")
+        handoff = None
+        if prefill_graph is not None:
+            graph = PrefillGraph(prefill_graph.path, threads=settings.threads, precision=prefill_graph.precision)
+            try:
+                handoff = KVHandoff.attach(llm, graph)
+            except HandoffUnavailable as exc:
+                warnings.append(f"llm prefill: {exc}; llama.cpp prefills instead.")
+        return cls(llm, handoff, reuse_prefix=reuse_prefix, warnings=warnings)
+
+    # --- what the plan and the decode loop need -------------------------------------------------
+
+    @property
+    def report(self) -> DeviceReport:
+        return self.engine.report
+
+    @property
+    def bos_id(self) -> int | None:
+        """The vocabulary's BOS token, or None when it has none."""
+        return self.engine.bos_id
+
+    @property
+    def n_ctx(self) -> int:
+        return self.engine.n_ctx
+
+    @property
+    def n_past(self) -> int:
+        return self.engine.n_past
+
+    def tokenize(self, text: str) -> list[int]:
+        """Text -> ids with the GGUF's tokenizer, special tokens recognised, no BOS (the plan adds it)."""
+        return self.engine.tokenize(text, add_bos=False)
+
+    def token_bytes(self, token: int) -> bytes:
+        return self.engine.token_bytes(token)
+
+    def check_fits(self, n_positions: int) -> None:
+        self.engine.check_fits(n_positions)
+
+    def bytes_read_per_token(self, n_past: int) -> float:
+        return self.engine.bytes_read_per_token(n_past)
+
+    # --- prefill and decode ---------------------------------------------------------------------
+
+    def prefill(self, plan: PromptPlan, embeds: MediaEmbeddings) -> PrefillResult:
+        """Feed the plan (a prefix shared with the previous call stays cached); the last logits."""
+        if not plan.runs:
+            raise InputError("the prompt is empty.", hint="Give a prompt or at least one image/audio input.")
+        self._check(plan, embeds)
+        signature = self._signature(plan, embeds)
+        keep = self._kv.keep_for(signature) if self._kv is not None else 0
+        self.engine.reset(keep)
+        reused = self.engine.n_past
+        if self._kv is not None:
+            self._kv.clear()  # until the prefill completes, the cache holds nothing we can vouch for
+        if self.handoff is not None and reused == 0 and self.handoff.takes(plan.n_positions):
+            logits, engine = self._prefill_handoff(plan, embeds), HANDOFF
+        else:
+            logits, engine = self._prefill_llamacpp(plan, embeds, reused), LLAMACPP
+        if self._kv is not None:
+            self._kv.set(signature)
+        return PrefillResult(logits, engine, reused)
+
+    def step(self, token: int) -> np.ndarray:
+        """Decode one token at the next position; a view of its logits ``[V]`` (valid until the next call)."""
+        logits = self.engine.step(token)
+        if self._kv is not None:
+            self._kv.append(("t", token))
+        return logits
+
+    def _check(self, plan: PromptPlan, embeds: MediaEmbeddings) -> None:
+        for run in plan.runs:
+            if run.positions.axes is not None and run.positions.axes.shape[0] > 1:
+                raise BackendUnavailableError("this LLM session feeds one position per token; the plan has "
+                                              f"{run.positions.axes.shape[0]} position axes (M-RoPE).")
+            if isinstance(run, MediaRun):
+                arr = embeds.get((run.modality, run.index))
+                if arr is None or getattr(arr, "ndim", 0) != 2 or arr.shape[0] != run.n_positions:
+                    got = "nothing" if arr is None else f"shape {getattr(arr, 'shape', '?')}"
+                    raise EmbeddingShapeError(
+                        f"{run.modality} item {run.index} should give {run.n_positions} embeddings, the encoder "
+                        f"gave {got}.", hint="The bundle's manifest and its encoder graph disagree; re-export it.")
+
+    def _signature(self, plan: PromptPlan, embeds: MediaEmbeddings) -> list[Hashable]:
+        keys = {key: digest(arr) for key, arr in embeds.items()} if self._kv is not None else {}
+        return plan.signature(keys)
+
+    def _prefill_handoff(self, plan: PromptPlan, embeds: MediaEmbeddings) -> np.ndarray:
+        """The whole prompt through the prefill graph; its KV cache becomes llama.cpp's."""
+        n = plan.n_positions
+        ids, media, mask = np.zeros(n, np.int64), np.zeros((n, self.engine.n_embd), np.float32), np.zeros(n, bool)
+        for run in plan.runs:
+            at = slice(run.positions.start, run.positions.start + run.n_positions)
+            if isinstance(run, TextRun):
+                ids[at] = self.engine.validate_tokens(run.token_ids)
+            else:
+                media[at] = self.engine.validate_embeddings(embeds[(run.modality, run.index)])
+                mask[at] = True
+        return self.handoff.prefill(ids, media, mask)
+
+    def _prefill_llamacpp(self, plan: PromptPlan, embeds: MediaEmbeddings, skip: int) -> np.ndarray:
+        """The plan's runs after the ``skip`` cached positions, through llama.cpp."""
+        todo = plan.after(skip)
+        logits = None
+        for i, (run, offset) in enumerate(todo):
+            want = "last" if i == len(todo) - 1 else "none"
+            if isinstance(run, TextRun):
+                logits = self.engine.eval_tokens(list(run.token_ids[offset:]), want)
+            else:
+                logits = self.engine.eval_embeddings(embeds[(run.modality, run.index)][offset:], want)
+        return logits
+
+    # --- lifetime -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.engine.close()
