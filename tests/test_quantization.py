@@ -26,14 +26,14 @@ pytestmark = pytest.mark.slow
 
 LOOSE = ["encoder.cosine_min=0.7", "llm.top1_agreement=0.3", "llm.kl_mean=1.0"]
 PLANS = {
-    "a": "encoder.onnx=fp16,encoder.openvino=int4,llm=q4_0",
+    "a": "encoder.onnx=fp16,encoder.openvino=int4,llm=q4_0",  # fp16: the old spelling of f16, still accepted
     "b": "encoder.onnx=int8,encoder.openvino=int8,llm=q4_k_m",
     "c": "encoder.onnx=int8-static,encoder.openvino=int8-static,llm=q5_k_m",
-    "d": "encoder.openvino=fp16,llm=q6_k",
+    "d": "encoder.openvino=f16,llm=q6_k",
     "e": "llm=q8_0",
 }
-# worst-vector cosine each encoder precision reaches on the tiny model (fp32 is the strict gate)
-ENCODER_FLOOR = {"fp32": 0.99999, "fp16": 0.9999, "int8": 0.95, "int8-static": 0.9, "int4": 0.75}
+# worst-vector cosine each encoder precision reaches on the tiny model (f32 is the strict gate)
+ENCODER_FLOOR = {"f32": 0.99999, "f16": 0.9999, "int8": 0.95, "int8-static": 0.9, "int4": 0.75}
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +68,8 @@ def _artifacts(quantized):
 
 def test_every_precision_is_covered(quantized):
     seen = {(fmt, art.precision) for _, _, _, fmt, art in _artifacts(quantized)}
-    expected = {("onnx", p) for p in ("fp32", "fp16", "int8", "int8-static")}
-    expected |= {("openvino", p) for p in ("fp32", "fp16", "int8", "int4", "int8-static")}
+    expected = {("onnx", p) for p in ("f32", "f16", "int8", "int8-static")}
+    expected |= {("openvino", p) for p in ("f32", "f16", "int8", "int4", "int8-static")}
     expected |= {("gguf", p) for p in ("q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")}
     assert expected <= seen
 
@@ -81,7 +81,7 @@ def test_encoder_drift_is_recorded_and_in_range(quantized):
         parity = art.parity
         assert parity.passed and parity.reference == "pytorch"
         assert parity.metrics["cosine_min"] >= ENCODER_FLOOR[art.precision], (key, fmt, art.precision, parity.metrics)
-        if art.precision == "fp32":
+        if art.precision == "f32":
             assert parity.tolerance == {"max_abs": 1e-4, "cosine_min": 0.99999}
             continue
         q = art.quantization
@@ -173,7 +173,7 @@ def test_q8_0_bundle_still_matches_transformers_tokens(workdir, quantized, photo
 def test_inspect_shows_precision_size_and_drift(quantized):
     proc = run_cli("inspect", str(quantized["a"].root))
     assert proc.returncode == 0, proc.stderr
-    for needle in ("int4", "fp16", "q4_0", "gguf-f32", "cosine_min", "kl_mean", "latency_ms"):
+    for needle in ("int4", "f16", "q4_0", "gguf-f32", "cosine_min", "kl_mean", "latency_ms"):
         assert needle in proc.stdout, needle
 
 
@@ -191,8 +191,8 @@ def test_auto_keeps_the_first_candidate_within_budget(workdir, tmp_path):
             assert trials[-1]["precision"] == art.precision and trials[-1]["passed"]
             assert all(not t["passed"] for t in trials[:-1])  # everything smaller was refused, with a reason
             assert all(t["verdict"] != "within budget" for t in trials[:-1])
-            order = {"onnx": ["int8-static", "int8", "fp16", "fp32"],
-                     "openvino": ["int4", "int8-static", "int8", "fp16", "fp32"],
+            order = {"onnx": ["int8-static", "int8", "f16", "f32"],
+                     "openvino": ["int4", "int8-static", "int8", "f16", "f32"],
                      "gguf": ["q4_0", "q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16", "f32"]}[fmt]
             assert [t["precision"] for t in trials] == order[: len(trials)]
 
