@@ -171,6 +171,10 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object {text, token_ids, timings, devices}."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the sha256 check of the bundle's files."),
     fast_prefill: bool = typer.Option(True, help="Use the bundle's prefill graph (if exported with --prefill)."),
+    min_image_tokens: Optional[int] = typer.Option(None, help="Fewest LLM positions one image may cost "
+                                                              "(native-resolution models; default: the model's)."),
+    max_image_tokens: Optional[int] = typer.Option(None, help="Most LLM positions one image may cost "
+                                                              "(native-resolution models; default: the model's)."),
 ) -> None:
     """Run a bundle on images/audio and a prompt; stream the answer."""
     from edgebridge.pipeline import Pipeline
@@ -180,7 +184,7 @@ def run(
         for warning in pipe.load_warnings:
             err.print(f"[yellow]warning:[/yellow] {warning}")
         stream = pipe.generate(prompt, images=image, audio=audio, max_new_tokens=max_new_tokens, chat=chat,
-                               stream=True)
+                               stream=True, min_image_tokens=min_image_tokens, max_image_tokens=max_image_tokens)
         for piece in stream:
             if not as_json:
                 sys.stdout.write(piece)
@@ -228,6 +232,8 @@ def profile(
     model_dir: Optional[Path] = typer.Option(None, help="The Hugging Face folder the bundle came from."),
     warm_cache: bool = typer.Option(False, help="Keep the embedding cache and KV-prefix reuse on across runs "
                                                 "(repeated requests); default: every run is cold."),
+    min_image_tokens: Optional[int] = typer.Option(None, help="Fewest LLM positions one image may cost."),
+    max_image_tokens: Optional[int] = typer.Option(None, help="Most LLM positions one image may cost."),
 ) -> None:
     """Profile a bundle over backends x devices (and baselines); write report.json and report.html."""
     from edgebridge.profiling import Profiler
@@ -240,7 +246,8 @@ def profile(
                                     audio=[str(a) for a in audio], max_new_tokens=max_new_tokens, runs=runs,
                                     warmup=warmup, backends=_split(backend), devices=_split(device), threads=threads,
                                     precision=precision, baselines=_split(baseline), model_dir=model_dir,
-                                    warm_cache=warm_cache, step=step)
+                                    warm_cache=warm_cache, min_image_tokens=min_image_tokens,
+                                    max_image_tokens=max_image_tokens, step=step)
         finally:
             finish()
     paths = Profiler().write(output, report)

@@ -35,6 +35,7 @@ class GenerationResult:
     warnings: list[str] = field(default_factory=list)
     tool_outputs: dict[str, list[str]] = field(default_factory=dict)  # e.g. {"audio": [transcript]}
     call_warnings: list[str] = field(default_factory=list)
+    media: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # per item: size, grid, tokens
 
     @property
     def prefill_engine(self) -> str:
@@ -47,7 +48,7 @@ class GenerationResult:
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "token_ids": list(self.token_ids), "prompt_tokens": self.prompt_tokens,
                 "finish_reason": self.finish_reason, "timings": self.timings.to_dict(), "devices": self.devices,
-                "warnings": list(self.warnings), "tool_outputs": dict(self.tool_outputs)}
+                "warnings": list(self.warnings), "tool_outputs": dict(self.tool_outputs), "media": self.media}
 
 
 class GenerationStream:

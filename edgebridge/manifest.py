@@ -55,6 +55,13 @@ class LayoutKind(str, Enum):
     IDEFICS3_GRID = "idefics3-grid"  # tiles behind row/column tokens, then the global image
 
 
+class PositionKind(str, Enum):
+    """How a modality's embeddings are numbered in the LLM (``inputs.MODALITY.layout.positions``)."""
+
+    SEQUENTIAL = "sequential"  # one position per embedding, in order
+    MROPE = "mrope"  # (t, h, w) grid positions from the next position on; text goes on from the largest + 1
+
+
 def _enum(kind: type[Enum], value: str, where: str) -> Any:
     try:
         return kind(value)
@@ -256,6 +263,7 @@ class Layout(ReadAsDict):
     global_token: str = ""
     row_col_token: str = ""
     collapse: list[tuple[str, str]] = field(default_factory=list)
+    positions: PositionKind = PositionKind.SEQUENTIAL
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> "Layout":
@@ -267,7 +275,8 @@ class Layout(ReadAsDict):
         return cls(kind=_enum(LayoutKind, f.opt("kind", str, "repeat"), f"{where}.kind"), **wraps,
                    template=f.opt("template", str, "{text}"), fake_token=f.opt("fake_token", str, ""),
                    global_token=f.opt("global_token", str, ""), row_col_token=f.opt("row_col_token", str, ""),
-                   collapse=[(a, b) for a, b in collapse])
+                   collapse=[(a, b) for a, b in collapse],
+                   positions=_enum(PositionKind, f.opt("positions", str, "sequential"), f"{where}.positions"))
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object, with only the keys that differ from the defaults (as exporters wrote them)."""
@@ -281,6 +290,8 @@ class Layout(ReadAsDict):
                 out[name] = getattr(self, name)
         if self.collapse:
             out["collapse"] = [list(p) for p in self.collapse]
+        if self.positions is not PositionKind.SEQUENTIAL:
+            out["positions"] = self.positions.value
         return out
 
     def __eq__(self, other: object) -> bool:

@@ -30,9 +30,9 @@ from edgebridge.errors import InputError
 from edgebridge.generation import GenerationResult, GenerationStream, decode_greedy
 from edgebridge.manifest import Manifest
 from edgebridge.plan import PromptPlan, build_plan, render_prompt
-from edgebridge.preprocess import Prepared
+from edgebridge.preprocess import MediaOptions, Prepared
 from edgebridge.runtimes.llamacpp import LlamaSettings
-from edgebridge.runtimes.llamacpp.session import LLMSession, PrefillGraphSpec, PrefillResult
+from edgebridge.runtimes.llamacpp.session import LLMSession, PrefillResult, open_bundle_session
 from edgebridge.stages import ModalityStage, StageOptions, StageOutput, open_stage
 from edgebridge.timing import GenerationTimings, StageTimes, now_ms
 
@@ -47,6 +47,7 @@ class _Prompted:
     prefill: PrefillResult
     outputs: dict[str, StageOutput]
     notes: list[str]
+    prepared: dict[str, Prepared]
 
 
 class Pipeline:
@@ -86,7 +87,8 @@ class Pipeline:
                   for m, spec in bundle.manifest.inputs.items()}
         warnings = [f"{s.component}: {s.report.fallback_reason}; ran on {s.report.executed}."
                     for s in stages.values() if s.report.fallback_reason]
-        llm = _open_session(bundle, llm_settings or LlamaSettings(), threads, n_ctx, reuse_prefix, fast_prefill)
+        llm = open_bundle_session(bundle, llm_settings or LlamaSettings(), threads=threads, n_ctx=n_ctx,
+                                  reuse_prefix=reuse_prefix, fast_prefill=fast_prefill)
         return cls(bundle, stages, llm, now_ms() - start, warnings + llm.warnings, cache)
 
     def close(self) -> None:
@@ -106,11 +108,15 @@ class Pipeline:
 
     def generate(self, prompt: str, images: Sequence[Any] | None = None, audio: Sequence[Any] | None = None, *,
                  max_new_tokens: int = 64, stream: bool = False, chat: bool = False, system: str | None = None,
-                 stop_at_eos: bool = True) -> GenerationResult | GenerationStream:
-        """Greedy generation. ``stream=True`` returns a ``GenerationStream`` of text pieces."""
+                 stop_at_eos: bool = True, min_image_tokens: int | None = None,
+                 max_image_tokens: int | None = None) -> GenerationResult | GenerationStream:
+        """Greedy generation. ``stream=True`` returns a ``GenerationStream`` of text pieces.
+        ``min_image_tokens`` / ``max_image_tokens``: the positions one image may cost (native-resolution
+        models; default from the model's processor config); the result's ``media`` says what each got."""
         if max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
-        steps = self._steps(prompt, _media(images, audio), max_new_tokens, chat, system, stop_at_eos)
+        options = MediaOptions(min_image_tokens=min_image_tokens, max_image_tokens=max_image_tokens).check()
+        steps = self._steps(prompt, _media(images, audio), max_new_tokens, chat, system, stop_at_eos, options)
         if stream:
             return GenerationStream(steps)
         while True:
@@ -122,12 +128,12 @@ class Pipeline:
     def prefill_logits(self, prompt: str, images: Sequence[Any] | None = None, audio: Sequence[Any] | None = None,
                        *, chat: bool = False, system: str | None = None) -> np.ndarray:
         """Next-token logits ``[V]`` after the prompt and media (first generation step)."""
-        return self._prompt(prompt, _media(images, audio), chat, system, StageTimes()).prefill.logits
+        return self._prompt(prompt, _media(images, audio), chat, system, StageTimes(), MediaOptions()).prefill.logits
 
     def _steps(self, prompt: str, media: dict[str, list[Any]], max_new_tokens: int, chat: bool,
-               system: str | None, stop_at_eos: bool):
+               system: str | None, stop_at_eos: bool, options: MediaOptions):
         start, times = now_ms(), StageTimes()
-        prompted = self._prompt(prompt, media, chat, system, times)
+        prompted = self._prompt(prompt, media, chat, system, times, options)
         ttft = now_ms() - start
         stop_ids = set(self.manifest.prompt.stop_token_ids) if stop_at_eos else set()
         decoded = yield from decode_greedy(self.llm, prompted.prefill.logits, max_new_tokens, stop_ids)
@@ -143,10 +149,11 @@ class Pipeline:
             text=decoded.text, token_ids=decoded.token_ids, prompt_tokens=prompted.plan.n_positions,
             finish_reason=decoded.finish_reason, timings=timings, devices=devices,
             warnings=list(self.load_warnings) + prompted.notes, call_warnings=prompted.notes,
-            tool_outputs={m: list(o.texts) for m, o in prompted.outputs.items() if o.texts is not None})
+            tool_outputs={m: list(o.texts) for m, o in prompted.outputs.items() if o.texts is not None},
+            media={m: [dict(i) for i in p.info] for m, p in prompted.prepared.items()})
 
     def _prompt(self, prompt: str, media: dict[str, list[Any]], chat: bool, system: str | None,
-                times: StageTimes) -> _Prompted:
+                times: StageTimes, options: MediaOptions) -> _Prompted:
         """Render, prepare, run tools, plan, encode and prefill."""
         with times.stage("prompt"):
             counts = {m: len(items) for m, items in media.items()}
@@ -155,7 +162,7 @@ class Pipeline:
         prepared = {}
         for modality in (m for m, items in media.items() if items):  # render_prompt refused unknown ones
             with times.stage(f"preprocess_{modality}"):
-                prepared[modality] = self.stages[modality].prepare(media[modality], rendered.instruction)
+                prepared[modality] = self.stages[modality].prepare(media[modality], rendered.instruction, options)
         outputs = {}
         for modality in (m for m in prepared if self.stages[m].produces == "text"):
             with times.stage(f"tool_{modality}"):
@@ -171,7 +178,7 @@ class Pipeline:
         embeds = {(m, i): arr for m, out in outputs.items() for i, arr in enumerate(out.embeddings or [])}
         with times.stage("prefill"):
             prefill = self.llm.prefill(plan, embeds)
-        return _Prompted(plan, prefill, outputs, _clip_notes(prepared))
+        return _Prompted(plan, prefill, outputs, _clip_notes(prepared), prepared)
 
 
 def _media(images: Sequence[Any] | None, audio: Sequence[Any] | None) -> dict[str, list[Any]]:
@@ -182,17 +189,3 @@ def _clip_notes(prepared: dict[str, Prepared]) -> list[str]:
     return [f"{m} input {i}: {info['seconds']:.1f} s clip truncated to {info['truncated_to_seconds']:.0f} s, "
             "the model's window (as its processor does)"
             for m, prep in prepared.items() for i, info in enumerate(prep.info) if "truncated_to_seconds" in info]
-
-
-def _open_session(bundle: Bundle, settings: LlamaSettings, threads: int | None, n_ctx: int | None,
-                  reuse_prefix: bool, fast_prefill: bool) -> LLMSession:
-    """The LLM session: context size within the GGUF's trained context, the prefill graph if wanted."""
-    llm = bundle.manifest.llm
-    gguf = llm.artifacts["gguf"]
-    ctx_train = int(gguf.details.get("n_ctx_train") or settings.n_ctx)
-    settings = settings.with_(n_ctx=n_ctx or min(settings.n_ctx, ctx_train), threads=threads or settings.threads)
-    graph = llm.artifacts.get("prefill") if fast_prefill else None
-    return LLMSession.open(bundle.path(gguf.files[0]), settings, expect_architecture=gguf.details.get("architecture"),
-                           expect_n_embd=int(llm.inputs[0].shape[-1]), reuse_prefix=reuse_prefix,
-                           prefill_graph=PrefillGraphSpec(bundle.path(graph.files[0]), graph.precision) if graph
-                           else None)

@@ -34,7 +34,7 @@ from typing import Any, Callable, Hashable, Mapping, Sequence, Union
 import numpy as np
 
 from edgebridge.errors import PromptError
-from edgebridge.manifest import LayoutKind, ModalityInput, PromptLayout
+from edgebridge.manifest import LayoutKind, ModalityInput, PositionKind, PromptLayout
 
 Tokenize = Callable[[str], list[int]]
 
@@ -95,6 +95,16 @@ class PromptPlan:
     @property
     def n_positions(self) -> int:
         return sum(run.n_positions for run in self.runs)
+
+    @property
+    def multi_axis(self) -> bool:
+        """Whether some run's positions are per-token ids on several axes (M-RoPE)."""
+        return any(run.positions.axes is not None for run in self.runs)
+
+    @property
+    def next_position(self) -> int:
+        """The position of the first token after the prompt (where decoding goes on)."""
+        return self.runs[-1].positions.stop if self.runs else 0
 
     def media_runs(self, modality: str | None = None) -> list[MediaRun]:
         return [r for r in self.runs if isinstance(r, MediaRun) and modality in (None, r.modality)]
@@ -269,12 +279,14 @@ class MediaItems:
     """What preprocessing (or a tool) made of one modality's items, as the plan needs it.
 
     ``run_lengths``: positions of each embedding run (one per item, or per tile); ``infos``: per
-    item, what a grid layout needs (rows, cols, crops); ``texts``: a tool's text per item.
+    item, what a grid layout needs (rows, cols, crops); ``texts``: a tool's text per item;
+    ``grids``: per run, its (t, h, w) token grid, for M-RoPE positions.
     """
 
     run_lengths: tuple[int, ...] = ()
     infos: tuple[Mapping[str, Any], ...] = ()
     texts: tuple[str, ...] | None = None
+    grids: tuple[tuple[int, int, int], ...] = ()
 
 
 def _idefics3_grid(spec: ModalityInput, slot: Slot, info: Mapping[str, Any]) -> list[Piece]:
@@ -382,9 +394,23 @@ def _number(ordered: Sequence[Piece | list[int]], inputs: Mapping[str, ModalityI
                 raise PromptError(f"{piece.modality} slot {piece.index} has no embeddings "
                                   f"({len(lengths)} embedding runs).")
             n = int(lengths[piece.index])
-            run: Run = MediaRun(piece.modality, piece.index, n, Positions(at, n))
+            positions = Positions(at, n)
+            if inputs[piece.modality].layout.positions is PositionKind.MROPE:
+                positions = mrope_positions(at, media[piece.modality].grids[piece.index], n)
+            run: Run = MediaRun(piece.modality, piece.index, n, positions)
         else:
             run = TextRun(tuple(int(t) for t in piece), Positions(at, len(piece)))
         runs.append(run)
         at = run.positions.stop
     return runs
+
+
+def mrope_positions(start: int, grid: Sequence[int], n: int) -> Positions:
+    """M-RoPE positions of a ``(t, h, w)`` token grid placed at ``start`` (Qwen-VL's ``get_rope_index``):
+    token (i, j, k) sits at ``start + (i, j, k)`` on the (t, h, w) axes, in raster order per frame."""
+    t, h, w = (int(x) for x in grid)
+    if t * h * w != n:
+        raise PromptError(f"an image grid of {t}x{h}x{w} tokens does not match its {n} embeddings.",
+                          hint="The bundle's preprocessing and its encoder disagree; re-export it.")
+    axes = np.stack([np.repeat(np.arange(t), h * w), np.tile(np.repeat(np.arange(h), w), t), np.tile(np.arange(w), t * h)])
+    return Positions(start, n, (axes + start).astype(np.int32))

@@ -28,7 +28,7 @@ from edgebridge.caching import EmbeddingCache, digest
 from edgebridge.errors import BackendUnavailableError, InputError, NonFiniteError
 from edgebridge.manifest import Component, ModalityInput, Role, StaticShape, TextInputs
 from edgebridge.plan import MediaItems
-from edgebridge.preprocess import Prepared, get_preprocessor
+from edgebridge.preprocess import MediaOptions, Prepared, preprocess
 from edgebridge.preprocess.wordpiece import WordPiece
 from edgebridge.runtimes.registry import DeviceReport, EncoderSession, artifact_format, open_encoder
 from edgebridge.runtimes.static_shapes import conform, run_static
@@ -49,7 +49,7 @@ class ModalityStage(Protocol):
     report: DeviceReport
     produces: str  # "embeddings" (runs after the plan is built) | "text" (before: the plan needs it)
 
-    def prepare(self, items: Sequence[Any], instruction: str = "") -> Prepared: ...
+    def prepare(self, items: Sequence[Any], instruction: str = "", options: MediaOptions | None = None) -> Prepared: ...
 
     def media_items(self, prepared: Prepared, output: StageOutput | None = None) -> MediaItems: ...
 
@@ -93,8 +93,8 @@ def _wordpiece(root: Path, spec: TextInputs) -> WordPiece:
     return WordPiece.from_file(root / spec.vocab, lowercase=spec.lowercase)
 
 
-def _preprocess(spec: ModalityInput, items: Sequence[Any]) -> Prepared:
-    return get_preprocessor(spec.preprocessing.kind)(list(items), spec.preprocessing.to_dict())
+def _preprocess(spec: ModalityInput, items: Sequence[Any], options: MediaOptions | None) -> Prepared:
+    return preprocess(spec.preprocessing.kind, list(items), spec.preprocessing.to_dict(), options)
 
 
 def _run_lengths(prepared: Prepared, fixed: int) -> tuple[int, ...]:
@@ -118,9 +118,9 @@ class EncoderStage:
         self.static, self.cache, self.text_tokenizer = static, cache, text_tokenizer
         self.report = session.report
 
-    def prepare(self, items: Sequence[Any], instruction: str = "") -> Prepared:
+    def prepare(self, items: Sequence[Any], instruction: str = "", options: MediaOptions | None = None) -> Prepared:
         """Preprocess ``items``; ``instruction`` feeds encoders that also read the prompt (a Q-Former)."""
-        prepared = _preprocess(self.spec, items)
+        prepared = _preprocess(self.spec, items, options)
         text = self.spec.preprocessing.text_inputs
         if text is not None and self.text_tokenizer is not None:
             rows = next(iter(prepared.inputs.values())).shape[0]
@@ -151,7 +151,9 @@ class EncoderStage:
                                      hint="Pass real images/audio; check any arrays you built yourself.")
 
     def media_items(self, prepared: Prepared, output: StageOutput | None = None) -> MediaItems:
-        return MediaItems(run_lengths=_run_lengths(prepared, self.spec.tokens_per_item), infos=tuple(prepared.info))
+        grids = tuple(tuple(i["llm_grid"]) for i in prepared.info if "llm_grid" in i)  # one run per item
+        return MediaItems(run_lengths=_run_lengths(prepared, self.spec.tokens_per_item), infos=tuple(prepared.info),
+                          grids=grids)
 
     def bridge_time(self, prepared: Prepared) -> tuple[float, float, int] | None:
         """(bridge us, whole graph us, nodes) from one per-node engine profile; the bridge is the tail of
@@ -183,15 +185,22 @@ class EncoderStage:
     def _encode(self, prepared: Prepared) -> list[np.ndarray]:
         if self.static is not None:  # fixed-shape graph: chunk/pad rows, pad token axes
             out = run_static(self.session.run, prepared.inputs, self.static)
-        elif prepared.runs:  # one run per item (sizes differ), stacked as if batched
-            out = np.concatenate([self.session.run(inputs)[0] for inputs in prepared.runs])
+        elif prepared.runs:  # one run per item (sizes differ)
+            outs = [self.session.run(inputs)[0] for inputs in prepared.runs]
+            if len({o.shape for o in outs}) > 1:  # token counts differ too (native resolution): item by item
+                counts = _run_lengths(prepared, self.spec.tokens_per_item)
+                return [self._finite(o.reshape(-1, o.shape[-1])[:n]) for o, n in zip(outs, counts)]
+            out = np.concatenate(outs)  # stacked as if batched
         else:
             out = self.session.run(prepared.inputs)[0]
+        return prepared.item_embeddings(self._finite(out), self.spec.tokens_per_item)
+
+    def _finite(self, out: np.ndarray) -> np.ndarray:
         if not np.isfinite(out).all():
             raise NonFiniteError(
                 f"the {self.graph.description or self.modality} encoder produced NaN/Inf embeddings.",
                 hint="The input or the encoder artifact is bad; check the bundle with `edgebridge inspect`.")
-        return prepared.item_embeddings(out, self.spec.tokens_per_item)
+        return out
 
 
 class ToolStage:
@@ -204,8 +213,8 @@ class ToolStage:
         self.component = spec.component
         self.report = tool.report
 
-    def prepare(self, items: Sequence[Any], instruction: str = "") -> Prepared:
-        return _preprocess(self.spec, items)
+    def prepare(self, items: Sequence[Any], instruction: str = "", options: MediaOptions | None = None) -> Prepared:
+        return _preprocess(self.spec, items, options)
 
     def media_items(self, prepared: Prepared, output: StageOutput | None = None) -> MediaItems:
         texts = tuple(output.texts) if output is not None and output.texts is not None else None

@@ -98,10 +98,11 @@ def export_onnx(enc: EncoderExport, path: Path, *, static_inputs: dict[str, torc
     inputs = static_inputs or enc.make_inputs(EXPORT_BATCH, 0)
     dynamic = None
     if not static_inputs:
-        dynamic = {
-            name: {axis: torch.export.Dim(label, min=1, max=1024) for axis, label in enc.dynamic_axes.get(name, {}).items()}
-            for name in enc.input_names
-        }
+        # one Dim per label: axes that share a name are one size (a patch axis of several inputs)
+        dims = {label: torch.export.Dim(label, min=1, max=16384 if label == "patches" else 1024)
+                for axes in enc.dynamic_axes.values() for label in axes.values()}
+        dynamic = {name: {axis: dims[label] for axis, label in enc.dynamic_axes.get(name, {}).items()}
+                   for name in enc.input_names}
     n_bytes = sum(p.numel() * p.element_size() for p in enc.module.parameters())
     try:
         with _quiet(), torch.no_grad():

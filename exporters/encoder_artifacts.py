@@ -142,11 +142,17 @@ def _trial(prep: _Prepared, fmt: str, precision: str, scratch: Path, plan: Quant
     else:  # drift against PyTorch on held-out real inputs, held to the budget
         parity = measure_encoder(backend, files, prep.eval_cases, enc.tokens_per_item, plan.budget["encoder"], **opts)
     passed, why = verdict(parity.metrics, parity.tolerance)
-    timing_input = {k: v[:1] for k, v in prep.cases[0].inputs.items()}
+    timing_input = _one_item(enc, prep.cases[0].inputs)
     latency = _latency_ms(backend, files, timing_input, prep.static, **engine_opts)
     size = sum(f.stat().st_size for f in files)
     trial = Trial(precision, size, {"latency_ms": latency}, parity.metrics, parity.tolerance, passed, why)
     return _Candidate(trial, files, parity, method)
+
+
+def _one_item(enc: EncoderExport, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One item of a parity case, to time: row 0 where axis 0 holds independent rows (images, tiles);
+    a case whose axis 0 is one image's patches (native resolution: one image per run) as it is."""
+    return {k: v[:1] if enc.dynamic_axes.get(k, {}).get(0) in ("batch", "tiles") else v for k, v in inputs.items()}
 
 
 def _produce(fmt: str, precision: str, onnx_f32: Path, out_dir: Path, component: str,

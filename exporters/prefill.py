@@ -205,6 +205,10 @@ def export_prefill(text: TextModel, reference_lm: torch.nn.Module, gguf_path: Pa
     if precision not in PREFILL_PRECISIONS:
         raise ExportError(f"unknown prefill precision '{precision}'.",
                           hint=f"Choose from: {', '.join(PREFILL_PRECISIONS)}.")
+    if arch_spec(text.model_type).mrope:
+        raise UnsupportedModelError(
+            f"the prefill graph numbers positions in order; {text.model_type} places media on (t, h, w) M-RoPE "
+            "positions.", hint="Export without --prefill: llama.cpp prefills these models.")
     vocab_rows = min(int(text.config.vocab_size), int(reference_lm.get_input_embeddings().weight.shape[0]))
     cases = _cases(reference_lm, vocab_rows)
     with tempfile.TemporaryDirectory(prefix="edgebridge-prefill-") as scratch:

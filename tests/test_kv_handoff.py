@@ -214,7 +214,10 @@ def test_profile_report_names_the_prefill_engine(qwen2_int8, photo):
     assert "(prefill: onnxruntime int8)" in render_html(report)
 
 
-@pytest.mark.parametrize("kind", sorted(BUILDERS))
+MROPE_KINDS = {"qwen2-vl"}  # M-RoPE text models: the graph declines them (test below)
+
+
+@pytest.mark.parametrize("kind", sorted(set(BUILDERS) - MROPE_KINDS))
 def test_every_family_gets_a_gated_prefill_graph(workdir, kind, tmp_path):
     """Each family's text model (llama, mistral, qwen2 behind every bridge) as a prefill graph that passes
     both gates against an f32 GGUF of the same weights."""
@@ -232,3 +235,18 @@ def test_every_family_gets_a_gated_prefill_graph(workdir, kind, tmp_path):
                          "fp32", DEFAULT_BUDGET["llm"])
     assert art.parity.passed and art.details["checks"]["pytorch"]["metrics"]["max_abs"] <= 1e-3
     assert art.quantization["rotary_permuted"] == (text.model_type in ("llama", "mistral"))
+
+
+@pytest.mark.parametrize("kind", sorted(MROPE_KINDS))
+def test_mrope_text_models_decline_the_prefill_graph_with_the_reason(workdir, kind, tmp_path):
+    from edgebridge.errors import UnsupportedModelError
+    from edgebridge.exporters.families import family_for
+    from edgebridge.exporters.prefill import export_prefill
+    from edgebridge.exporters.quantize import DEFAULT_BUDGET
+
+    model_dir = tiny_model(workdir, kind)
+    family = family_for(model_dir)
+    loaded = family.load(model_dir)
+    with pytest.raises(UnsupportedModelError, match="M-RoPE"):
+        export_prefill(family.text_model(loaded), family.causal_lm(loaded), tmp_path / "llm.gguf",
+                       tmp_path / "llm_prefill.onnx", "f32", DEFAULT_BUDGET["llm"])

@@ -47,6 +47,8 @@ FAMILY_INPUTS = {
     "qwen2-audio": {"audio": spec("<|AUDIO|>", pre="whisper-logmel",
                                   wrap_if_missing={"before": "<|audio_bos|>", "after": "<|audio_eos|>"})},
     "voxtral": {"audio": spec("[AUDIO]", pre="whisper-logmel")},
+    "qwen2-vl": {"image": spec("<|image_pad|>", pre="qwen-vl-patches", positions="mrope",
+                               wrap_if_missing={"before": "<|vision_start|>", "after": "<|vision_end|>"})},
     "assistant": {"audio": spec("<audio>", 0, pre="whisper-logmel", **{"kind": "text", "template": "{text}"}),
                   "image": spec("<image>", 0, **{"kind": "text", "template": "a photo of {text}"})},
 }
@@ -221,6 +223,21 @@ def test_signature_shares_a_prefix_exactly_as_far_as_prompts_agree():
     skip = kv.keep_for(same_image)
     (first, offset), *_ = b.after(skip)
     assert text_of(first)[offset:] == "y?"
+
+
+def test_qwen_vl_images_take_grid_positions_and_text_goes_on_after_the_largest():
+    media = MediaItems(run_lengths=(6, 4), infos=({}, {}), grids=((1, 2, 3), (1, 2, 2)))
+    plan = plan_for("qwen2-vl", "Hi<|image_pad|>and<|image_pad|>?", {"image": media})
+    assert describe(plan) == ["BOS", "Hi<|vision_start|>", ("image", 0, 6), "<|vision_end|>and<|vision_start|>",
+                              ("image", 1, 4), "<|vision_end|>?"]
+    first, second = plan.media_runs()
+    start = 1 + len("Hi<|vision_start|>")
+    assert first.positions.ids().tolist() == [[start] * 6, [start] * 3 + [start + 1] * 3,
+                                              [start, start + 1, start + 2] * 2]
+    after = plan.runs[3]  # the text after the first image goes on from its largest position + 1
+    assert after.positions.start == start + 3 and second.positions.start == after.positions.start + after.n_positions
+    assert plan.multi_axis and plan.next_position == second.positions.stop + len("<|vision_end|>?")
+    assert plan.n_positions == sum(r.n_positions for r in plan.runs) > plan.next_position
 
 
 def test_multi_axis_positions_continue_after_the_largest():

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgebridge.errors import ManifestError
+from edgebridge.errors import InputError, ManifestError
 from edgebridge.registry import discover
 
 
@@ -33,13 +33,42 @@ class Prepared:
         return [out[r].reshape(-1, out.shape[-1])[:n] for r, n in zip(rows, counts)]
 
 
-Preprocessor = Callable[[list[Any], dict[str, Any]], Prepared]
+@dataclass(frozen=True)
+class MediaOptions:
+    """One call's choices about how its media are cut; a preprocessing kind declares which it takes.
+
+    ``min_image_tokens`` / ``max_image_tokens``: the LLM positions one image may cost (native-resolution
+    models; default: the model's processor config). ``video_fps`` / ``max_frames``: how a video is sampled.
+    """
+
+    min_image_tokens: int | None = None
+    max_image_tokens: int | None = None
+    video_fps: float | None = None
+    max_frames: int | None = None
+
+    def given(self) -> list[str]:
+        return [name for name, value in self.__dict__.items() if value is not None]
+
+    def check(self) -> "MediaOptions":
+        for name in self.given():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value != value:
+                raise InputError(f"{name} must be a positive number, got {value!r}.")
+        if self.min_image_tokens and self.max_image_tokens and self.min_image_tokens > self.max_image_tokens:
+            raise InputError(f"min_image_tokens ({self.min_image_tokens}) is above max_image_tokens "
+                             f"({self.max_image_tokens}).")
+        return self
+
+
+Preprocessor = Callable[..., Prepared]  # (items, spec) -> Prepared; kinds that take options: (items, spec, options)
 _KINDS: dict[str, Preprocessor] = {}
+_OPTIONS: dict[str, tuple[str, ...]] = {}  # kind -> the MediaOptions it takes
 
 
-def register_preprocessor(kind: str) -> Callable[[Preprocessor], Preprocessor]:
+def register_preprocessor(kind: str, options: tuple[str, ...] = ()) -> Callable[[Preprocessor], Preprocessor]:
     def deco(fn: Preprocessor) -> Preprocessor:
         _KINDS[kind] = fn
+        _OPTIONS[kind] = options
         return fn
 
     return deco
@@ -53,3 +82,14 @@ def get_preprocessor(kind: str) -> Preprocessor:
             hint=f"Known kinds: {', '.join(sorted(_KINDS))}. Upgrade edgebridge.",
         )
     return _KINDS[kind]
+
+
+def preprocess(kind: str, items: list[Any], spec: dict[str, Any], options: MediaOptions | None = None) -> Prepared:
+    """Run the ``kind`` preprocessor; ``options`` it does not take are refused, by name."""
+    fn = get_preprocessor(kind)
+    given = (options or MediaOptions()).check().given()
+    refused = [name for name in given if name not in _OPTIONS[kind]]
+    if refused:
+        raise InputError(f"{', '.join(refused)} does not apply to this bundle: its '{kind}' preprocessing "
+                         "gives every item a fixed size.", hint="Leave the option out for this bundle.")
+    return fn(items, spec, options) if _OPTIONS[kind] else fn(items, spec)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from edgebridge.errors import EdgebridgeError, InputError
 from edgebridge.manifest import Manifest
 from edgebridge.plan import place_media
+from edgebridge.preprocess import MediaOptions
 from edgebridge.profiling import Configuration, Profiler
 from edgebridge.profiling.system import environment, memory_bandwidth, peak_rss_bytes, reset_peak_rss
 from edgebridge.timing import now_ms
@@ -69,6 +70,7 @@ class Workload:
     threads: int | None
     precision: str | None
     warm_cache: bool
+    options: MediaOptions = MediaOptions()
 
     def describe(self, baseline_prompt: str | None) -> dict[str, Any]:
         def names(items: list[Any]) -> list[str]:
@@ -76,7 +78,8 @@ class Workload:
 
         return {"prompt": self.prompt, "baseline_prompt": baseline_prompt, "images": names(self.media.get("image", [])),
                 "audio": names(self.media.get("audio", [])), "max_new_tokens": self.max_new_tokens,
-                "runs": self.runs, "warmup": self.warmup, "stop_at_eos": False, "warm_cache": self.warm_cache}
+                "runs": self.runs, "warmup": self.warmup, "stop_at_eos": False, "warm_cache": self.warm_cache,
+                **{name: getattr(self.options, name) for name in self.options.given()}}
 
 
 def profile_bundle(
@@ -95,6 +98,8 @@ def profile_bundle(
     baselines: Sequence[str] = (),
     model_dir: str | Path | None = None,
     warm_cache: bool = False,
+    min_image_tokens: int | None = None,
+    max_image_tokens: int | None = None,
     step: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Profile ``bundle`` for every backend x device, plus the named baselines; returns the report.
@@ -113,8 +118,9 @@ def profile_bundle(
 
     for item in images:  # a bad input fails the profile at once, not every configuration
         load_image(item)
+    options = MediaOptions(min_image_tokens=min_image_tokens, max_image_tokens=max_image_tokens).check()
     work = Workload(prompt, {k: list(v) for k, v in (("image", images), ("audio", audio)) if v}, max_new_tokens,
-                    runs, warmup, threads, precision, warm_cache)
+                    runs, warmup, threads, precision, warm_cache, options)
     step("measuring memory bandwidth")
     bandwidth = memory_bandwidth(threads=threads)
     profiler = Profiler(warmup=warmup)
@@ -148,7 +154,8 @@ def _profile_configuration(profiler: Profiler, bundle: Path, backend: str, devic
                                   precision=work.precision, verify=False, cache_embeddings=work.warm_cache,
                                   reuse_prefix=work.warm_cache) as pipe:
             conf.add("load_ms", now_ms() - start)
-            conf.bridge_share = bridge_share(pipe, {m: pipe.prepare(m, items) for m, items in work.media.items()})
+            conf.bridge_share = bridge_share(pipe, {m: pipe.stages[m].prepare(items, options=work.options)
+                                                    for m, items in work.media.items()})
             _timed_runs(profiler, conf, pipe, work, step)
             conf.peak_rss_bytes = peak_rss_bytes()
             conf.extra["decode_traffic"] = decode_traffic(pipe, conf.to_dict(), bandwidth)
@@ -163,9 +170,12 @@ def _timed_runs(profiler: Profiler, conf: Configuration, pipe: Pipeline, work: W
     for i in range(work.warmup + work.runs):
         step(f"{conf.name}: run {i + 1}/{work.warmup + work.runs}" + (" (warm-up)" if i < work.warmup else ""))
         result = pipe.generate(work.prompt, images=work.media.get("image"), audio=work.media.get("audio"),
-                               max_new_tokens=work.max_new_tokens, stop_at_eos=False)
+                               max_new_tokens=work.max_new_tokens, stop_at_eos=False,
+                               min_image_tokens=work.options.min_image_tokens,
+                               max_image_tokens=work.options.max_image_tokens)
         profiler.record(result, conf.name)
     conf.extra["warnings"] = result.warnings if result is not None else []
+    conf.extra["media"] = result.media if result is not None else {}
 
 
 def _bundle_info(bundle: str | Path, manifest: Manifest) -> dict[str, Any]:

@@ -5,7 +5,10 @@ from the HF config. Per architecture (table ``ARCHS``):
 
 - llama / mistral: Q and K rows are permuted to llama.cpp's rotary layout (HF stores the two
   rotary halves apart, GGML interleaves them);
-- qwen2: no permutation (llama.cpp uses NEOX rotary for it), Q/K/V biases.
+- qwen2: no permutation (llama.cpp uses NEOX rotary for it), Q/K/V biases;
+- qwen2_vl_text (Qwen2-VL's decoder): qwen2's tensors as llama.cpp's ``qwen2vl``, whose M-RoPE
+  splits each head's rotary pairs into (t, h, w) sections: ``rope_scaling.mrope_section`` padded
+  to four as ``rope.dimension_sections`` (llama.cpp's fourth section is unused by these models).
 
 The writer refuses configurations it does not reproduce (rope scaling, other activations)
 instead of writing a file that runs and answers wrong.
@@ -29,6 +32,7 @@ from edgebridge.exporters.gguf.vocab import GgufVocab
 class ArchSpec:
     gguf_arch: gguf.MODEL_ARCH
     permute_qk: bool  # llama.cpp's NORM rope wants interleaved rotary halves
+    mrope: bool = False  # multimodal rotary sections (rope.dimension_sections)
 
 
 # HF text model_type -> GGUF architecture (llama.cpp src/llama-arch.cpp names)
@@ -36,6 +40,7 @@ ARCHS: dict[str, ArchSpec] = {
     "llama": ArchSpec(gguf.MODEL_ARCH.LLAMA, permute_qk=True),
     "mistral": ArchSpec(gguf.MODEL_ARCH.LLAMA, permute_qk=True),  # convert_hf_to_gguf writes mistral as llama
     "qwen2": ArchSpec(gguf.MODEL_ARCH.QWEN2, permute_qk=False),
+    "qwen2_vl_text": ArchSpec(gguf.MODEL_ARCH.QWEN2VL, permute_qk=False, mrope=True),
 }
 
 DTYPES = ("f32", "f16")
@@ -72,6 +77,16 @@ def arch_spec(model_type: str) -> ArchSpec:
             hint=f"Supported text models: {', '.join(sorted(ARCHS))}. Pass an existing GGUF with --llm-gguf.",
         )
     return ARCHS[model_type]
+
+
+def mrope_sections(cfg: Any, head_dim: int) -> list[int]:
+    """The (t, h, w) rotary sections, padded to llama.cpp's four; they must cover the head's rotary pairs."""
+    sections = [int(s) for s in ((getattr(cfg, "rope_scaling", None) or {}).get("mrope_section") or [])]
+    if len(sections) != 3 or sum(sections) != head_dim // 2:
+        raise UnsupportedModelError(
+            f"M-RoPE sections {sections} do not split the {head_dim // 2} rotary pairs of a head into (t, h, w).",
+            hint="The config's rope_scaling.mrope_section is missing or inconsistent with head_dim.")
+    return sections + [0]
 
 
 def _check_config(cfg: Any) -> None:
@@ -136,6 +151,8 @@ def write_gguf(text: TextModel, path: Path, dtype: str = "f16") -> dict[str, Any
     writer.add_head_count_kv(int(cfg.num_key_value_heads))
     writer.add_rope_dimension_count(text.head_dim)
     writer.add_rope_freq_base(float(getattr(cfg, "rope_theta", 10000.0)))
+    if spec.mrope:
+        writer.add_rope_dimension_sections(mrope_sections(cfg, text.head_dim))
     writer.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
     writer.add_vocab_size(int(cfg.vocab_size))
     if text.head_dim != cfg.hidden_size // cfg.num_attention_heads:

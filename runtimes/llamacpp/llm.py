@@ -9,6 +9,11 @@ tracked here. Everything handed to C is validated first, because llama.cpp trust
 - token ids outside the vocabulary index out of bounds -> we check the range;
 - a sequence past ``n_ctx`` fails deep inside          -> ``ContextOverflowError`` first.
 
+Positions: one per token, counted from 0, except on M-RoPE models (llama.cpp's ``qwen2vl`` /
+``qwen3vl``): an embedding batch there carries four position sections per row (t, h, w and an
+unused fourth, section-major, as llama.cpp's mtmd fills them), and text goes on from the largest
+position + 1, so the next position (``next_pos``) and the cells in the cache (``n_past``) differ.
+
 Shapes: ``T`` tokens, ``N`` embeddings, ``D`` = ``n_embd_inp``, ``V`` vocabulary size.
 """
 
@@ -40,6 +45,8 @@ class KVType:
 
 
 KV_TYPES = {"f32": KVType(0, 4.0), "f16": KVType(1, 2.0), "q8_0": KVType(8, 34 / 32)}  # q8_0: 34-byte blocks of 32
+MROPE_TYPES = (8, 40)  # llama.h: LLAMA_ROPE_TYPE_MROPE, LLAMA_ROPE_TYPE_IMROPE
+MROPE_SECTIONS = 4  # ggml's GGML_MROPE_SECTIONS: positions per embedding row on M-RoPE models
 Logits = Literal["last", "all", "none"]
 
 
@@ -73,13 +80,23 @@ class LlamaSettings:
 class _Batch:
     """A ``llama_batch`` with numpy views over its arrays (filled without per-element ctypes calls)."""
 
-    def __init__(self, lib: Any, capacity: int, n_embd: int) -> None:
+    def __init__(self, lib: Any, capacity: int, n_embd: int, n_pos: int = 1) -> None:
         self.lib = lib
         self.capacity = capacity
         self.n_embd = n_embd
+        self.n_pos = n_pos
         self.batch = lib.llama_batch_init(capacity, n_embd, 1)
         b = self.batch
-        self.pos = np.ctypeslib.as_array(b.pos, shape=(capacity,))
+        self._own_pos = None
+        if n_pos > 1:  # llama_batch_init allocates one position per row; M-RoPE rows need n_pos of them
+            self._pos_store = np.zeros(capacity * n_pos, np.int32)
+            # the address as an int: a pointer read from a Structure field is a view of that field, and
+            # would follow the assignment below
+            self._own_pos = ctypes.cast(b.pos, ctypes.c_void_p).value
+            b.pos = self._pos_store.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+            self.pos = self._pos_store
+        else:
+            self.pos = np.ctypeslib.as_array(b.pos, shape=(capacity,))
         self.n_seq_id = np.ctypeslib.as_array(b.n_seq_id, shape=(capacity,))
         self.logits = np.ctypeslib.as_array(b.logits, shape=(capacity,))
         self.token = np.ctypeslib.as_array(b.token, shape=(capacity,)) if n_embd == 0 else None
@@ -88,15 +105,24 @@ class _Batch:
             b.seq_id[i][0] = 0
         self.n_seq_id[:] = 1
 
-    def fill(self, start_pos: int, n: int, want_logits: Logits) -> None:
+    def fill(self, start_pos: int, n: int, want_logits: Logits, positions: np.ndarray | None = None) -> None:
+        """Rows ``0..n-1``: positions from ``start_pos`` on (every section the same), or ``positions``
+        (``[3, n]`` t/h/w ids, M-RoPE); logits as asked."""
         self.batch.n_tokens = n
-        self.pos[:n] = np.arange(start_pos, start_pos + n, dtype=self.pos.dtype)
+        if self.n_pos == 1:
+            self.pos[:n] = np.arange(start_pos, start_pos + n, dtype=self.pos.dtype)
+        else:  # section-major: pos[j * n + i] is row i's position on section j; the fourth stays 0
+            rows = positions if positions is not None else np.broadcast_to(np.arange(start_pos, start_pos + n), (3, n))
+            self.pos[:self.n_pos * n] = 0
+            self.pos[:3 * n] = np.asarray(rows, dtype=np.int32).reshape(-1)
         self.logits[:n] = 1 if want_logits == "all" else 0
         if want_logits == "last":
             self.logits[n - 1] = 1
 
     def free(self) -> None:
         if self.batch is not None:
+            if self._own_pos is not None:  # llama_batch_free frees what llama_batch_init allocated
+                self.batch.pos = ctypes.cast(self._own_pos, ctypes.POINTER(ctypes.c_int32))
             self.lib.llama_batch_free(self.batch)
             self.batch = None
 
@@ -129,9 +155,11 @@ class LlamaCppLLM:
         # n_ctx asked for, even when the context holds more.
         self.n_ctx = min(s.n_ctx, int(self.lib.llama_n_ctx(self._ctx)))
         self.n_batch = int(self.lib.llama_n_batch(self._ctx))
-        self.n_past = 0
+        self.n_past = 0  # cells in the KV cache
+        self.next_pos = 0  # the position of the next token (past M-RoPE media: the largest + 1)
+        self.mrope = int(self.lib.llama_model_rope_type(self._model)) in MROPE_TYPES
         self._tokens = _Batch(self.lib, self.n_batch, 0)
-        self._embeds = _Batch(self.lib, self.n_batch, self.n_embd)
+        self._embeds = _Batch(self.lib, self.n_batch, self.n_embd, MROPE_SECTIONS if self.mrope else 1)
         self._batches = [self._tokens, self._embeds]
         self._piece_buf = ctypes.create_string_buffer(256)
         self.report = self._device_report(threads, load_log)
@@ -240,14 +268,17 @@ class LlamaCppLLM:
 
     # --- evaluation --------------------------------------------------------------------------
 
-    def reset(self, keep: int = 0) -> None:
-        """Forget the KV cache from position ``keep`` on (0: everything)."""
+    def reset(self, keep: int = 0, from_pos: int | None = None) -> None:
+        """Keep the first ``keep`` cells of the KV cache (0: none). ``from_pos``: the position of the first
+        cell dropped (default ``keep``; on M-RoPE models positions and cells differ)."""
         keep = max(0, min(keep, self.n_past))
         if keep == 0:
             self.lib.llama_memory_clear(self._mem, True)
+            from_pos = 0
         else:
-            self.lib.llama_memory_seq_rm(self._mem, 0, keep, -1)
-        self.n_past = keep
+            from_pos = keep if from_pos is None else from_pos
+            self.lib.llama_memory_seq_rm(self._mem, 0, from_pos, -1)
+        self.n_past, self.next_pos = keep, from_pos
 
     def check_room(self, n: int) -> None:
         """Refuse ``n`` more positions after the current ones when the context cannot hold them."""
@@ -268,12 +299,27 @@ class LlamaCppLLM:
         batch = self._tokens
         return self._run_chunks(ids.size, logits, lambda lo, hi: batch.token.__setitem__(slice(0, hi - lo), ids[lo:hi]), batch)
 
-    def eval_embeddings(self, embeds: np.ndarray, logits: Logits = "last") -> np.ndarray | None:
-        """Decode ``[N, D]`` embeddings at the next positions (image/audio tokens)."""
+    def eval_embeddings(self, embeds: np.ndarray, logits: Logits = "last",
+                        positions: np.ndarray | None = None) -> np.ndarray | None:
+        """Decode ``[N, D]`` embeddings (image/audio tokens) at the next positions, or, on an M-RoPE
+        model, at ``positions`` (``[3, N]`` t/h/w ids, none below ``next_pos``)."""
         arr = self.validate_embeddings(embeds)
         self.check_room(arr.shape[0])
+        if positions is not None:
+            positions = self._validate_positions(positions, arr.shape[0])
         batch = self._embeds
-        return self._run_chunks(arr.shape[0], logits, lambda lo, hi: batch.embd.__setitem__(slice(0, hi - lo), arr[lo:hi]), batch)
+        return self._run_chunks(arr.shape[0], logits, lambda lo, hi: batch.embd.__setitem__(slice(0, hi - lo), arr[lo:hi]), batch,
+                                positions)
+
+    def _validate_positions(self, positions: np.ndarray, n: int) -> np.ndarray:
+        pos = np.asarray(positions)
+        if not self.mrope:
+            raise InputError("per-row (t, h, w) positions need an M-RoPE model; this GGUF numbers rows in order.")
+        if pos.shape != (3, n) or not np.issubdtype(pos.dtype, np.integer):
+            raise InputError(f"M-RoPE positions must be integer [3, {n}], got {pos.dtype} {pos.shape}.")
+        if pos.min() < self.next_pos:  # llama.cpp refuses positions behind the cache's (inconsistent sequence)
+            raise InputError(f"M-RoPE positions start at {int(pos.min())}, behind the next position {self.next_pos}.")
+        return np.ascontiguousarray(pos, dtype=np.int32)
 
     def step(self, token: int) -> np.ndarray:
         """Decode one token at the next position; returns a *view* of its logits ``[V]`` (valid until the
@@ -283,11 +329,12 @@ class LlamaCppLLM:
         self.check_room(1)
         batch = self._tokens
         batch.token[0] = token
-        batch.fill(self.n_past, 1, "last")
+        batch.fill(self.next_pos, 1, "last")
         rc = self.lib.llama_decode(self._ctx, batch.batch)
         if rc != 0:
             raise BackendError(f"llama_decode failed with code {rc} ({last_log()}).")
         self.n_past += 1
+        self.next_pos += 1
         return np.ctypeslib.as_array(self.lib.llama_get_logits_ith(self._ctx, 0), shape=(self.n_vocab,))
 
     def validate_tokens(self, tokens: Sequence[int]) -> np.ndarray:
@@ -316,7 +363,8 @@ class LlamaCppLLM:
             raise NonFiniteError("embeddings hold NaN or Inf values.", hint="Check the encoder's input and artifact.")
         return arr
 
-    def _run_chunks(self, n: int, logits: Logits, put, batch: _Batch) -> np.ndarray | None:
+    def _run_chunks(self, n: int, logits: Logits, put, batch: _Batch,
+                    positions: np.ndarray | None = None) -> np.ndarray | None:
         rows: list[np.ndarray] = []
         last: np.ndarray | None = None
         for lo in range(0, n, self.n_batch):
@@ -324,12 +372,14 @@ class LlamaCppLLM:
             put(lo, hi)
             final = hi == n
             want: Logits = "all" if logits == "all" else ("last" if final and logits == "last" else "none")
-            batch.fill(self.n_past, hi - lo, want)
+            chunk = positions[:, lo:hi] if positions is not None else None
+            batch.fill(self.next_pos, hi - lo, want, chunk)
             rc = self.lib.llama_decode(self._ctx, batch.batch)
             if rc != 0:
                 raise BackendError(f"llama_decode failed with code {rc} ({last_log()}).",
                                    hint="The context may be full; raise n_ctx or shorten the prompt.")
             self.n_past += hi - lo
+            self.next_pos = int(chunk.max()) + 1 if chunk is not None else self.next_pos + hi - lo
             if want == "all":
                 rows.extend(self._logits_row(i) for i in range(hi - lo))
             elif want == "last":
@@ -357,7 +407,7 @@ class LlamaCppLLM:
             self.reset()
             raise BackendError(f"llama.cpp refused the sequence state ({last_log()}).",
                                hint="Run without the prefill graph (fast_prefill=False / --no-fast-prefill).")
-        self.n_past = n_positions
+        self.n_past = self.next_pos = n_positions
 
     def _logits_row(self, i: int) -> np.ndarray:
         ptr = self.lib.llama_get_logits_ith(self._ctx, i)

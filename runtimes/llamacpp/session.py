@@ -25,6 +25,7 @@ from typing import Hashable, Mapping
 
 import numpy as np
 
+from edgebridge.bundle import Bundle
 from edgebridge.caching import KVPrefix, digest
 from edgebridge.errors import BackendUnavailableError, EmbeddingShapeError, InputError
 from edgebridge.plan import MediaRun, PromptPlan, TextRun
@@ -124,12 +125,12 @@ class LLMSession:
             raise InputError("the prompt is empty.", hint="Give a prompt or at least one image/audio input.")
         self._check(plan, embeds)
         signature = self._signature(plan, embeds)
-        keep = self._kv.keep_for(signature) if self._kv is not None else 0
-        self.engine.reset(keep)
+        keep, from_pos = _cut(plan, self._kv.keep_for(signature) if self._kv is not None else 0)
+        self.engine.reset(keep, from_pos)
         reused = self.engine.n_past
         if self._kv is not None:
             self._kv.clear()  # until the prefill completes, the cache holds nothing we can vouch for
-        if self.handoff is not None and reused == 0 and self.handoff.takes(plan.n_positions):
+        if self.handoff is not None and reused == 0 and not plan.multi_axis and self.handoff.takes(plan.n_positions):
             logits, engine = self._prefill_handoff(plan, embeds), HANDOFF
         else:
             logits, engine = self._prefill_llamacpp(plan, embeds, reused), LLAMACPP
@@ -145,10 +146,11 @@ class LLMSession:
         return logits
 
     def _check(self, plan: PromptPlan, embeds: MediaEmbeddings) -> None:
+        if plan.multi_axis and not self.engine.mrope:
+            raise BackendUnavailableError(
+                "the prompt has (t, h, w) M-RoPE positions, but this GGUF's architecture numbers tokens in order.",
+                hint="The bundle's LLM does not belong to its encoder; re-export the bundle.")
         for run in plan.runs:
-            if run.positions.axes is not None and run.positions.axes.shape[0] > 1:
-                raise BackendUnavailableError("this LLM session feeds one position per token; the plan has "
-                                              f"{run.positions.axes.shape[0]} position axes (M-RoPE).")
             if isinstance(run, MediaRun):
                 arr = embeds.get((run.modality, run.index))
                 if arr is None or getattr(arr, "ndim", 0) != 2 or arr.shape[0] != run.n_positions:
@@ -183,10 +185,42 @@ class LLMSession:
             if isinstance(run, TextRun):
                 logits = self.engine.eval_tokens(list(run.token_ids[offset:]), want)
             else:
-                logits = self.engine.eval_embeddings(embeds[(run.modality, run.index)][offset:], want)
+                axes = run.positions.axes[:, offset:] if run.positions.axes is not None else None
+                logits = self.engine.eval_embeddings(embeds[(run.modality, run.index)][offset:], want, axes)
         return logits
 
     # --- lifetime -------------------------------------------------------------------------------
 
     def close(self) -> None:
         self.engine.close()
+
+
+def _cut(plan: PromptPlan, keep: int) -> tuple[int, int]:
+    """(cells to keep, the position of the first cell dropped) for keeping ``keep`` of ``plan``'s positions.
+
+    llama.cpp drops cached cells by position. With one position per token they are the same number;
+    an M-RoPE media run's cells share positions, so a cut inside one keeps none of it.
+    """
+    at = 0
+    for run in plan.runs:
+        if keep < at + run.n_positions:
+            offset = keep - at
+            if run.positions.axes is None:
+                return keep, run.positions.start + offset
+            return at, int(run.positions.axes[0].min())
+        at += run.n_positions
+    return keep, plan.next_position
+
+
+def open_bundle_session(bundle: Bundle, settings: LlamaSettings, *, threads: int | None = None,
+                        n_ctx: int | None = None, reuse_prefix: bool = True, fast_prefill: bool = True) -> LLMSession:
+    """The LLM session: context size within the GGUF's trained context, the prefill graph if wanted."""
+    llm = bundle.manifest.llm
+    gguf = llm.artifacts["gguf"]
+    ctx_train = int(gguf.details.get("n_ctx_train") or settings.n_ctx)
+    settings = settings.with_(n_ctx=n_ctx or min(settings.n_ctx, ctx_train), threads=threads or settings.threads)
+    graph = llm.artifacts.get("prefill") if fast_prefill else None
+    return LLMSession.open(bundle.path(gguf.files[0]), settings, expect_architecture=gguf.details.get("architecture"),
+                           expect_n_embd=int(llm.inputs[0].shape[-1]), reuse_prefix=reuse_prefix,
+                           prefill_graph=PrefillGraphSpec(bundle.path(graph.files[0]), graph.precision) if graph
+                           else None)

@@ -1,0 +1,140 @@
+"""Qwen-VL native-resolution preprocessing (``qwen-vl-patches``), in numpy + PIL.
+
+As Qwen2-VL's image processor does it (transformers 4.57 ``image_processing_qwen2_vl.py``):
+
+1. ``smart_resize``: height and width rounded to multiples of ``patch_size * merge_size`` (28),
+   scaled so that ``min_pixels <= H * W <= max_pixels``, aspect ratio kept as closely as possible;
+2. resize through PIL (bicubic), rescale, normalize (``image.rescale_normalize``);
+3. frames repeated to a multiple of ``temporal_patch_size`` (an image is one frame, repeated);
+4. patches ``[t * h * w, C * temporal * patch * patch]`` in the merger's order: every 2x2 block of
+   patches that becomes one LLM token is contiguous.
+
+The vision graph also takes what transformers computes from ``grid_thw`` inside the model, so the
+exported graph has no data-dependent shapes: each patch's 2-D rotary angles (``rotary_pos_emb``,
+``[N, head_dim / 2]``) and an additive attention bias (``[N, N]``: 0 within one frame's patches,
+``MASKED`` across frames, as the model attends frame by frame).
+
+Each image is its own encoder run (sizes differ); the item's LLM tokens are ``t * h * w / 4`` and
+``info`` carries its grid (``llm_grid``: t, h/2, w/2), from which the prompt plan numbers M-RoPE
+positions.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from edgebridge.errors import ImageInputError, InputError
+from edgebridge.preprocess import MediaOptions, Prepared, register_preprocessor
+from edgebridge.preprocess.image import DEFAULT_MAX_PIXELS, load_image, rescale_normalize, resize
+
+MASKED = -1e9  # additive bias between patches of different frames: exp() of it is exactly 0 in float32
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """(height, width): multiples of ``factor`` with ``min_pixels <= h * w <= max_pixels``, aspect kept."""
+    if min(height, width) < 1 or max(height, width) / min(height, width) > 200:
+        raise ImageInputError(f"an image of {width}x{height} pixels has an aspect ratio above 200, which Qwen-VL "
+                              "models do not take.", hint="Crop the image closer to its content.")
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def patchify(frames: np.ndarray, patch: int, temporal: int, merge: int) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """``frames [F, C, H, W]`` -> (patches ``[t*h*w, C*temporal*patch*patch]``, grid (t, h, w))."""
+    if frames.shape[0] % temporal:
+        pad = np.repeat(frames[-1:], temporal - frames.shape[0] % temporal, axis=0)
+        frames = np.concatenate([frames, pad])
+    f, c, height, width = frames.shape
+    t, h, w = f // temporal, height // patch, width // patch
+    x = frames.reshape(t, temporal, c, h // merge, merge, patch, w // merge, merge, patch)
+    x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    return np.ascontiguousarray(x.reshape(t * h * w, c * temporal * patch * patch)), (t, h, w)
+
+
+def rotary_angles(grid: tuple[int, int, int], merge: int, dim: int, theta: float = 10000.0) -> np.ndarray:
+    """Each patch's 2-D rotary angles ``[t*h*w, dim]``: ``dim / 2`` frequencies of its row, then of its
+    column (the vision tower's ``rot_pos_emb``), in ``patchify``'s order."""
+    t, h, w = grid
+    rows = np.arange(h).reshape(h // merge, merge, 1, 1).repeat(w // merge, 2).repeat(merge, 3)
+    cols = np.arange(w).reshape(1, 1, w // merge, merge).repeat(h // merge, 0).repeat(merge, 1)
+    rows = rows.transpose(0, 2, 1, 3).reshape(-1)
+    cols = cols.transpose(0, 2, 1, 3).reshape(-1)
+    inv_freq = (1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))).astype(np.float32)
+    table = np.outer(np.arange(max(h, w), dtype=np.float32), inv_freq).astype(np.float32)
+    angles = np.concatenate([table[rows], table[cols]], axis=1)
+    return np.ascontiguousarray(np.tile(angles, (t, 1)), dtype=np.float32)
+
+
+def frame_bias(grid: tuple[int, int, int]) -> np.ndarray:
+    """Additive attention bias ``[N, N]``: patches attend within their own temporal patch only."""
+    t, h, w = grid
+    frame = np.repeat(np.arange(t), h * w)
+    return np.where(frame[:, None] == frame[None, :], 0.0, MASKED).astype(np.float32)
+
+
+def vision_inputs(frames: np.ndarray, spec: dict[str, Any]) -> tuple[dict[str, np.ndarray], tuple[int, int, int]]:
+    """Normalized ``frames [F, C, H, W]`` -> the vision graph's inputs for one image or video, and its grid."""
+    merge = int(spec["merge_size"])
+    patches, grid = patchify(frames, int(spec["patch_size"]), int(spec["temporal_patch_size"]), merge)
+    rotary = spec["rotary"]
+    inputs = {"pixel_values": patches,
+              "rotary_pos_emb": rotary_angles(grid, merge, int(rotary["dim"]), float(rotary.get("theta", 10000.0))),
+              "attention_bias": frame_bias(grid)}
+    return inputs, grid
+
+
+def pixel_budget(spec: dict[str, Any], options: MediaOptions | None) -> tuple[int, int]:
+    """(min_pixels, max_pixels): the processor's, or the call's token budget (one token = ``factor``² pixels)."""
+    factor = int(spec["patch_size"]) * int(spec["merge_size"])
+    low, high = int(spec["min_pixels"]), int(spec["max_pixels"])
+    if options is not None and options.min_image_tokens is not None:
+        low = int(options.min_image_tokens) * factor * factor
+    if options is not None and options.max_image_tokens is not None:
+        high = int(options.max_image_tokens) * factor * factor
+    if low > high:
+        raise InputError(f"the image token budget is empty: at least {low // factor ** 2} tokens and at most "
+                         f"{high // factor ** 2}.", hint="Raise --max-image-tokens or lower --min-image-tokens.")
+    return low, high
+
+
+def image_frames(item: Any, spec: dict[str, Any], budget: tuple[int, int]) -> tuple[np.ndarray, dict[str, Any]]:
+    """One image -> (``[1, C, H, W]`` float32 frames, info with its original and resized size)."""
+    img = load_image(item, max_pixels=int(spec.get("max_image_pixels", DEFAULT_MAX_PIXELS)))
+    factor = int(spec["patch_size"]) * int(spec["merge_size"])
+    height, width = smart_resize(img.size[1], img.size[0], factor, *budget)
+    if height * width > budget[1]:  # each side is at least one token: a very long image overflows a small budget
+        raise ImageInputError(
+            f"a {img.size[0]}x{img.size[1]} image needs at least {height * width // factor ** 2} tokens "
+            f"({height}x{width} pixels), more than the budget of {budget[1] // factor ** 2}.",
+            hint="Raise --max-image-tokens, or crop the image closer to its content.")
+    arr = rescale_normalize(np.asarray(resize(img, height, width, spec.get("resample", "bicubic"))), spec)
+    return arr.transpose(2, 0, 1)[None], {"width": img.size[0], "height": img.size[1],
+                                          "resized": [height, width]}
+
+
+@register_preprocessor("qwen-vl-patches", options=("min_image_tokens", "max_image_tokens"))
+def prepare_qwen_vl(items: list[Any], spec: dict[str, Any], options: MediaOptions | None = None) -> Prepared:
+    """Images -> one vision-graph run each; tokens per image ``t * h * w / merge**2`` within the budget."""
+    runs, info, tokens = [], [], []
+    merge = int(spec["merge_size"])
+    budget = pixel_budget(spec, options)
+    for item in items:
+        frames, meta = image_frames(item, spec, budget)
+        inputs, (t, h, w) = vision_inputs(frames, spec)
+        runs.append(inputs)
+        tokens.append(t * h * w // merge ** 2)
+        info.append({**meta, "grid_thw": [t, h, w], "llm_grid": [t, h // merge, w // merge], "tokens": tokens[-1]})
+    return Prepared(inputs=runs[0], tokens_per_item=tokens, info=info,
+                    item_rows=[slice(i, i + 1) for i in range(len(runs))], runs=runs)

@@ -1,0 +1,155 @@
+"""Qwen2-VL: a native-resolution ViT with 2-D rotary positions, a 2x2 patch merger, an M-RoPE qwen2 LLM.
+
+Survey group: converter (the merger's MLP maps each 2x2 block of patch features to one LLM token).
+
+- Preprocessing (``qwen-vl-patches``, numpy): the image is resized to multiples of 28 within the
+  processor's ``min_pixels..max_pixels`` and cut into 14 px patches, two frames per temporal patch.
+- The vision graph takes the patches, each patch's rotary angles and a frame attention bias
+  (computed by the runtime from the grid, as transformers computes them inside the model), so it
+  has no data-dependent shapes; it runs once per image (sizes differ).
+- Prompt: ``<|vision_start|><|image_pad|><|vision_end|>`` as the processor writes it; the one
+  ``<|image_pad|>`` stands for the image's ``t * h * w / 4`` tokens. Positions are M-RoPE: the
+  image's tokens take (t, h, w) grid positions from the next position on, the text after it goes
+  on from the largest + 1 (``edgebridge.plan``); the GGUF is written as llama.cpp's ``qwen2vl``
+  with the ``mrope_section`` as ``rope.dimension_sections``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgebridge.exporters.families import register_family
+from edgebridge.exporters.families.base import EncoderExport, HFFamily, Loaded, load_float32, seeded_normal
+from edgebridge.exporters.image_spec import pixel_steps
+from edgebridge.preprocess.qwen_vl import vision_inputs
+
+IMAGE_PAD, VISION_START, VISION_END = "<|image_pad|>", "<|vision_start|>", "<|vision_end|>"
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class QwenVisionGraph(torch.nn.Module):
+    """``pixel_values [N, C*T*P*P], rotary_pos_emb [N, d], attention_bias [N, N] -> [1, N / 4, D]``.
+
+    The tower's own modules (patch embedding, blocks' norms, qkv/proj and MLPs, the merger); the
+    attention is written out with the additive bias, which equals transformers' per-frame split.
+    """
+
+    def __init__(self, visual: torch.nn.Module) -> None:
+        super().__init__()
+        self.patch_embed, self.blocks, self.merger = visual.patch_embed, visual.blocks, visual.merger
+
+    def forward(self, pixel_values: torch.Tensor, rotary_pos_emb: torch.Tensor,
+                attention_bias: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(pixel_values)
+        emb = torch.cat((rotary_pos_emb, rotary_pos_emb), dim=-1)
+        cos, sin = emb.cos()[:, None, :], emb.sin()[:, None, :]
+        for blk in self.blocks:
+            x = x + self._attention(blk.attn, blk.norm1(x), cos, sin, attention_bias)
+            x = x + blk.mlp(blk.norm2(x))
+        return self.merger(x).unsqueeze(0)
+
+    @staticmethod
+    def _attention(attn: torch.nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   bias: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        q, k, v = attn.qkv(x).reshape(n, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)  # [N, heads, hd]
+        q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)  # [heads, N, hd]
+        scores = torch.matmul(q, k.transpose(1, 2)) * attn.scaling + bias
+        out = torch.matmul(torch.softmax(scores, dim=-1), v)
+        return attn.proj(out.transpose(0, 1).reshape(n, -1))
+
+
+class TextOnly(torch.nn.Module):
+    """The composite as a text model: ids or embeddings at in-order positions (t = h = w, as text takes
+    them), what the GGUF gates compare llama.cpp with. (The composite itself derives M-RoPE positions
+    from ``input_ids`` and refuses embeddings alone.)"""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.model.get_input_embeddings()
+
+    def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
+                **kwargs: Any) -> Any:
+        n = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        positions = torch.arange(n).view(1, 1, n).expand(3, 1, n)
+        return self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, position_ids=positions, **kwargs)
+
+
+@register_family
+class Qwen2VLFamily(HFFamily):
+    name = "qwen2-vl"
+    model_types = ("qwen2_vl",)
+    bridge_type = "patch-merger"
+    survey_group = "converter"
+    description = "native-resolution ViT (2-D RoPE) + 2x2 patch merger MLP, M-RoPE qwen2 LLM (Qwen2-VL)"
+
+    def load(self, folder: Path) -> Loaded:
+        from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor
+
+        from edgebridge.testing.qwen_vl import qwen2vl_processor
+
+        model = load_float32(Qwen2VLForConditionalGeneration, folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        image_processor = Qwen2VLImageProcessor.from_pretrained(folder, local_files_only=True)
+        processor = qwen2vl_processor(image_processor, tokenizer, getattr(tokenizer, "chat_template", None))
+        return Loaded(folder=Path(folder), config=model.config, model=model, processor=processor)
+
+    def placeholder_token(self, loaded: Loaded) -> str:
+        return IMAGE_PAD
+
+    def causal_lm(self, loaded: Loaded) -> torch.nn.Module:
+        return TextOnly(loaded.model)
+
+    def preprocessing(self, loaded: Loaded) -> dict[str, Any]:
+        ip, vision = loaded.processor.image_processor, loaded.config.vision_config
+        return {"kind": "qwen-vl-patches", "processor": type(ip).__name__, "patch_size": int(ip.patch_size),
+                "temporal_patch_size": int(ip.temporal_patch_size), "merge_size": int(ip.merge_size),
+                "min_pixels": int(ip.min_pixels), "max_pixels": int(ip.max_pixels), **pixel_steps(ip),
+                "rotary": {"dim": vision.embed_dim // vision.num_heads // 2, "theta": 10000.0}}
+
+    def encoders(self, loaded: Loaded) -> list[EncoderExport]:
+        visual = loaded.model.model.visual
+        spec = self.preprocessing(loaded)
+        grids: dict[int, tuple[int, int, int]] = {}  # patches -> grid, for the reference
+
+        def make_inputs(batch: int, seed: int) -> dict[str, torch.Tensor]:
+            """One image whose grid grows with ``batch`` (the graph's patch axis is the dynamic one)."""
+            h, w = 2 * batch, 2 * batch + 2
+            frames = seeded_normal((1, 3, h * spec["patch_size"], w * spec["patch_size"]), seed).numpy()
+            inputs, grid = vision_inputs(frames, spec)
+            grids[grid[0] * grid[1] * grid[2]] = grid
+            return {k: torch.from_numpy(v) for k, v in inputs.items()}
+
+        def reference(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+            grid = torch.tensor([grids[int(inputs["pixel_values"].shape[0])]])
+            return visual(inputs["pixel_values"], grid_thw=grid).unsqueeze(0)
+
+        merge = spec["merge_size"]
+        return [EncoderExport(
+            component="vision_encoder", modality="image", module=QwenVisionGraph(visual).eval(),
+            input_names=["pixel_values", "rotary_pos_emb", "attention_bias"], output_name="image_embeds",
+            dynamic_axes={"pixel_values": {0: "patches"}, "rotary_pos_emb": {0: "patches"},
+                          "attention_bias": {0: "patches", 1: "patches"}, "image_embeds": {1: "tokens"}},
+            make_inputs=make_inputs, reference=reference, preprocessing=spec,
+            placeholder=IMAGE_PAD, tokens_per_item=spec["max_pixels"] // (spec["patch_size"] * merge) ** 2,
+            bridge={**self.bridge_info(), "merge_size": merge},
+            layout={"kind": "repeat", "positions": "mrope",
+                    "wrap_if_missing": {"before": VISION_START, "after": VISION_END}},
+            description="Qwen2-VL vision tower (2-D rotary, native resolution) + 2x2 patch merger",
+            bridge_scopes=("merger",),
+            valid_lengths=lambda inputs: [int(inputs["pixel_values"].shape[0]) // merge ** 2],
+        )]
+
+
+

@@ -1,0 +1,146 @@
+"""The Qwen-VL line end to end: native-resolution vision graph, M-RoPE positions, image-token budgets.
+
+Tiny seeded Qwen2-VL (``make-tiny qwen2-vl``), f32 GGUF, strict llama.cpp settings. For each encoder
+engine: the 16 greedy token ids equal transformers' ``generate`` on the processor's prompt
+(``<|vision_start|><|image_pad|><|vision_end|>``) for one photo at two sizes and for two photos of
+different sizes in one prompt; the numpy preprocessing equals the HF image processor; the token budget
+gives the HF processor's grids.
+"""
+
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from edgebridge import Pipeline
+from edgebridge.errors import ImageInputError, InputError
+from edgebridge.runtimes.llamacpp import LlamaSettings
+from tests.conftest import exported, run_cli
+from tests.reference import hf_reference
+
+COVERS_FAMILIES = ["qwen2-vl"]
+pytestmark = pytest.mark.slow
+
+IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+PROMPT = f"<|im_start|>user\n{IMAGE}What is in this image?<|im_end|>\n<|im_start|>assistant\n"
+TWO = f"<|im_start|>user\n{IMAGE}and{IMAGE}Compare them.<|im_end|>\n<|im_start|>assistant\n"
+CASES = {"cat": (PROMPT, ["chelsea"]), "page": (PROMPT, ["page"]), "cat+page": (TWO, ["chelsea", "page"]),
+         "rocket+cat": (TWO, ["rocket", "chelsea"])}
+
+
+def photo(name: str) -> Image.Image:
+    return Image.fromarray(getattr(data, name)()).convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def qwen2_vl(workdir):
+    return exported(workdir, "qwen2-vl")
+
+
+def test_export_gates_and_the_qwen2vl_gguf(qwen2_vl):
+    m = qwen2_vl.manifest
+    for art in m.components["vision_encoder"].artifacts.values():  # two grids: 4x6 and 6x8 patches
+        assert art.parity.passed and art.parity.metrics["max_abs"] <= 1e-4 and art.parity.samples == 6 + 12
+    llm = m.llm.artifacts["gguf"]
+    assert llm.details["architecture"] == "qwen2vl" and llm.parity.metrics["max_abs"] <= 1e-3
+    reader = gguf.GGUFReader(str(qwen2_vl.bundle / llm.files[0]))
+    assert list(reader.fields["qwen2vl.rope.dimension_sections"].contents()) == [2, 3, 3, 0]
+    assert m.inputs["image"].layout.positions.value == "mrope"
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_greedy_tokens_and_first_logits_match_transformers(qwen2_vl, case, backend):
+    prompt, names = CASES[case]
+    images = [photo(n) for n in names]
+    ref = hf_reference(qwen2_vl.model_dir, prompt, {"image": images})
+    with Pipeline.from_bundle(qwen2_vl.bundle, encoder_backend=backend, llm_settings=LlamaSettings.strict()) as pipe:
+        result = pipe.generate(prompt, images=images, max_new_tokens=16)
+        logits = pipe.prefill_logits(prompt, images=images)
+    assert result.prompt_tokens == len(ref.prompt_ids)
+    assert result.token_ids == ref.token_ids and len(ref.token_ids) == 16
+    # llama.cpp's qwen2vl loader ignores layer_norm_rms_epsilon (its RMS norms run with eps 0, transformers'
+    # with 1e-6): ~2e-4 here, against ~1e-5 for qwen2
+    assert np.abs(logits - ref.first_logits).max() <= 1e-3
+    assert [m["grid_thw"] for m in result.media["image"]] == [list(g) for g in ref_grids(qwen2_vl, images)]
+
+
+def ref_grids(exp, images) -> list[list[int]]:
+    from transformers import Qwen2VLImageProcessor
+
+    return Qwen2VLImageProcessor.from_pretrained(exp.model_dir)(images=images)["image_grid_thw"].tolist()
+
+
+@pytest.mark.parametrize("name", ["chelsea", "astronaut", "page", "rocket", "camera", "coffee"])
+def test_preprocessing_equals_the_hf_processor(qwen2_vl, name):
+    from transformers import Qwen2VLImageProcessor
+
+    from edgebridge.preprocess import preprocess
+
+    spec = qwen2_vl.manifest.inputs["image"].preprocessing.to_dict()
+    ref = Qwen2VLImageProcessor.from_pretrained(qwen2_vl.model_dir)(images=[photo(name)], return_tensors="np")
+    ours = preprocess(spec["kind"], [getattr(data, name)()], spec)
+    assert ours.info[0]["grid_thw"] == ref["image_grid_thw"][0].tolist()
+    assert np.abs(ours.runs[0]["pixel_values"] - ref["pixel_values"]).max() <= 1e-5
+
+
+def test_image_token_budget_gives_the_processors_grids(qwen2_vl):
+    from transformers import Qwen2VLImageProcessor
+
+    table = []
+    with Pipeline.from_bundle(qwen2_vl.bundle) as pipe:
+        for budget in (4, 9, 16):
+            result = pipe.generate(PROMPT, images=[photo("astronaut")], max_new_tokens=2, max_image_tokens=budget)
+            ip = Qwen2VLImageProcessor.from_pretrained(qwen2_vl.model_dir, max_pixels=budget * 28 * 28)
+            ref = ip(images=[photo("astronaut")])["image_grid_thw"][0].tolist()
+            media = result.media["image"][0]
+            table.append((budget, media["grid_thw"], media["tokens"]))
+            assert media["grid_thw"] == ref and media["tokens"] <= budget
+    assert len({tuple(g) for _, g, _ in table}) == 3, table  # three budgets, three grids
+
+
+def test_budget_errors_are_clear(qwen2_vl, clip_llama_f32):
+    with Pipeline.from_bundle(qwen2_vl.bundle) as pipe:
+        with pytest.raises(InputError, match="above max_image_tokens"):
+            pipe.generate(PROMPT, images=[photo("chelsea")], min_image_tokens=20, max_image_tokens=4)
+        with pytest.raises(ImageInputError, match="more than the budget"):  # each side is at least one token
+            pipe.generate(PROMPT, images=[np.zeros((28, 28 * 150, 3), np.uint8)], max_image_tokens=4)
+    with Pipeline.from_bundle(clip_llama_f32.bundle) as pipe:
+        with pytest.raises(InputError, match="does not apply"):
+            pipe.generate("<image>hi", images=[photo("chelsea")], max_image_tokens=16)
+    proc = run_cli("run", str(qwen2_vl.bundle), "-p", PROMPT, "-i", "/dev/null", "--max-image-tokens", "0")
+    assert proc.returncode == 2 and "max_image_tokens must be a positive number" in proc.stderr, proc.stderr
+
+
+def test_cli_reports_the_grid_and_tokens(qwen2_vl, tmp_path):
+    import json
+
+    path = tmp_path / "cat.png"
+    photo("chelsea").save(path)
+    proc = run_cli("run", str(qwen2_vl.bundle), "-p", PROMPT, "-i", str(path), "-n", "2", "--json",
+                   "--max-image-tokens", "9")
+    assert proc.returncode == 0, proc.stderr
+    media = json.loads(proc.stdout)["media"]["image"][0]
+    assert media["tokens"] <= 9 and media["tokens"] == np.prod(media["llm_grid"])
+
+
+def test_kv_prefix_reuse_and_embedding_cache_keep_the_answers(qwen2_vl):
+    requests = [(PROMPT, ["chelsea"]), (PROMPT.replace("What is in", "Describe"), ["chelsea"]),
+                (TWO, ["chelsea", "page"]), (PROMPT, ["page"])]
+    settings = LlamaSettings.strict()
+    with Pipeline.from_bundle(qwen2_vl.bundle, llm_settings=settings) as cached, \
+            Pipeline.from_bundle(qwen2_vl.bundle, llm_settings=settings, cache_embeddings=False,
+                                 reuse_prefix=False) as plain:
+        reused = []
+        for prompt, names in requests:
+            images = [photo(n) for n in names]
+            a, b = cached.generate(prompt, images=images, max_new_tokens=8), \
+                plain.generate(prompt, images=images, max_new_tokens=8)
+            assert a.token_ids == b.token_ids, (prompt, names)
+            reused.append(a.reused_positions)
+    # the follow-up keeps the image (a cut inside an M-RoPE image keeps none of it); the third prompt
+    # shares the text before its first image; the fourth only "<|im_start|>user\n..."
+    assert reused[0] == 0 and reused[1] > 12 and reused[2] > 0
