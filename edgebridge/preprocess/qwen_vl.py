@@ -14,6 +14,11 @@ exported graph has no data-dependent shapes: each patch's 2-D rotary angles (``r
 ``[N, head_dim / 2]``) and an additive attention bias (``[N, N]``: 0 within one frame's patches,
 ``MASKED`` across frames, as the model attends frame by frame).
 
+Qwen2.5-VL's tower attends within windows in most blocks (``window`` in the spec: the window's side
+in merged tokens): its patches are fed in window order (in units of the 2x2 blocks the merger folds),
+with a window attention bias (``window_bias``) beside the frame one, and ``reverse_index`` gives the
+merged tokens back their raster order (transformers' ``get_window_index`` and its ``argsort``).
+
 Each image is its own encoder run (sizes differ); the item's LLM tokens are ``t * h * w / 4`` and
 ``info`` carries its grid (``llm_grid``: t, h/2, w/2), from which the prompt plan numbers M-RoPE
 positions.
@@ -84,14 +89,35 @@ def frame_bias(grid: tuple[int, int, int]) -> np.ndarray:
     return np.where(frame[:, None] == frame[None, :], 0.0, MASKED).astype(np.float32)
 
 
+def window_order(grid: tuple[int, int, int], merge: int, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """(merged-token order by window, each merged token's window id in that order): windows of
+    ``window`` x ``window`` merged tokens, row by row per frame, the last ones cut at the edges."""
+    t, h, w = grid[0], grid[1] // merge, grid[2] // merge
+    pad_h, pad_w = -h % window, -w % window  # transformers pads a full window more when divisible; same order
+    index = np.full((t, h + pad_h, w + pad_w), -1)
+    index[:, :h, :w] = np.arange(t * h * w).reshape(t, h, w)
+    windows = index.reshape(t, (h + pad_h) // window, window, (w + pad_w) // window, window).transpose(0, 1, 3, 2, 4)
+    windows = windows.reshape(-1, window * window)
+    ids = np.repeat(np.arange(windows.shape[0]), window * window).reshape(windows.shape)
+    keep = windows >= 0
+    return windows[keep], ids[keep]
+
+
 def vision_inputs(frames: np.ndarray, spec: dict[str, Any]) -> tuple[dict[str, np.ndarray], tuple[int, int, int]]:
     """Normalized ``frames [F, C, H, W]`` -> the vision graph's inputs for one image or video, and its grid."""
     merge = int(spec["merge_size"])
     patches, grid = patchify(frames, int(spec["patch_size"]), int(spec["temporal_patch_size"]), merge)
     rotary = spec["rotary"]
-    inputs = {"pixel_values": patches,
-              "rotary_pos_emb": rotary_angles(grid, merge, int(rotary["dim"]), float(rotary.get("theta", 10000.0))),
-              "attention_bias": frame_bias(grid)}
+    angles = rotary_angles(grid, merge, int(rotary["dim"]), float(rotary.get("theta", 10000.0)))
+    inputs = {"pixel_values": patches, "rotary_pos_emb": angles, "attention_bias": frame_bias(grid)}
+    if spec.get("window"):
+        order, window_id = window_order(grid, merge, int(spec["window"]))
+        unit = merge * merge
+        rows = (order[:, None] * unit + np.arange(unit)).reshape(-1)  # patches of each merged token, in order
+        same = np.repeat(window_id, unit)
+        inputs.update(pixel_values=np.ascontiguousarray(patches[rows]), rotary_pos_emb=np.ascontiguousarray(angles[rows]),
+                      window_bias=np.where(same[:, None] == same[None, :], 0.0, MASKED).astype(np.float32),
+                      reverse_index=np.argsort(order).astype(np.int64))
     return inputs, grid
 
 

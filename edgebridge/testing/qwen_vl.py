@@ -1,4 +1,4 @@
-"""Seeded tiny Qwen-VL models (Qwen2-VL's architecture): native resolution, 2x2 patch merging, M-RoPE.
+"""Seeded tiny Qwen-VL models (Qwen2-VL, Qwen2.5-VL): native resolution, 2x2 patch merging, M-RoPE.
 
 The vision tower works on 14 px patches (2 frames per temporal patch) of an image resized to
 multiples of 28 within ``min_pixels..max_pixels``; ``max_pixels`` is small (112 x 112 -> at most
@@ -20,54 +20,56 @@ MIN_PIXELS, MAX_PIXELS = 56 * 56, 112 * 112
 MROPE_SECTION = [2, 3, 3]
 
 
-def qwen2vl_processor(image_processor, tokenizer, chat_template: str | None):
-    """``Qwen2VLProcessor`` for images only.
+def image_only_processor(processor_class: str, image_processor, tokenizer, chat_template: str | None):
+    """``Qwen2VLProcessor`` / ``Qwen2_5_VLProcessor`` for images only.
 
-    Its constructor insists on a video processor, which needs torchvision (not installable beside
+    Their constructors insist on a video processor, which needs torchvision (not installable beside
     torch 2.13 here); this subclass drops that attribute and keeps every image code path of the HF
     processor (``__call__``'s expansion of ``<|image_pad|>`` by the grid) as the reference.
     """
-    from transformers import Qwen2VLProcessor
+    import transformers
     from transformers.processing_utils import ProcessorMixin
 
-    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
+    class ImageOnlyProcessor(getattr(transformers, processor_class)):
         attributes = ["image_processor", "tokenizer"]
         # real folders load a Qwen2TokenizerFast; tiny ones a PreTrainedTokenizerFast of the same tokenizer.json
         tokenizer_class = ("Qwen2Tokenizer", "Qwen2TokenizerFast", "PreTrainedTokenizerFast")
+        image_processor_class = "AutoImageProcessor"
 
         def __init__(self, image_processor, tokenizer, chat_template=None, **kwargs):
-            # the attribute set-up of Qwen2VLProcessor.__init__ (transformers 4.57), minus the video processor
-            self.image_token = IMAGE_PAD
-            self.video_token = VIDEO_PAD
+            # the attribute set-up of the processors' __init__ (transformers 4.57), minus the video processor
+            self.image_token, self.video_token = IMAGE_PAD, VIDEO_PAD
             self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
             self.video_token_id = tokenizer.convert_tokens_to_ids(VIDEO_PAD)
             ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
-    return ImageOnlyQwen2VLProcessor(image_processor, tokenizer, chat_template)
+    return ImageOnlyProcessor(image_processor, tokenizer, chat_template)
 
 
-def make_qwen2_vl(out_dir: Path, seed: int = 0, **_: object) -> Path:
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor
-
+def _tokenizer():
     tokenizer = hf_tokenizer("qwen2", extra_special=[VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD],
                              chat_template=chatml_template(image=VISION_START + IMAGE_PAD + VISION_END))
-    vocab = len(tokenizer) + (-len(tokenizer)) % 16
     ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in
            (("image_token_id", IMAGE_PAD), ("video_token_id", VIDEO_PAD), ("vision_start_token_id", VISION_START),
             ("vision_end_token_id", VISION_END))}
-    text = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+    return tokenizer, ids
+
+
+def _text(tokenizer) -> dict:
+    vocab = len(tokenizer) + (-len(tokenizer)) % 16
+    return dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6, rope_theta=10000.0,
                 tie_word_embeddings=False, use_sliding_window=False,
                 rope_scaling={"type": "mrope", "mrope_section": MROPE_SECTION},
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
-                  spatial_merge_size=2, temporal_patch_size=2, hidden_act="quick_gelu")
-    config = Qwen2VLConfig(text_config=text, vision_config=vision, **ids)
-    torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config)
+
+
+def _save(model, processor_class: str, tokenizer, out_dir: Path, seed: int) -> Path:
+    from transformers import Qwen2VLImageProcessor
+
     image_processor = Qwen2VLImageProcessor(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS,
                                             size={"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS})
-    processor = qwen2vl_processor(image_processor, tokenizer, tokenizer.chat_template)
+    processor = image_only_processor(processor_class, image_processor, tokenizer, tokenizer.chat_template)
     reinit_(model, std=0.15, seed=seed)
     model.generation_config.eos_token_id = [tokenizer.eos_token_id,
                                             tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS["im_end"])]
@@ -76,3 +78,28 @@ def make_qwen2_vl(out_dir: Path, seed: int = 0, **_: object) -> Path:
     model.eval().save_pretrained(out_dir, safe_serialization=True)
     processor.save_pretrained(out_dir)
     return out_dir
+
+
+def make_qwen2_vl(out_dir: Path, seed: int = 0, **_: object) -> Path:
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    tokenizer, ids = _tokenizer()
+    vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
+                  spatial_merge_size=2, temporal_patch_size=2, hidden_act="quick_gelu")
+    config = Qwen2VLConfig(text_config=_text(tokenizer), vision_config=vision, **ids)
+    torch.manual_seed(seed)
+    return _save(Qwen2VLForConditionalGeneration(config), "Qwen2VLProcessor", tokenizer, out_dir, seed)
+
+
+def make_qwen2_5_vl(out_dir: Path, seed: int = 0, **_: object) -> Path:
+    """Qwen2.5-VL: RMS norms and gated MLPs in the tower, window attention (windows of 2x2 merged tokens
+    here, so a 112 px image has four) in block 0 and full attention in block 1."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    tokenizer, ids = _tokenizer()
+    vision = dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=64, num_heads=2, patch_size=14,
+                  spatial_merge_size=2, temporal_patch_size=2, hidden_act="silu", window_size=56,
+                  fullatt_block_indexes=[1], tokens_per_second=2)
+    config = Qwen2_5_VLConfig(text_config=_text(tokenizer), vision_config=vision, **ids)
+    torch.manual_seed(seed)
+    return _save(Qwen2_5_VLForConditionalGeneration(config), "Qwen2_5_VLProcessor", tokenizer, out_dir, seed)

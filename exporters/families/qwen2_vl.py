@@ -38,22 +38,27 @@ class QwenVisionGraph(torch.nn.Module):
     """``pixel_values [N, C*T*P*P], rotary_pos_emb [N, d], attention_bias [N, N] -> [1, N / 4, D]``.
 
     The tower's own modules (patch embedding, blocks' norms, qkv/proj and MLPs, the merger); the
-    attention is written out with the additive bias, which equals transformers' per-frame split.
+    attention is written out with an additive bias, which equals transformers' per-segment split.
+    With ``window_blocks`` (Qwen2.5-VL) the patches arrive in window order, those blocks attend with
+    ``window_bias``, the others with ``attention_bias``, and ``reverse_index`` restores raster order.
     """
 
-    def __init__(self, visual: torch.nn.Module) -> None:
+    def __init__(self, visual: torch.nn.Module, window_blocks: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.patch_embed, self.blocks, self.merger = visual.patch_embed, visual.blocks, visual.merger
+        self.window_blocks = set(window_blocks)
 
-    def forward(self, pixel_values: torch.Tensor, rotary_pos_emb: torch.Tensor,
-                attention_bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor, rotary_pos_emb: torch.Tensor, attention_bias: torch.Tensor,
+                window_bias: torch.Tensor | None = None, reverse_index: torch.Tensor | None = None) -> torch.Tensor:
         x = self.patch_embed(pixel_values)
         emb = torch.cat((rotary_pos_emb, rotary_pos_emb), dim=-1)
         cos, sin = emb.cos()[:, None, :], emb.sin()[:, None, :]
-        for blk in self.blocks:
-            x = x + self._attention(blk.attn, blk.norm1(x), cos, sin, attention_bias)
+        for i, blk in enumerate(self.blocks):
+            bias = window_bias if i in self.window_blocks else attention_bias
+            x = x + self._attention(blk.attn, blk.norm1(x), cos, sin, bias)
             x = x + blk.mlp(blk.norm2(x))
-        return self.merger(x).unsqueeze(0)
+        merged = self.merger(x)
+        return (merged if reverse_index is None else merged[reverse_index]).unsqueeze(0)
 
     @staticmethod
     def _attention(attn: torch.nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -93,16 +98,20 @@ class Qwen2VLFamily(HFFamily):
     bridge_type = "patch-merger"
     survey_group = "converter"
     description = "native-resolution ViT (2-D RoPE) + 2x2 patch merger MLP, M-RoPE qwen2 LLM (Qwen2-VL)"
+    model_class = "Qwen2VLForConditionalGeneration"
+    processor_class = "Qwen2VLProcessor"
 
     def load(self, folder: Path) -> Loaded:
-        from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor
+        import transformers
+        from transformers import AutoTokenizer, Qwen2VLImageProcessor
 
-        from edgebridge.testing.qwen_vl import qwen2vl_processor
+        from edgebridge.testing.qwen_vl import image_only_processor
 
-        model = load_float32(Qwen2VLForConditionalGeneration, folder)
+        model = load_float32(getattr(transformers, self.model_class), folder)
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         image_processor = Qwen2VLImageProcessor.from_pretrained(folder, local_files_only=True)
-        processor = qwen2vl_processor(image_processor, tokenizer, getattr(tokenizer, "chat_template", None))
+        processor = image_only_processor(self.processor_class, image_processor, tokenizer,
+                                         getattr(tokenizer, "chat_template", None))
         return Loaded(folder=Path(folder), config=model.config, model=model, processor=processor)
 
     def placeholder_token(self, loaded: Loaded) -> str:
@@ -113,14 +122,21 @@ class Qwen2VLFamily(HFFamily):
 
     def preprocessing(self, loaded: Loaded) -> dict[str, Any]:
         ip, vision = loaded.processor.image_processor, loaded.config.vision_config
+        heads = vision.num_heads
+        width = getattr(vision, "embed_dim", None) or vision.hidden_size  # Qwen2.5-VL calls the tower's width hidden_size
         return {"kind": "qwen-vl-patches", "processor": type(ip).__name__, "patch_size": int(ip.patch_size),
                 "temporal_patch_size": int(ip.temporal_patch_size), "merge_size": int(ip.merge_size),
                 "min_pixels": int(ip.min_pixels), "max_pixels": int(ip.max_pixels), **pixel_steps(ip),
-                "rotary": {"dim": vision.embed_dim // vision.num_heads // 2, "theta": 10000.0}}
+                "rotary": {"dim": width // heads // 2, "theta": 10000.0}}
+
+    def vision_graph(self, loaded: Loaded) -> tuple[torch.nn.Module, list[str]]:
+        """The graph module and its input names."""
+        return QwenVisionGraph(loaded.model.model.visual).eval(), ["pixel_values", "rotary_pos_emb", "attention_bias"]
 
     def encoders(self, loaded: Loaded) -> list[EncoderExport]:
         visual = loaded.model.model.visual
         spec = self.preprocessing(loaded)
+        module, names = self.vision_graph(loaded)
         grids: dict[int, tuple[int, int, int]] = {}  # patches -> grid, for the reference
 
         def make_inputs(batch: int, seed: int) -> dict[str, torch.Tensor]:
@@ -132,24 +148,37 @@ class Qwen2VLFamily(HFFamily):
             return {k: torch.from_numpy(v) for k, v in inputs.items()}
 
         def reference(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-            grid = torch.tensor([grids[int(inputs["pixel_values"].shape[0])]])
-            return visual(inputs["pixel_values"], grid_thw=grid).unsqueeze(0)
+            """transformers' tower on the image in raster order (window order undone first)."""
+            n = int(inputs["pixel_values"].shape[0])
+            frames = raster_patches(inputs, spec, grids[n])
+            return visual(frames, grid_thw=torch.tensor([grids[n]])).unsqueeze(0)
 
         merge = spec["merge_size"]
+        axes = {"pixel_values": {0: "patches"}, "rotary_pos_emb": {0: "patches"}, "image_embeds": {1: "tokens"},
+                "attention_bias": {0: "patches", 1: "patches"}, "window_bias": {0: "patches", 1: "patches"},
+                "reverse_index": {0: "tokens"}}
         return [EncoderExport(
-            component="vision_encoder", modality="image", module=QwenVisionGraph(visual).eval(),
-            input_names=["pixel_values", "rotary_pos_emb", "attention_bias"], output_name="image_embeds",
-            dynamic_axes={"pixel_values": {0: "patches"}, "rotary_pos_emb": {0: "patches"},
-                          "attention_bias": {0: "patches", 1: "patches"}, "image_embeds": {1: "tokens"}},
+            component="vision_encoder", modality="image", module=module, input_names=names,
+            output_name="image_embeds", dynamic_axes={k: v for k, v in axes.items() if k in names or k == "image_embeds"},
             make_inputs=make_inputs, reference=reference, preprocessing=spec,
             placeholder=IMAGE_PAD, tokens_per_item=spec["max_pixels"] // (spec["patch_size"] * merge) ** 2,
             bridge={**self.bridge_info(), "merge_size": merge},
             layout={"kind": "repeat", "positions": "mrope",
                     "wrap_if_missing": {"before": VISION_START, "after": VISION_END}},
-            description="Qwen2-VL vision tower (2-D rotary, native resolution) + 2x2 patch merger",
+            description=f"{self.model_class.split('For')[0]} vision tower (2-D rotary, native resolution) + 2x2 "
+                        "patch merger",
             bridge_scopes=("merger",),
             valid_lengths=lambda inputs: [int(inputs["pixel_values"].shape[0]) // merge ** 2],
         )]
 
 
-
+def raster_patches(inputs: dict[str, torch.Tensor], spec: dict[str, Any], grid: tuple[int, int, int]) -> torch.Tensor:
+    """The patches in raster order (the order transformers' tower takes), undoing a window order."""
+    patches = inputs["pixel_values"]
+    if "reverse_index" not in inputs:
+        return patches
+    unit = spec["merge_size"] ** 2
+    order = torch.argsort(inputs["reverse_index"])  # merged token at each window-order slot
+    raster = torch.empty_like(patches).reshape(-1, unit, patches.shape[-1])
+    raster[order] = patches.reshape(-1, unit, patches.shape[-1])
+    return raster.reshape(patches.shape)

@@ -6,7 +6,7 @@ from the HF config. Per architecture (table ``ARCHS``):
 - llama / mistral: Q and K rows are permuted to llama.cpp's rotary layout (HF stores the two
   rotary halves apart, GGML interleaves them);
 - qwen2: no permutation (llama.cpp uses NEOX rotary for it), Q/K/V biases;
-- qwen2_vl_text (Qwen2-VL's decoder): qwen2's tensors as llama.cpp's ``qwen2vl``, whose M-RoPE
+- qwen2_vl_text, qwen2_5_vl_text (Qwen2-VL's and Qwen2.5-VL's decoders): qwen2's tensors as llama.cpp's ``qwen2vl``, whose M-RoPE
   splits each head's rotary pairs into (t, h, w) sections: ``rope_scaling.mrope_section`` padded
   to four as ``rope.dimension_sections`` (llama.cpp's fourth section is unused by these models).
 
@@ -41,6 +41,7 @@ ARCHS: dict[str, ArchSpec] = {
     "mistral": ArchSpec(gguf.MODEL_ARCH.LLAMA, permute_qk=True),  # convert_hf_to_gguf writes mistral as llama
     "qwen2": ArchSpec(gguf.MODEL_ARCH.QWEN2, permute_qk=False),
     "qwen2_vl_text": ArchSpec(gguf.MODEL_ARCH.QWEN2VL, permute_qk=False, mrope=True),
+    "qwen2_5_vl_text": ArchSpec(gguf.MODEL_ARCH.QWEN2VL, permute_qk=False, mrope=True),  # llama.cpp: also qwen2vl
 }
 
 DTYPES = ("f32", "f16")
