@@ -161,6 +161,10 @@ def run(
     prompt: str = typer.Option("", "--prompt", "-p", help="Prompt text; <image> marks where an image goes."),
     image: List[Path] = typer.Option([], "--image", "-i", help="Image file (repeat for several)."),
     audio: List[Path] = typer.Option([], "--audio", "-a", help="WAV file (repeat for several)."),
+    video: List[Path] = typer.Option([], "--video", "-v", help="Video file (repeat for several; Qwen-VL bundles)."),
+    video_fps: Optional[float] = typer.Option(None, help="Frames per second of video time to sample (default 2)."),
+    max_frames: Optional[int] = typer.Option(None, help="Most frames sampled from one video (more are dropped, "
+                                                        "with a warning)."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", min=1),
     backend: str = typer.Option("onnxruntime", help="Encoder backend: onnxruntime or openvino."),
     device: str = typer.Option("CPU", help="Encoder device: CPU, GPU, NPU or AUTO (falls back to CPU, reported)."),
@@ -183,8 +187,9 @@ def run(
                               threads=threads, n_ctx=n_ctx, verify=not no_verify, fast_prefill=fast_prefill) as pipe:
         for warning in pipe.load_warnings:
             err.print(f"[yellow]warning:[/yellow] {warning}")
-        stream = pipe.generate(prompt, images=image, audio=audio, max_new_tokens=max_new_tokens, chat=chat,
-                               stream=True, min_image_tokens=min_image_tokens, max_image_tokens=max_image_tokens)
+        stream = pipe.generate(prompt, images=image, audio=audio, videos=video, max_new_tokens=max_new_tokens,
+                               chat=chat, stream=True, min_image_tokens=min_image_tokens,
+                               max_image_tokens=max_image_tokens, video_fps=video_fps, max_frames=max_frames)
         for piece in stream:
             if not as_json:
                 sys.stdout.write(piece)

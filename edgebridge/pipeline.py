@@ -33,7 +33,7 @@ from edgebridge.plan import PromptPlan, build_plan, render_prompt
 from edgebridge.preprocess import MediaOptions, Prepared
 from edgebridge.runtimes.llamacpp import LlamaSettings
 from edgebridge.runtimes.llamacpp.session import LLMSession, PrefillResult, open_bundle_session
-from edgebridge.stages import ModalityStage, StageOptions, StageOutput, open_stage
+from edgebridge.stages import ModalityStage, StageOptions, StageOutput, open_stage, preprocessing_notes
 from edgebridge.timing import GenerationTimings, StageTimes, now_ms
 
 __all__ = ["GenerationResult", "GenerationStream", "Pipeline"]
@@ -81,12 +81,13 @@ class Pipeline:
         start = now_ms()
         bundle = Bundle.open(path, verify=verify)
         cache = EmbeddingCache() if cache_embeddings else None
-        options = StageOptions(encoder_backend, device, threads, precision)
+        options, sessions = StageOptions(encoder_backend, device, threads, precision), {}
         stages = {m: open_stage(bundle.root, m, spec, bundle.manifest.components[spec.component], options,
-                                bundle.manifest.static_shape(spec.component), cache)
+                                bundle.manifest.static_shape(spec.component), cache, sessions)
                   for m, spec in bundle.manifest.inputs.items()}
-        warnings = [f"{s.component}: {s.report.fallback_reason}; ran on {s.report.executed}."
-                    for s in stages.values() if s.report.fallback_reason]
+        reports = {s.component: s.report for s in stages.values()}
+        warnings = [f"{name}: {r.fallback_reason}; ran on {r.executed}." for name, r in reports.items()
+                    if r.fallback_reason]
         llm = open_bundle_session(bundle, llm_settings or LlamaSettings(), threads=threads, n_ctx=n_ctx,
                                   reuse_prefix=reuse_prefix, fast_prefill=fast_prefill)
         return cls(bundle, stages, llm, now_ms() - start, warnings + llm.warnings, cache)
@@ -107,16 +108,19 @@ class Pipeline:
         return self.stages[modality].prepare(items, text)
 
     def generate(self, prompt: str, images: Sequence[Any] | None = None, audio: Sequence[Any] | None = None, *,
-                 max_new_tokens: int = 64, stream: bool = False, chat: bool = False, system: str | None = None,
-                 stop_at_eos: bool = True, min_image_tokens: int | None = None,
-                 max_image_tokens: int | None = None) -> GenerationResult | GenerationStream:
+                 videos: Sequence[Any] | None = None, max_new_tokens: int = 64, stream: bool = False,
+                 chat: bool = False, system: str | None = None, stop_at_eos: bool = True,
+                 min_image_tokens: int | None = None, max_image_tokens: int | None = None,
+                 video_fps: float | None = None, max_frames: int | None = None) -> GenerationResult | GenerationStream:
         """Greedy generation. ``stream=True`` returns a ``GenerationStream`` of text pieces.
-        ``min_image_tokens`` / ``max_image_tokens``: the positions one image may cost (native-resolution
-        models; default from the model's processor config); the result's ``media`` says what each got."""
+        ``min_image_tokens`` / ``max_image_tokens``: the positions one image (or video frame) may cost
+        (native-resolution models; default from the model's processor config); ``video_fps`` /
+        ``max_frames``: how videos are sampled. The result's ``media`` says what each item got."""
         if max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
-        options = MediaOptions(min_image_tokens=min_image_tokens, max_image_tokens=max_image_tokens).check()
-        steps = self._steps(prompt, _media(images, audio), max_new_tokens, chat, system, stop_at_eos, options)
+        options = MediaOptions(min_image_tokens=min_image_tokens, max_image_tokens=max_image_tokens,
+                               video_fps=video_fps, max_frames=max_frames).check()
+        steps = self._steps(prompt, _media(images, audio, videos), max_new_tokens, chat, system, stop_at_eos, options)
         if stream:
             return GenerationStream(steps)
         while True:
@@ -178,14 +182,16 @@ class Pipeline:
         embeds = {(m, i): arr for m, out in outputs.items() for i, arr in enumerate(out.embeddings or [])}
         with times.stage("prefill"):
             prefill = self.llm.prefill(plan, embeds)
-        return _Prompted(plan, prefill, outputs, _clip_notes(prepared), prepared)
+        return _Prompted(plan, prefill, outputs, preprocessing_notes(prepared), prepared)
 
 
-def _media(images: Sequence[Any] | None, audio: Sequence[Any] | None) -> dict[str, list[Any]]:
-    return {"image": list(images or []), "audio": list(audio or [])}
+def _media(images: Sequence[Any] | None, audio: Sequence[Any] | None,
+           videos: Sequence[Any] | None = None) -> dict[str, list[Any]]:
+    return {"image": _items(images, "images"), "audio": _items(audio, "audio"), "video": _items(videos, "videos")}
 
 
-def _clip_notes(prepared: dict[str, Prepared]) -> list[str]:
-    return [f"{m} input {i}: {info['seconds']:.1f} s clip truncated to {info['truncated_to_seconds']:.0f} s, "
-            "the model's window (as its processor does)"
-            for m, prep in prepared.items() for i, info in enumerate(prep.info) if "truncated_to_seconds" in info]
+def _items(items: Sequence[Any] | None, name: str) -> list[Any]:
+    if isinstance(items, (str, Path)):  # a lone path would be read as a list of one-letter paths
+        raise InputError(f"{name}= takes a list of items, got one {type(items).__name__}.",
+                         hint=f"Write {name}=[{str(items)!r}].")
+    return list(items or [])

@@ -280,13 +280,15 @@ class MediaItems:
 
     ``run_lengths``: positions of each embedding run (one per item, or per tile); ``infos``: per
     item, what a grid layout needs (rows, cols, crops); ``texts``: a tool's text per item;
-    ``grids``: per run, its (t, h, w) token grid, for M-RoPE positions.
+    ``grids``: per run, its (t, h, w) token grid, for M-RoPE positions; ``t_index``: per run, each
+    temporal patch's t offset (default its index; Qwen2.5-VL videos count it in time).
     """
 
     run_lengths: tuple[int, ...] = ()
     infos: tuple[Mapping[str, Any], ...] = ()
     texts: tuple[str, ...] | None = None
     grids: tuple[tuple[int, int, int], ...] = ()
+    t_index: tuple[tuple[int, ...], ...] = ()
 
 
 def _idefics3_grid(spec: ModalityInput, slot: Slot, info: Mapping[str, Any]) -> list[Piece]:
@@ -396,7 +398,9 @@ def _number(ordered: Sequence[Piece | list[int]], inputs: Mapping[str, ModalityI
             n = int(lengths[piece.index])
             positions = Positions(at, n)
             if inputs[piece.modality].layout.positions is PositionKind.MROPE:
-                positions = mrope_positions(at, media[piece.modality].grids[piece.index], n)
+                items = media[piece.modality]
+                t_index = items.t_index[piece.index] if items.t_index else None
+                positions = mrope_positions(at, items.grids[piece.index], n, t_index)
             run: Run = MediaRun(piece.modality, piece.index, n, positions)
         else:
             run = TextRun(tuple(int(t) for t in piece), Positions(at, len(piece)))
@@ -405,12 +409,14 @@ def _number(ordered: Sequence[Piece | list[int]], inputs: Mapping[str, ModalityI
     return runs
 
 
-def mrope_positions(start: int, grid: Sequence[int], n: int) -> Positions:
+def mrope_positions(start: int, grid: Sequence[int], n: int, t_index: Sequence[int] | None = None) -> Positions:
     """M-RoPE positions of a ``(t, h, w)`` token grid placed at ``start`` (Qwen-VL's ``get_rope_index``):
-    token (i, j, k) sits at ``start + (i, j, k)`` on the (t, h, w) axes, in raster order per frame."""
+    token (i, j, k) sits at ``start + (t_index[i], j, k)`` on the (t, h, w) axes, in raster order per
+    frame (``t_index`` defaults to ``i``)."""
     t, h, w = (int(x) for x in grid)
-    if t * h * w != n:
+    if t * h * w != n or (t_index is not None and len(t_index) != t):
         raise PromptError(f"an image grid of {t}x{h}x{w} tokens does not match its {n} embeddings.",
                           hint="The bundle's preprocessing and its encoder disagree; re-export it.")
-    axes = np.stack([np.repeat(np.arange(t), h * w), np.tile(np.repeat(np.arange(h), w), t), np.tile(np.arange(w), t * h)])
+    frames = np.asarray(t_index if t_index is not None else np.arange(t))
+    axes = np.stack([np.repeat(frames, h * w), np.tile(np.repeat(np.arange(h), w), t), np.tile(np.arange(w), t * h)])
     return Positions(start, n, (axes + start).astype(np.int32))

@@ -67,8 +67,10 @@ class StageOptions:
 
 
 def open_stage(root: Path, modality: str, spec: ModalityInput, component: Component, options: StageOptions,
-               static: StaticShape | None = None, cache: EmbeddingCache | None = None) -> ModalityStage:
-    """The stage for ``modality``, by its component's role."""
+               static: StaticShape | None = None, cache: EmbeddingCache | None = None,
+               sessions: dict[str, EncoderSession] | None = None) -> ModalityStage:
+    """The stage for ``modality``, by its component's role. ``sessions`` shares one engine session per
+    component between the modalities it serves (images and videos through one tower)."""
     if component.role is Role.TOOL:
         tool = open_tool(root, component, options.backend, device=options.device, threads=options.threads,
                          precision=options.precision)
@@ -79,8 +81,12 @@ def open_stage(root: Path, modality: str, spec: ModalityInput, component: Compon
         raise BackendUnavailableError(
             f"the bundle has no {fmt} artifact for {spec.component} (it has: {', '.join(component.artifacts)}).",
             hint=f"Choose another --backend, or re-export with --encoder-format {fmt}.")
-    session = open_encoder(options.backend, [root / f for f in art.files], device=options.device,
-                           threads=options.threads, precision=options.precision, artifact_precision=art.precision)
+    sessions = {} if sessions is None else sessions
+    if spec.component not in sessions:
+        sessions[spec.component] = open_encoder(options.backend, [root / f for f in art.files], device=options.device,
+                                                threads=options.threads, precision=options.precision,
+                                                artifact_precision=art.precision)
+    session = sessions[spec.component]
     text = spec.preprocessing.text_inputs
     return EncoderStage(modality, spec, component, session, static=static, cache=cache,
                         text_tokenizer=_wordpiece(root, text) if text else None)
@@ -152,8 +158,9 @@ class EncoderStage:
 
     def media_items(self, prepared: Prepared, output: StageOutput | None = None) -> MediaItems:
         grids = tuple(tuple(i["llm_grid"]) for i in prepared.info if "llm_grid" in i)  # one run per item
+        t_index = tuple(tuple(i["t_index"]) for i in prepared.info if "t_index" in i)
         return MediaItems(run_lengths=_run_lengths(prepared, self.spec.tokens_per_item), infos=tuple(prepared.info),
-                          grids=grids)
+                          grids=grids, t_index=t_index if len(t_index) == len(grids) else ())
 
     def bridge_time(self, prepared: Prepared) -> tuple[float, float, int] | None:
         """(bridge us, whole graph us, nodes) from one per-node engine profile; the bridge is the tail of
@@ -225,3 +232,11 @@ class ToolStage:
         return StageOutput(texts=[o.text for o in self.tool.run(prepared.inputs, rows)])
 
 
+def preprocessing_notes(prepared: dict[str, Prepared]) -> list[str]:
+    """What preprocessing did to this call's items that the user should hear about (cut clips, dropped frames)."""
+    notes = [f"{m} input {i}: {info['seconds']:.1f} s clip truncated to {info['truncated_to_seconds']:.0f} s, "
+             "the model's window (as its processor does)"
+             for m, prep in prepared.items() for i, info in enumerate(prep.info) if "truncated_to_seconds" in info]
+    return notes + [f"{m} input {i}: {info['dropped_frames']} of {info['frames'] + info['dropped_frames']} sampled "
+                    "frames dropped to fit max_frames" for m, prep in prepared.items()
+                    for i, info in enumerate(prep.info) if info.get("dropped_frames")]

@@ -165,9 +165,10 @@ def _export_media(family: Family, loaded: Loaded, writer: BundleWriter, scratch:
                                                                 options.tolerance, step, options.static)
         if shape is not None:
             parts.static_shapes[enc.component] = shape
-        parts.inputs[enc.modality] = ModalityInput(component=enc.component, preprocessing=enc.preprocessing,
-                                                   placeholder=enc.placeholder, tokens_per_item=enc.tokens_per_item,
-                                                   layout=enc.layout)
+        for item in [enc, *enc.shared]:
+            parts.inputs[item.modality] = ModalityInput(component=enc.component, preprocessing=item.preprocessing,
+                                                        placeholder=item.placeholder,
+                                                        tokens_per_item=item.tokens_per_item, layout=item.layout)
     for tool in family.tools(loaded):
         parts.components[tool.component] = export_tool(tool, writer.tmp, scratch, options.formats, step)
         parts.inputs[tool.modality] = ModalityInput(component=tool.component, preprocessing=tool.preprocessing,

@@ -150,3 +150,87 @@ def test_kv_prefix_reuse_and_embedding_cache_keep_the_answers(qwen2_vl):
     # the follow-up keeps the image (a cut inside an M-RoPE image keeps none of it); the third prompt
     # shares the text before its first image; the fourth only "<|im_start|>user\n..."
     assert reused[0] == 0 and reused[1] > 12 and reused[2] > 0
+
+
+# --- video -------------------------------------------------------------------------------------------
+
+
+def write_video(path, frames: int = 12, fps: int = 6, size: tuple[int, int] = (96, 128)) -> None:
+    """A short synthetic clip: a bright square crossing a gradient, MPEG-4 in MP4, written with PyAV."""
+    import av
+
+    h, w = size
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for i in range(frames):
+            img = np.zeros((h, w, 3), np.uint8)
+            img[..., 0] = np.linspace(0, 255, w, dtype=np.uint8)[None]
+            img[..., 2] = np.linspace(255, 0, h, dtype=np.uint8)[:, None]
+            x = 8 + i * (w - 40) // frames
+            img[30:60, x:x + 30] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def video_reference(exp, frames: np.ndarray, fps: float, question: str):
+    """transformers' generate on the video path: the image processor's video patches (the video processor
+    needs torchvision, not installable here) of the same sampled frames, the prompt with the processor's
+    expansion of ``<|video_pad|>``, and Qwen2.5-VL's seconds per temporal patch."""
+    import torch
+    from transformers import Qwen2VLImageProcessor
+
+    from tests.reference import _loaded
+
+    family, loaded = _loaded(str(exp.model_dir))
+    vid = Qwen2VLImageProcessor.from_pretrained(exp.model_dir)(images=None, videos=[list(frames)], return_tensors="pt")
+    n = int(vid["video_grid_thw"][0].prod()) // 4
+    prompt = f"<|im_start|>user\n<|vision_start|>{'<|video_pad|>' * n}<|vision_end|>{question}<|im_end|>\n" \
+             "<|im_start|>assistant\n"
+    ids = loaded.processor.tokenizer(prompt, return_tensors="pt")
+    extra = {"second_per_grid_ts": torch.tensor([2 / fps])} if family.temporal_time else {}
+    with torch.no_grad():
+        out = loaded.model.generate(**ids, pixel_values_videos=vid["pixel_values_videos"],
+                                    video_grid_thw=vid["video_grid_thw"], max_new_tokens=16, do_sample=False, **extra)
+    return out[0, ids["input_ids"].shape[1]:].tolist(), vid["video_grid_thw"][0].tolist(), ids["input_ids"].shape[1]
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_video_greedy_tokens_match_transformers(qwen2_vl, backend, tmp_path):
+    from edgebridge.preprocess.video import load_video
+
+    clip = tmp_path / "clip.mp4"
+    write_video(clip)
+    video = load_video(clip, fps=2.0, max_frames=64)  # 2 s at 2 fps: 4 frames, two temporal patches
+    ref_ids, ref_grid, n_prompt = video_reference(qwen2_vl, video.frames, video.fps, "What happens?")
+    prompt = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>What happens?<|im_end|>\n" \
+             "<|im_start|>assistant\n"
+    with Pipeline.from_bundle(qwen2_vl.bundle, encoder_backend=backend, llm_settings=LlamaSettings.strict()) as pipe:
+        result = pipe.generate(prompt, videos=[clip], max_new_tokens=16)
+    media = result.media["video"][0]
+    assert media["grid_thw"] == ref_grid and ref_grid[0] == 2 and media["frames"] == 4
+    assert result.prompt_tokens == n_prompt and result.token_ids == ref_ids and len(ref_ids) == 16
+
+
+def test_video_errors_and_frame_budget(qwen2_vl, tmp_path):
+    from edgebridge.preprocess.video import VideoInputError
+
+    clip = tmp_path / "clip.mp4"
+    write_video(clip, frames=24)
+    not_video = tmp_path / "notes.mp4"
+    not_video.write_text("this is not a video")
+    with Pipeline.from_bundle(qwen2_vl.bundle) as pipe:
+        result = pipe.generate("<|video_pad|>", videos=[clip], max_new_tokens=1, video_fps=4.0, max_frames=4)
+        assert result.media["video"][0]["frames"] == 4 and result.media["video"][0]["dropped_frames"] == 12
+        assert any("frames dropped to fit max_frames" in w for w in result.call_warnings)
+        for bad in (not_video, tmp_path / "missing.mp4"):
+            with pytest.raises(VideoInputError):
+                pipe.generate("<|video_pad|>", videos=[bad], max_new_tokens=1)
+        with pytest.raises(InputError, match="list of items"):
+            pipe.generate("<|video_pad|>", videos=str(clip), max_new_tokens=1)
+    proc = run_cli("run", str(qwen2_vl.bundle), "-p", "hi", "--video", str(not_video))
+    assert proc.returncode == 2 and "not a video" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    proc = run_cli("run", str(qwen2_vl.bundle), "-p", "<|image_pad|><|image_pad|>", "-i", str(clip))
+    assert proc.returncode == 2 and "placeholder" in proc.stderr, proc.stderr  # more markers than media

@@ -164,3 +164,51 @@ def prepare_qwen_vl(items: list[Any], spec: dict[str, Any], options: MediaOption
         info.append({**meta, "grid_thw": [t, h, w], "llm_grid": [t, h // merge, w // merge], "tokens": tokens[-1]})
     return Prepared(inputs=runs[0], tokens_per_item=tokens, info=info,
                     item_rows=[slice(i, i + 1) for i in range(len(runs))], runs=runs)
+
+
+def temporal_index(t: int, seconds_per_grid: float, tokens_per_second: int | None) -> list[int]:
+    """Each temporal patch's M-RoPE t offset: its index (Qwen2-VL), or its time in ``tokens_per_second``
+    units (Qwen2.5-VL: index x seconds per patch x tokens per second, truncated, in float32 as torch)."""
+    if not tokens_per_second:
+        return list(range(t))
+    scaled = (np.arange(t) * np.float32(seconds_per_grid)).astype(np.float32) * np.float32(tokens_per_second)
+    return [int(x) for x in scaled.astype(np.float32)]
+
+
+def video_frames(video: Any, spec: dict[str, Any], budget: tuple[int, int]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Sampled RGB frames -> (``[F, C, H, W]`` float32, resized like an image of the first frame's size)."""
+    frames = video.frames
+    factor = int(spec["patch_size"]) * int(spec["merge_size"])
+    height, width = smart_resize(frames.shape[1], frames.shape[2], factor, *budget)
+    from PIL import Image
+
+    out = [rescale_normalize(np.asarray(resize(Image.fromarray(f), height, width, spec.get("resample", "bicubic"))),
+                             spec).transpose(2, 0, 1) for f in frames]
+    return np.stack(out), {"width": int(frames.shape[2]), "height": int(frames.shape[1]), "resized": [height, width]}
+
+
+@register_preprocessor("qwen-vl-video", options=("min_image_tokens", "max_image_tokens", "video_fps", "max_frames"))
+def prepare_qwen_vl_video(items: list[Any], spec: dict[str, Any], options: MediaOptions | None = None) -> Prepared:
+    """Videos -> one vision-graph run each: frames sampled at ``video_fps`` (default the spec's ``fps``),
+    two per temporal patch; each frame's token budget is the image one. ``info`` gives the grid, the
+    sampling and ``t_index`` (each temporal patch's M-RoPE offset: Qwen2.5-VL counts it in time)."""
+    from edgebridge.preprocess.video import load_video
+
+    options = options or MediaOptions()
+    fps = float(options.video_fps or spec.get("fps", 2.0))
+    max_frames = int(options.max_frames or spec.get("max_frames", 64))
+    runs, info, tokens = [], [], []
+    merge, temporal = int(spec["merge_size"]), int(spec["temporal_patch_size"])
+    budget = pixel_budget(spec, options)
+    for item in items:
+        video = load_video(item, fps=fps, max_frames=max_frames, min_frames=temporal)
+        frames, meta = video_frames(video, spec, budget)
+        inputs, (t, h, w) = vision_inputs(frames, spec)
+        runs.append(inputs)
+        tokens.append(t * h * w // merge ** 2)
+        seconds_per_grid = temporal / video.fps
+        info.append({**meta, **video.info, "grid_thw": [t, h, w], "llm_grid": [t, h // merge, w // merge],
+                     "tokens": tokens[-1], "second_per_grid": seconds_per_grid,
+                     "t_index": temporal_index(t, seconds_per_grid, spec.get("tokens_per_second"))})
+    return Prepared(inputs=runs[0], tokens_per_item=tokens, info=info,
+                    item_rows=[slice(i, i + 1) for i in range(len(runs))], runs=runs)

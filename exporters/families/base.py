@@ -34,6 +34,18 @@ from edgebridge.manifest import PromptLayout
 
 
 @dataclass
+class SharedInput:
+    """Another modality the same encoder graph serves (a video through an image tower), with its own
+    preprocessing and prompt placement."""
+
+    modality: str
+    preprocessing: dict[str, Any]
+    placeholder: str
+    tokens_per_item: int
+    layout: dict[str, Any]
+
+
+@dataclass
 class EncoderExport:
     """One encoder + bridge graph: ``inputs -> [B, N, D]`` embeddings."""
 
@@ -57,6 +69,7 @@ class EncoderExport:
     assets: dict[str, Path] = field(default_factory=dict)  # bundle file name -> source (e.g. a vocabulary)
     # non-batch axes that may be zero-padded (token axes with an attention mask), for static exports
     pad_axes: dict[str, list[int]] = field(default_factory=dict)
+    shared: list[SharedInput] = field(default_factory=list)  # further modalities that run through this graph
 
 
 @dataclass

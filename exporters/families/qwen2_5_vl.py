@@ -26,6 +26,7 @@ class Qwen25VLFamily(Qwen2VLFamily):
     description = "windowed native-resolution ViT + 2x2 patch merger MLP, M-RoPE qwen2 LLM (Qwen2.5-VL)"
     model_class = "Qwen2_5_VLForConditionalGeneration"
     processor_class = "Qwen2_5_VLProcessor"
+    temporal_time = True  # video t positions: patch index x seconds per patch x tokens_per_second
 
     def preprocessing(self, loaded: Loaded) -> dict[str, Any]:
         vision = loaded.config.vision_config

@@ -22,11 +22,19 @@ from typing import Any
 import torch
 
 from edgebridge.exporters.families import register_family
-from edgebridge.exporters.families.base import EncoderExport, HFFamily, Loaded, load_float32, seeded_normal
+from edgebridge.exporters.families.base import (
+    EncoderExport,
+    HFFamily,
+    Loaded,
+    SharedInput,
+    load_float32,
+    seeded_normal,
+)
 from edgebridge.exporters.image_spec import pixel_steps
 from edgebridge.preprocess.qwen_vl import vision_inputs
 
-IMAGE_PAD, VISION_START, VISION_END = "<|image_pad|>", "<|vision_start|>", "<|vision_end|>"
+IMAGE_PAD, VIDEO_PAD, VISION_START, VISION_END = "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"
+VIDEO_FPS, MAX_FRAMES = 2.0, 64  # Qwen2-VL's default sampling; the frame cap is ours (memory on a device)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -100,6 +108,7 @@ class Qwen2VLFamily(HFFamily):
     description = "native-resolution ViT (2-D RoPE) + 2x2 patch merger MLP, M-RoPE qwen2 LLM (Qwen2-VL)"
     model_class = "Qwen2VLForConditionalGeneration"
     processor_class = "Qwen2VLProcessor"
+    temporal_time = False  # Qwen2.5-VL numbers a video's temporal patches in time (tokens_per_second)
 
     def load(self, folder: Path) -> Loaded:
         import transformers
@@ -128,6 +137,16 @@ class Qwen2VLFamily(HFFamily):
                 "temporal_patch_size": int(ip.temporal_patch_size), "merge_size": int(ip.merge_size),
                 "min_pixels": int(ip.min_pixels), "max_pixels": int(ip.max_pixels), **pixel_steps(ip),
                 "rotary": {"dim": width // heads // 2, "theta": 10000.0}}
+
+    def video_input(self, loaded: Loaded, image: dict[str, Any]) -> SharedInput:
+        """Videos through the same tower: frames sampled at ``fps``, two per temporal patch."""
+        tps = getattr(loaded.config.vision_config, "tokens_per_second", None)
+        spec = {**image, "kind": "qwen-vl-video", "fps": VIDEO_FPS, "max_frames": MAX_FRAMES,
+                **({"tokens_per_second": int(tps)} if tps and self.temporal_time else {})}
+        return SharedInput(modality="video", preprocessing=spec, placeholder=VIDEO_PAD,
+                           tokens_per_item=image["max_pixels"] // (image["patch_size"] * image["merge_size"]) ** 2,
+                           layout={"kind": "repeat", "positions": "mrope",
+                                   "wrap_if_missing": {"before": VISION_START, "after": VISION_END}})
 
     def vision_graph(self, loaded: Loaded) -> tuple[torch.nn.Module, list[str]]:
         """The graph module and its input names."""
@@ -169,6 +188,7 @@ class Qwen2VLFamily(HFFamily):
                         "patch merger",
             bridge_scopes=("merger",),
             valid_lengths=lambda inputs: [int(inputs["pixel_values"].shape[0]) // merge ** 2],
+            shared=[self.video_input(loaded, spec)],
         )]
 
 
