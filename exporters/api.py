@@ -216,7 +216,7 @@ def _manifest(family: Family, model_dir: Path, layout: PromptLayout, parts: _Par
 
 def _llm_width(family: Family, loaded: Loaded) -> int:
     """The LLM's input embedding width (what every encoder + bridge must produce)."""
-    return int(family.causal_lm(loaded).get_input_embeddings().weight.shape[1])
+    return family.llm_input_width(loaded)
 
 
 def _check_widths(manifest: Manifest, n_embd: int) -> None:

@@ -214,7 +214,7 @@ def test_profile_report_names_the_prefill_engine(qwen2_int8, photo):
     assert "(prefill: onnxruntime int8)" in render_html(report)
 
 
-MROPE_KINDS = {"qwen2-vl", "qwen2.5-vl"}  # M-RoPE text models: the graph declines them (test below)
+MROPE_KINDS = {"qwen2-vl", "qwen2.5-vl", "qwen3-vl"}  # M-RoPE text models: the graph declines them (test below)
 
 
 @pytest.mark.parametrize("kind", sorted(set(BUILDERS) - MROPE_KINDS))

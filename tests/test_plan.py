@@ -51,6 +51,8 @@ FAMILY_INPUTS = {
                                wrap_if_missing={"before": "<|vision_start|>", "after": "<|vision_end|>"})},
     "qwen2.5-vl": {"image": spec("<|image_pad|>", pre="qwen-vl-patches", positions="mrope",
                                  wrap_if_missing={"before": "<|vision_start|>", "after": "<|vision_end|>"})},
+    "qwen3-vl": {"image": spec("<|image_pad|>", pre="qwen-vl-patches", positions="mrope",
+                               wrap_if_missing={"before": "<|vision_start|>", "after": "<|vision_end|>"})},
     "assistant": {"audio": spec("<audio>", 0, pre="whisper-logmel", **{"kind": "text", "template": "{text}"}),
                   "image": spec("<image>", 0, **{"kind": "text", "template": "a photo of {text}"})},
 }

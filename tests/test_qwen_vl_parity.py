@@ -1,7 +1,9 @@
 """The Qwen-VL line end to end: native-resolution vision graph, M-RoPE positions, image-token budgets.
 
-Tiny seeded Qwen2-VL and Qwen2.5-VL (``make-tiny qwen2-vl|qwen2.5-vl``; Qwen2.5-VL's tower attends in
-2x2-token windows in block 0, over the frame in block 1), f32 GGUF, strict llama.cpp settings. For each encoder
+Tiny seeded Qwen2-VL, Qwen2.5-VL and Qwen3-VL (``make-tiny qwen2-vl|qwen2.5-vl|qwen3-vl``; Qwen2.5-VL's
+tower attends in 2x2-token windows in block 0, over the frame in block 1; Qwen3-VL interpolates a learned
+position table and adds deepstack features to the first LLM layer), f32 GGUF, strict llama.cpp settings.
+Videos: Qwen2-VL and Qwen2.5-VL (Qwen3-VL's timestamped video prompts are not supported yet). For each encoder
 engine: the 16 greedy token ids equal transformers' ``generate`` on the processor's prompt
 (``<|vision_start|><|image_pad|><|vision_end|>``) for one photo at two sizes and for two photos of
 different sizes in one prompt; the numpy preprocessing equals the HF image processor; the token budget
@@ -22,7 +24,7 @@ from edgebridge.runtimes.llamacpp import LlamaSettings
 from tests.conftest import exported, run_cli
 from tests.reference import hf_reference
 
-COVERS_FAMILIES = ["qwen2-vl", "qwen2.5-vl"]
+COVERS_FAMILIES = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl"]
 pytestmark = pytest.mark.slow
 
 IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
@@ -41,14 +43,22 @@ def qwen2_vl(workdir, request):
     return exported(workdir, request.param)
 
 
-def test_export_gates_and_the_qwen2vl_gguf(qwen2_vl):
+ARCH = {"qwen2-vl": ("qwen2vl", [2, 3, 3, 0], 0), "qwen2.5-vl": ("qwen2vl", [2, 3, 3, 0], 0),
+        "qwen3-vl": ("qwen3vl", [3, 3, 2, 0], 1)}
+
+
+def test_export_gates_and_the_gguf(qwen2_vl):
     m = qwen2_vl.manifest
     for art in m.components["vision_encoder"].artifacts.values():  # two grids: 4x6 and 6x8 patches
         assert art.parity.passed and art.parity.metrics["max_abs"] <= 1e-4 and art.parity.samples == 6 + 12
+    arch, sections, deepstack = ARCH[m.family]
     llm = m.llm.artifacts["gguf"]
-    assert llm.details["architecture"] == "qwen2vl" and llm.parity.metrics["max_abs"] <= 1e-3
+    assert llm.details["architecture"] == arch and llm.parity.metrics["max_abs"] <= 1e-3
     reader = gguf.GGUFReader(str(qwen2_vl.bundle / llm.files[0]))
-    assert list(reader.fields["qwen2vl.rope.dimension_sections"].contents()) == [2, 3, 3, 0]
+    assert list(reader.fields[f"{arch}.rope.dimension_sections"].contents()) == sections
+    if deepstack:  # input rows: the main embedding and one deepstack slice per layer, side by side
+        assert reader.fields[f"{arch}.n_deepstack_layers"].contents() == deepstack
+    assert m.llm.inputs[0].shape[-1] == 64 * (1 + deepstack) == m.components["vision_encoder"].outputs[0].shape[-1]
     assert m.inputs["image"].layout.positions.value == "mrope"
 
 
@@ -100,7 +110,9 @@ def test_image_token_budget_gives_the_processors_grids(qwen2_vl):
     with Pipeline.from_bundle(qwen2_vl.bundle) as pipe:
         for budget in (4, 9, 16):
             result = pipe.generate(PROMPT, images=[photo("astronaut")], max_new_tokens=2, max_image_tokens=budget)
-            ip = Qwen2VLImageProcessor.from_pretrained(qwen2_vl.model_dir, max_pixels=budget * 28 * 28)
+            spec = qwen2_vl.manifest.inputs["image"].preprocessing
+            factor = spec["patch_size"] * spec["merge_size"]
+            ip = Qwen2VLImageProcessor.from_pretrained(qwen2_vl.model_dir, max_pixels=budget * factor * factor)
             ref = ip(images=[photo("astronaut")])["image_grid_thw"][0].tolist()
             media = result.media["image"][0]
             table.append((budget, media["grid_thw"], media["tokens"]))
@@ -197,10 +209,16 @@ def video_reference(exp, frames: np.ndarray, fps: float, question: str):
     return out[0, ids["input_ids"].shape[1]:].tolist(), vid["video_grid_thw"][0].tolist(), ids["input_ids"].shape[1]
 
 
+def takes_video(exp) -> bool:
+    return "video" in exp.manifest.inputs
+
+
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_video_greedy_tokens_match_transformers(qwen2_vl, backend, tmp_path):
     from edgebridge.preprocess.video import load_video
 
+    if not takes_video(qwen2_vl):
+        pytest.skip(f"{qwen2_vl.manifest.family} bundles take no video (see the family's docstring)")
     clip = tmp_path / "clip.mp4"
     write_video(clip)
     video = load_video(clip, fps=2.0, max_frames=64)  # 2 s at 2 fps: 4 frames, two temporal patches
@@ -215,8 +233,13 @@ def test_video_greedy_tokens_match_transformers(qwen2_vl, backend, tmp_path):
 
 
 def test_video_errors_and_frame_budget(qwen2_vl, tmp_path):
+    from edgebridge.errors import PromptError
     from edgebridge.preprocess.video import VideoInputError
 
+    if not takes_video(qwen2_vl):
+        with Pipeline.from_bundle(qwen2_vl.bundle) as pipe, pytest.raises(PromptError, match="takes no video"):
+            pipe.generate("hi", videos=[tmp_path / "clip.mp4"], max_new_tokens=1)
+        return
     clip = tmp_path / "clip.mp4"
     write_video(clip, frames=24)
     not_video = tmp_path / "notes.mp4"

@@ -19,6 +19,11 @@ in merged tokens): its patches are fed in window order (in units of the 2x2 bloc
 with a window attention bias (``window_bias``) beside the frame one, and ``reverse_index`` gives the
 merged tokens back their raster order (transformers' ``get_window_index`` and its ``argsort``).
 
+Qwen3-VL adds a learned position embedding of ``grid_per_side``² entries, bilinearly interpolated to
+each image's patch grid (``pos_embed`` in the spec): the runtime gives each patch its four table
+rows (``pos_index``, ``[4, N]``) and weights (``pos_weight``), the graph does the weighted lookup
+(transformers' ``fast_pos_embed_interpolate``).
+
 Each image is its own encoder run (sizes differ); the item's LLM tokens are ``t * h * w / 4`` and
 ``info`` carries its grid (``llm_grid``: t, h/2, w/2), from which the prompt plan numbers M-RoPE
 positions.
@@ -89,6 +94,28 @@ def frame_bias(grid: tuple[int, int, int]) -> np.ndarray:
     return np.where(frame[:, None] == frame[None, :], 0.0, MASKED).astype(np.float32)
 
 
+def pos_embed_interpolation(grid: tuple[int, int, int], merge: int, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """(``[4, N]`` table rows, ``[4, N]`` weights): each patch's bilinear blend of a ``side`` x ``side``
+    learned position table, in ``patchify``'s order (float32 as torch computes it)."""
+    t, h, w = grid
+    hs = np.linspace(0, side - 1, h, dtype=np.float32)
+    ws = np.linspace(0, side - 1, w, dtype=np.float32)
+    h0, w0 = hs.astype(np.int64), ws.astype(np.int64)
+    h1, w1 = np.minimum(h0 + 1, side - 1), np.minimum(w0 + 1, side - 1)
+    dh, dw = (hs - h0).astype(np.float32), (ws - w0).astype(np.float32)
+    index = [h0[:, None] * side + w0[None], h0[:, None] * side + w1[None], h1[:, None] * side + w0[None],
+             h1[:, None] * side + w1[None]]
+    weight = [(1 - dh)[:, None] * (1 - dw)[None], (1 - dh)[:, None] * dw[None], dh[:, None] * (1 - dw)[None],
+              dh[:, None] * dw[None]]
+
+    def blocks(a: np.ndarray) -> np.ndarray:  # raster [h, w] -> merge-block order, repeated per frame
+        b = a.reshape(h // merge, merge, w // merge, merge).transpose(0, 2, 1, 3).reshape(-1)
+        return np.tile(b, t)
+
+    return (np.stack([blocks(i) for i in index]).astype(np.int64),
+            np.stack([blocks(x.astype(np.float32)) for x in weight]).astype(np.float32))
+
+
 def window_order(grid: tuple[int, int, int], merge: int, window: int) -> tuple[np.ndarray, np.ndarray]:
     """(merged-token order by window, each merged token's window id in that order): windows of
     ``window`` x ``window`` merged tokens, row by row per frame, the last ones cut at the edges."""
@@ -110,6 +137,9 @@ def vision_inputs(frames: np.ndarray, spec: dict[str, Any]) -> tuple[dict[str, n
     rotary = spec["rotary"]
     angles = rotary_angles(grid, merge, int(rotary["dim"]), float(rotary.get("theta", 10000.0)))
     inputs = {"pixel_values": patches, "rotary_pos_emb": angles, "attention_bias": frame_bias(grid)}
+    if spec.get("pos_embed"):
+        inputs["pos_index"], inputs["pos_weight"] = pos_embed_interpolation(grid, merge,
+                                                                            int(spec["pos_embed"]["grid_per_side"]))
     if spec.get("window"):
         order, window_id = window_order(grid, merge, int(spec["window"]))
         unit = merge * merge

@@ -65,6 +65,12 @@ def _qwen2_vl(out_dir: Path, seed: int = 0, **_: Any) -> Path:
     return make_qwen2_vl(out_dir, seed=seed)
 
 
+def _qwen3_vl(out_dir: Path, seed: int = 0, **_: Any) -> Path:
+    from edgebridge.testing.qwen_vl import make_qwen3_vl
+
+    return make_qwen3_vl(out_dir, seed=seed)
+
+
 def _qwen2_5_vl(out_dir: Path, seed: int = 0, **_: Any) -> Path:
     from edgebridge.testing.qwen_vl import make_qwen2_5_vl
 
@@ -75,7 +81,8 @@ def _qwen2_5_vl(out_dir: Path, seed: int = 0, **_: Any) -> Path:
 BUILDERS: dict[str, Callable[..., Path]] = {"llava": _llava, "qwen2-audio": _qwen2_audio, "voxtral": _voxtral,
                                            "idefics3": _idefics3, "internvl": _internvl, "mobilevlm": _mobilevlm,
                                            "instructblip": _instructblip, "idefics2": _idefics2,
-                                           "qwen2-vl": _qwen2_vl, "qwen2.5-vl": _qwen2_5_vl}
+                                           "qwen2-vl": _qwen2_vl, "qwen2.5-vl": _qwen2_5_vl,
+                                           "qwen3-vl": _qwen3_vl}
 
 
 def make_tiny(kind: str, out_dir: str | Path, **options: Any) -> Path:

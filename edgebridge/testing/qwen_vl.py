@@ -1,4 +1,4 @@
-"""Seeded tiny Qwen-VL models (Qwen2-VL, Qwen2.5-VL): native resolution, 2x2 patch merging, M-RoPE.
+"""Seeded tiny Qwen-VL models (Qwen2-VL, Qwen2.5-VL, Qwen3-VL): native resolution, 2x2 patch merging, M-RoPE.
 
 The vision tower works on 14 px patches (2 frames per temporal patch) of an image resized to
 multiples of 28 within ``min_pixels..max_pixels``; ``max_pixels`` is small (112 x 112 -> at most
@@ -64,11 +64,11 @@ def _text(tokenizer) -> dict:
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
 
 
-def _save(model, processor_class: str, tokenizer, out_dir: Path, seed: int) -> Path:
+def _save(model, processor_class: str, tokenizer, out_dir: Path, seed: int, image_processor=None) -> Path:
     from transformers import Qwen2VLImageProcessor
 
-    image_processor = Qwen2VLImageProcessor(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS,
-                                            size={"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS})
+    image_processor = image_processor or Qwen2VLImageProcessor(
+        min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, size={"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS})
     processor = image_only_processor(processor_class, image_processor, tokenizer, tokenizer.chat_template)
     reinit_(model, std=0.15, seed=seed)
     model.generation_config.eos_token_id = [tokenizer.eos_token_id,
@@ -103,3 +103,27 @@ def make_qwen2_5_vl(out_dir: Path, seed: int = 0, **_: object) -> Path:
     config = Qwen2_5_VLConfig(text_config=_text(tokenizer), vision_config=vision, **ids)
     torch.manual_seed(seed)
     return _save(Qwen2_5_VLForConditionalGeneration(config), "Qwen2_5_VLProcessor", tokenizer, out_dir, seed)
+
+
+def make_qwen3_vl(out_dir: Path, seed: int = 0, **_: object) -> Path:
+    """Qwen3-VL: 16 px patches, a learned 8 x 8 position table interpolated to each grid, deepstack
+    features from block 0 added to the first LLM layer, a qwen3 LLM (q/k norms) with interleaved M-RoPE."""
+    from transformers import Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    tokenizer, ids = _tokenizer()
+    # interleaved sections [3, 3, 2]: llama.cpp's imrope gives each rotary pair t/h/w by pair index mod 3 up to
+    # 3x its section and the unused fourth position past that, where transformers keeps t; with these
+    # sections no pair falls past (real Qwen3-VL's [24, 20, 20] leaves the two lowest-frequency pairs there)
+    text = {**_text(tokenizer), "head_dim": 16, "attention_bias": False,
+            "rope_scaling": {"rope_type": "default", "mrope_section": [3, 3, 2], "mrope_interleaved": True}}
+    text.pop("use_sliding_window")
+    vision = dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=64, num_heads=2, patch_size=16,
+                  spatial_merge_size=2, temporal_patch_size=2, hidden_act="gelu_pytorch_tanh",
+                  num_position_embeddings=64, deepstack_visual_indexes=[0])
+    config = Qwen3VLConfig(text_config=text, vision_config=vision, **ids)
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(config)
+    image_processor = Qwen2VLImageProcessor(patch_size=16, merge_size=2, min_pixels=64 * 64, max_pixels=128 * 128,
+                                            size={"shortest_edge": 64 * 64, "longest_edge": 128 * 128},
+                                            image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    return _save(model, "Qwen3VLProcessor", tokenizer, out_dir, seed, image_processor)

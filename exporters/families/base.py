@@ -122,6 +122,10 @@ class Family(ABC):
         """A GGUF the family ships as its LLM (used as is, checked against ``causal_lm``), or None."""
         return None
 
+    def llm_input_width(self, loaded: Loaded) -> int:
+        """The width of one LLM input row: the token embedding width, unless media rows carry more (deepstack)."""
+        return int(self.causal_lm(loaded).get_input_embeddings().weight.shape[1])
+
     def causal_lm(self, loaded: Loaded) -> torch.nn.Module:
         """The module whose ``forward(input_ids=... | inputs_embeds=...)`` gives the LLM's logits without
         media (the text-side reference for the GGUF gates)."""

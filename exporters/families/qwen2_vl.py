@@ -138,7 +138,7 @@ class Qwen2VLFamily(HFFamily):
                 "min_pixels": int(ip.min_pixels), "max_pixels": int(ip.max_pixels), **pixel_steps(ip),
                 "rotary": {"dim": width // heads // 2, "theta": 10000.0}}
 
-    def video_input(self, loaded: Loaded, image: dict[str, Any]) -> SharedInput:
+    def video_input(self, loaded: Loaded, image: dict[str, Any]) -> SharedInput | None:
         """Videos through the same tower: frames sampled at ``fps``, two per temporal patch."""
         tps = getattr(loaded.config.vision_config, "tokens_per_second", None)
         spec = {**image, "kind": "qwen-vl-video", "fps": VIDEO_FPS, "max_frames": MAX_FRAMES,
@@ -147,6 +147,10 @@ class Qwen2VLFamily(HFFamily):
                            tokens_per_item=image["max_pixels"] // (image["patch_size"] * image["merge_size"]) ** 2,
                            layout={"kind": "repeat", "positions": "mrope",
                                    "wrap_if_missing": {"before": VISION_START, "after": VISION_END}})
+
+    def tower_output(self, out: Any) -> torch.Tensor:
+        """transformers' tower output as the graph gives it (``[N / 4, width]``)."""
+        return out
 
     def vision_graph(self, loaded: Loaded) -> tuple[torch.nn.Module, list[str]]:
         """The graph module and its input names."""
@@ -170,12 +174,12 @@ class Qwen2VLFamily(HFFamily):
             """transformers' tower on the image in raster order (window order undone first)."""
             n = int(inputs["pixel_values"].shape[0])
             frames = raster_patches(inputs, spec, grids[n])
-            return visual(frames, grid_thw=torch.tensor([grids[n]])).unsqueeze(0)
+            return self.tower_output(visual(frames, grid_thw=torch.tensor([grids[n]]))).unsqueeze(0)
 
         merge = spec["merge_size"]
         axes = {"pixel_values": {0: "patches"}, "rotary_pos_emb": {0: "patches"}, "image_embeds": {1: "tokens"},
                 "attention_bias": {0: "patches", 1: "patches"}, "window_bias": {0: "patches", 1: "patches"},
-                "reverse_index": {0: "tokens"}}
+                "reverse_index": {0: "tokens"}, "pos_index": {1: "patches"}, "pos_weight": {1: "patches"}}
         return [EncoderExport(
             component="vision_encoder", modality="image", module=module, input_names=names,
             output_name="image_embeds", dynamic_axes={k: v for k, v in axes.items() if k in names or k == "image_embeds"},
@@ -188,7 +192,7 @@ class Qwen2VLFamily(HFFamily):
                         "patch merger",
             bridge_scopes=("merger",),
             valid_lengths=lambda inputs: [int(inputs["pixel_values"].shape[0]) // merge ** 2],
-            shared=[self.video_input(loaded, spec)],
+            shared=[v for v in [self.video_input(loaded, spec)] if v is not None],
         )]
 
 

@@ -97,7 +97,8 @@ def _reference_cases(lm: torch.nn.Module, vocab_rows: int) -> tuple[list[Any], n
 
 
 def run_llamacpp(llm: LlamaCppLLM, cases: list[list[tuple[str, np.ndarray]]]) -> np.ndarray:
-    """All-position logits of each case (a list of token / embedding segments), concatenated."""
+    """All-position logits of each case (a list of token / embedding segments), concatenated. Embeddings
+    narrower than the LLM's input rows (deepstack slices) get zero slices: what text tokens carry."""
     rows = []
     for case in cases:
         llm.reset()
@@ -105,6 +106,7 @@ def run_llamacpp(llm: LlamaCppLLM, cases: list[list[tuple[str, np.ndarray]]]) ->
             if kind == "tokens":
                 rows.append(llm.eval_tokens(np.asarray(data).tolist(), logits="all"))
             else:
+                data = np.pad(data, ((0, 0), (0, llm.n_embd - data.shape[1])))
                 rows.append(llm.eval_embeddings(data, logits="all"))
     return np.concatenate(rows)
 

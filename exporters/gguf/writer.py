@@ -8,7 +8,11 @@ from the HF config. Per architecture (table ``ARCHS``):
 - qwen2: no permutation (llama.cpp uses NEOX rotary for it), Q/K/V biases;
 - qwen2_vl_text, qwen2_5_vl_text (Qwen2-VL's and Qwen2.5-VL's decoders): qwen2's tensors as llama.cpp's ``qwen2vl``, whose M-RoPE
   splits each head's rotary pairs into (t, h, w) sections: ``rope_scaling.mrope_section`` padded
-  to four as ``rope.dimension_sections`` (llama.cpp's fourth section is unused by these models).
+  to four as ``rope.dimension_sections`` (llama.cpp's fourth section is unused by these models);
+- qwen3_vl_text (Qwen3-VL's decoder): qwen3 (q/k RMS norms, explicit head_dim) as llama.cpp's
+  ``qwen3vl`` (interleaved M-RoPE sections), with ``n_deepstack_layers``: the LLM's input rows then
+  carry the main embedding and one more per deepstack layer side by side, which llama.cpp adds to
+  the first layers' outputs (``TextModel.extra["n_deepstack_layers"]``, from the vision config).
 
 The writer refuses configurations it does not reproduce (rope scaling, other activations)
 instead of writing a file that runs and answers wrong.
@@ -42,6 +46,7 @@ ARCHS: dict[str, ArchSpec] = {
     "qwen2": ArchSpec(gguf.MODEL_ARCH.QWEN2, permute_qk=False),
     "qwen2_vl_text": ArchSpec(gguf.MODEL_ARCH.QWEN2VL, permute_qk=False, mrope=True),
     "qwen2_5_vl_text": ArchSpec(gguf.MODEL_ARCH.QWEN2VL, permute_qk=False, mrope=True),  # llama.cpp: also qwen2vl
+    "qwen3_vl_text": ArchSpec(gguf.MODEL_ARCH.QWEN3VL, permute_qk=False, mrope=True),
 }
 
 DTYPES = ("f32", "f16")
@@ -154,6 +159,8 @@ def write_gguf(text: TextModel, path: Path, dtype: str = "f16") -> dict[str, Any
     writer.add_rope_freq_base(float(getattr(cfg, "rope_theta", 10000.0)))
     if spec.mrope:
         writer.add_rope_dimension_sections(mrope_sections(cfg, text.head_dim))
+    if text.extra.get("n_deepstack_layers"):
+        writer.add_num_deepstack_layers(int(text.extra["n_deepstack_layers"]))
     writer.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
     writer.add_vocab_size(int(cfg.vocab_size))
     if text.head_dim != cfg.hidden_size // cfg.num_attention_heads:

@@ -38,6 +38,12 @@ class GgufInfo:
     weight_bytes: int = 0  # every tensor's data
     token_embd_bytes: int = 0
     output_tied: bool = False  # no output.weight: token_embd doubles as the output matrix
+    n_deepstack: int = 0  # qwen3vl: input rows carry this many more n_embd-wide slices
+
+    @property
+    def n_embd_inp(self) -> int:
+        """The width of one input embedding row (llama.cpp's ``n_embd_inp``)."""
+        return self.n_embd * (1 + self.n_deepstack)
 
     def bytes_read_per_token(self, n_past: int, kv_bytes_per_value: float) -> float:
         """Bytes a decode step reads: every weight except the embedding rows it does not gather
@@ -128,6 +134,7 @@ def _describe(reader: Any, size: int) -> tuple[GgufInfo, set[str]]:
         weight_bytes=weight_bytes,
         token_embd_bytes=embd_bytes,
         output_tied="output.weight" not in names,
+        n_deepstack=int(_field(reader, f"{arch}.n_deepstack_layers") or 0),
     )
     return info, names
 
@@ -158,8 +165,9 @@ def check_expected(info: GgufInfo, path: Path, *, architecture: str | None = Non
             f"the bundle expects '{architecture}'.",
             hint="A GGUF with the wrong architecture label runs but answers wrong; re-export the bundle.",
         )
-    if n_embd is not None and info.n_embd != n_embd:
+    if n_embd is not None and info.n_embd_inp != n_embd:
         raise CorruptArtifactError(
-            f"GGUF file '{Path(path).name}' has embedding width {info.n_embd}, the bundle's encoders produce {n_embd}.",
+            f"GGUF file '{Path(path).name}' takes input rows of width {info.n_embd_inp}, the bundle's encoders "
+            f"produce {n_embd}.",
             hint="Use the LLM the encoders were trained with.",
         )
