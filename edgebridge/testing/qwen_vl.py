@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from edgebridge.testing.tokenizer import SPECIAL_TOKENS, chatml_template, hf_tokenizer
-from edgebridge.testing.weights import reinit_
+from edgebridge.testing.weights import save_seeded
 
 VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"
 MIN_PIXELS, MAX_PIXELS = 56 * 56, 112 * 112
@@ -70,14 +70,7 @@ def _save(model, processor_class: str, tokenizer, out_dir: Path, seed: int, imag
     image_processor = image_processor or Qwen2VLImageProcessor(
         min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, size={"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS})
     processor = image_only_processor(processor_class, image_processor, tokenizer, tokenizer.chat_template)
-    reinit_(model, std=0.15, seed=seed)
-    model.generation_config.eos_token_id = [tokenizer.eos_token_id,
-                                            tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS["im_end"])]
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    out_dir = Path(out_dir)
-    model.eval().save_pretrained(out_dir, safe_serialization=True)
-    processor.save_pretrained(out_dir)
-    return out_dir
+    return save_seeded(model, processor, tokenizer, out_dir, seed, SPECIAL_TOKENS["im_end"])
 
 
 def make_qwen2_vl(out_dir: Path, seed: int = 0, **_: object) -> Path:

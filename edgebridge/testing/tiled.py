@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from edgebridge.testing.tokenizer import SPECIAL_TOKENS, chatml_template, hf_tokenizer
-from edgebridge.testing.weights import reinit_
+from edgebridge.testing.weights import save_seeded
 
 TILE, PATCH, LONGEST = 64, 8, 256
 ROW_COL = [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
@@ -40,14 +40,7 @@ def _vision(extra: dict | None = None) -> dict:
 
 
 def _save(model, processor, tokenizer, out_dir: Path, seed: int) -> Path:
-    reinit_(model, std=0.15, seed=seed)
-    model.generation_config.eos_token_id = [tokenizer.eos_token_id,
-                                            tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS["eos"])]
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    out_dir = Path(out_dir)
-    model.eval().save_pretrained(out_dir, safe_serialization=True)
-    processor.save_pretrained(out_dir)
-    return out_dir
+    return save_seeded(model, processor, tokenizer, out_dir, seed, SPECIAL_TOKENS["eos"])
 
 
 def make_idefics3(out_dir: Path, seed: int = 0, **_: object) -> Path:
