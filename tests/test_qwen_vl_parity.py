@@ -12,6 +12,8 @@ gives the HF processor's grids.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gguf
 import numpy as np
 import pytest
@@ -99,7 +101,7 @@ def test_preprocessing_equals_the_hf_processor(qwen2_vl, name):
 
     ours = preprocess(spec["kind"], [getattr(data, name)()], spec)
     assert ours.info[0]["grid_thw"] == ref["image_grid_thw"][0].tolist()
-    patches = raster_patches({k: torch.from_numpy(v) for k, v in ours.runs[0].items()}, spec, None).numpy()
+    patches = raster_patches({k: torch.from_numpy(v) for k, v in ours.runs[0].items()}, spec).numpy()
     assert np.abs(patches - ref["pixel_values"]).max() <= 1e-5  # (Qwen2.5-VL's window order undone)
 
 
@@ -257,3 +259,36 @@ def test_video_errors_and_frame_budget(qwen2_vl, tmp_path):
     assert proc.returncode == 2 and "not a video" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     proc = run_cli("run", str(qwen2_vl.bundle), "-p", "<|image_pad|><|image_pad|>", "-i", str(clip))
     assert proc.returncode == 2 and "placeholder" in proc.stderr, proc.stderr  # more markers than media
+
+
+# --- quantization and profiling, like every other family ----------------------------------------------
+
+
+def test_quantized_bundle_runs_and_profiles(workdir, tmp_path):
+    from edgebridge.exporters.api import export_bundle
+    from edgebridge.profiling.runner import profile_bundle
+    from tests.conftest import tiny_model
+
+    bundle = tmp_path / "q"
+    manifest = export_bundle(tiny_model(workdir, "qwen2.5-vl"), bundle, llm_dtype="f32",
+                             quantize="encoder.onnx=int8-static,encoder.openvino=int4,llm=q8_0",
+                             max_drift=["encoder.cosine_min=0.7", "llm.top1_agreement=0.3", "llm.kl_mean=1.0"])
+    arts = manifest.components["vision_encoder"].artifacts
+    assert (arts["onnx"].precision, arts["openvino"].precision, manifest.llm.artifacts["gguf"].precision) == \
+        ("int8-static", "int4", "q8_0")
+    assert arts["onnx"].parity.metrics["cosine_min"] >= 0.99 and arts["onnx"].quantization["calibration"]
+    report = profile_bundle(bundle, prompt=PROMPT, images=[data.chelsea()], max_new_tokens=4, runs=1, warmup=0,
+                            backends=["onnxruntime", "openvino"], max_image_tokens=9)
+    for conf in report["configurations"]:
+        assert conf["status"] == "ok", conf.get("error")
+        assert conf["media"]["image"][0]["tokens"] <= 9 and conf["stages"]["ttft_ms"]["p50"] > 0
+    assert report["workload"]["max_image_tokens"] == 9
+    import json
+
+    import jsonschema
+
+    from edgebridge.profiling import Profiler
+
+    paths = Profiler().write(tmp_path / "report", report)  # the JSON and HTML files, as `edgebridge profile`
+    schema = Path(__file__).resolve().parents[1] / "edgebridge" / "profiling" / "report.schema.json"
+    jsonschema.validate(json.loads(Path(paths["json"]).read_text()), json.loads(schema.read_text()))

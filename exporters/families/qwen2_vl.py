@@ -160,21 +160,17 @@ class Qwen2VLFamily(HFFamily):
         visual = loaded.model.model.visual
         spec = self.preprocessing(loaded)
         module, names = self.vision_graph(loaded)
-        grids: dict[int, tuple[int, int, int]] = {}  # patches -> grid, for the reference
 
         def make_inputs(batch: int, seed: int) -> dict[str, torch.Tensor]:
             """One image whose grid grows with ``batch`` (the graph's patch axis is the dynamic one)."""
             h, w = 2 * batch, 2 * batch + 2
             frames = seeded_normal((1, 3, h * spec["patch_size"], w * spec["patch_size"]), seed).numpy()
-            inputs, grid = vision_inputs(frames, spec)
-            grids[grid[0] * grid[1] * grid[2]] = grid
-            return {k: torch.from_numpy(v) for k, v in inputs.items()}
+            return {k: torch.from_numpy(v) for k, v in vision_inputs(frames, spec)[0].items()}
 
         def reference(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
             """transformers' tower on the image in raster order (window order undone first)."""
-            n = int(inputs["pixel_values"].shape[0])
-            frames = raster_patches(inputs, spec, grids[n])
-            return self.tower_output(visual(frames, grid_thw=torch.tensor([grids[n]]))).unsqueeze(0)
+            grid = torch.tensor([grid_of(inputs)])
+            return self.tower_output(visual(raster_patches(inputs, spec), grid_thw=grid)).unsqueeze(0)
 
         merge = spec["merge_size"]
         axes = {"pixel_values": {0: "patches"}, "rotary_pos_emb": {0: "patches"}, "image_embeds": {1: "tokens"},
@@ -196,7 +192,16 @@ class Qwen2VLFamily(HFFamily):
         )]
 
 
-def raster_patches(inputs: dict[str, torch.Tensor], spec: dict[str, Any], grid: tuple[int, int, int]) -> torch.Tensor:
+def grid_of(inputs: dict[str, torch.Tensor]) -> tuple[int, int, int]:
+    """An image's (t, h, w) patch grid, read back from its rotary angles: the first row and the first
+    column frequency are 1, so those angles are the patch's row and column indices."""
+    angles = inputs["rotary_pos_emb"]
+    half = angles.shape[1] // 2
+    h, w = int(angles[:, 0].max().round()) + 1, int(angles[:, half].max().round()) + 1
+    return int(angles.shape[0]) // (h * w), h, w
+
+
+def raster_patches(inputs: dict[str, torch.Tensor], spec: dict[str, Any]) -> torch.Tensor:
     """The patches in raster order (the order transformers' tower takes), undoing a window order."""
     patches = inputs["pixel_values"]
     if "reverse_index" not in inputs:
