@@ -49,7 +49,7 @@ def bench_bundle(model: Path, name: str, **export_options) -> Path:
 
 def optimum_export(model: Path) -> Path:
     """``model`` exported by optimum-intel (fp16 weights) into ``BENCH_DIR``, once."""
-    target = BENCH_DIR / "optimum-ov-fp16"
+    target = BENCH_DIR / ("optimum-ov-fp16" if model.name.startswith("llava") else f"optimum-ov-fp16-{model.name}")
     if not (target / "openvino_language_model.xml").is_file():
         from edgebridge.exporters.baselines import export_optimum
 

@@ -1,9 +1,13 @@
 """Peers benchmark: edgebridge vs optimum-intel's OpenVINO VLM pipeline, transformers eager and bare llama.cpp.
 
-    .venv/bin/python benchmarks/peers.py [--runs 4] [--rounds 3] [--warmup 1] [--tokens 32] [--threads 2]
+    .venv/bin/python benchmarks/peers.py [--model llava|qwen2.5-vl] [--runs 4] [--rounds 3] [--warmup 1]
+                                         [--tokens 32] [--threads 2]
 
 On the benchmark LLaVA (CLIP ViT-B/16 @ 224 + 12x768 llama, seeded random weights; tokenizer and
-processor from ``edgebridge.testing``), the same photo and prompt for every system:
+processor from ``edgebridge.testing``), or with ``--model qwen2.5-vl`` the benchmark Qwen2.5-VL (a
+12 x 768 windowed native-resolution tower, a 12 x 768 M-RoPE qwen2 LLM; the photo at 448 x 294 px,
+168 image tokens; no prefill-graph rows: the graph declines M-RoPE models), the same photo and prompt
+for every system:
 
 - time to first token: image file -> decoded, preprocessed, encoded, prompt prefilled -> the first
   new token (every system decodes and preprocesses the image inside the timed region);
@@ -42,8 +46,12 @@ from typing import Any
 from common import (BENCH_DIR, ROOT, BareLlama, bench_bundle, bench_model, machine, optimum_export, print_table,
                     sample_image)
 
-PROMPTS = ["USER: <image>\nDescribe the picture. ASSISTANT:",
-           "USER: <image>\nWhat colours are in it? ASSISTANT:"]  # warm runs alternate: follow-up questions
+QWEN_IMAGE = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
+PROMPTS_BY_MODEL = {  # warm runs alternate: follow-up questions about the same photo
+    "llava": ["USER: <image>\nDescribe the picture. ASSISTANT:", "USER: <image>\nWhat colours are in it? ASSISTANT:"],
+    "qwen2.5-vl": [f"{QWEN_IMAGE}Describe the picture.<|im_end|>\n<|im_start|>assistant\n",
+                   f"{QWEN_IMAGE}What colours are in it?<|im_end|>\n<|im_start|>assistant\n"],
+}
 LIFTED_BUDGET = {"encoder": {"cosine_min": 0.0}, "llm": {"top1_agreement": 0.0, "kl_mean": 1e9}}
 
 # name -> (bundle key, encoder backend); bundles below.
@@ -65,6 +73,7 @@ BUNDLES = {  # key -> export options
     "q4_0-prefill": {"quantize": "encoder=int8-static,llm=q4_0", "encoder_formats": ("onnx",), "prefill": "int8"},
 }
 PAIRED = ("f16", "q8_0", "q4_0")  # bundles whose GGUF also runs bare (the prefill bundles share theirs)
+MROPE_MODELS = {"qwen2.5-vl"}  # no prefill-graph rows (the graph declines M-RoPE text models)
 OPTIMUM, TRANSFORMERS = "optimum-intel OpenVINO (fp16)", "transformers eager (fp32)"
 
 
@@ -81,8 +90,9 @@ def child_edgebridge(spec: dict[str, Any]) -> dict[str, Any]:
         with Pipeline.from_bundle(spec["bundle"], encoder_backend=spec["backend"], threads=spec["threads"],
                                   precision="f32", verify=False, cache_embeddings=cached,
                                   reuse_prefix=cached) as pipe:
+            prompts = spec["prompts"]
             for i in range(spec["warmup"] + spec["runs"]):
-                prompt = PROMPTS[i % 2] if cached else PROMPTS[0]
+                prompt = prompts[i % 2] if cached else prompts[0]
                 result = pipe.generate(prompt, images=[spec["image"]], max_new_tokens=spec["tokens"],
                                        stop_at_eos=False)
                 profiler.record(result, mode)
@@ -102,24 +112,31 @@ def child_peer(spec: dict[str, Any]) -> dict[str, Any]:
     model_dir = Path(spec["model"])
     family = family_for(model_dir)
     conf = Configuration(name=spec["system"], kind="baseline")
+    prompt = spec["prompts"][0]
     if spec["system"] == OPTIMUM:
         from transformers import AutoProcessor
 
-        processor = AutoProcessor.from_pretrained(model_dir)  # the processor only: no torch model in this process
+        # the processor only: no torch model in this process (Qwen-VL: the image-only processor, as its
+        # AutoProcessor needs a video processor, which needs torchvision)
+        loader = getattr(family, "load_processor", lambda folder: AutoProcessor.from_pretrained(folder))
+        processor = loader(model_dir)
         model, _ = load_optimum(spec["optimum_dir"], spec["threads"])
 
         def make_inputs() -> dict[str, Any]:
-            return dict(processor(images=media()["image"], text=PROMPTS[0], return_tensors="pt"))
+            return dict(processor(images=media()["image"], text=prompt, return_tensors="pt"))
 
         def encode(inputs: dict[str, Any]) -> None:
-            model.get_vision_embeddings(inputs["pixel_values"])
+            if "image_grid_thw" in inputs:
+                model.get_vision_embeddings(inputs["pixel_values"], inputs["image_grid_thw"])
+            else:
+                model.get_vision_embeddings(inputs["pixel_values"])
     else:
         loaded = family.load(model_dir)
         model = loaded.model
         enc = family.encoders(loaded)[0]
 
         def make_inputs() -> dict[str, Any]:
-            return family.reference_inputs(loaded, PROMPTS[0], media())
+            return family.reference_inputs(loaded, prompt, media())
 
         def encode(inputs: dict[str, Any]) -> None:
             enc.reference({name: inputs[name] for name in enc.input_names})
@@ -202,14 +219,16 @@ def child_main(spec_text: str, out: Path) -> None:
 
 # --- the driver --------------------------------------------------------------------------------
 
-def export_bundles(model: Path) -> dict[str, dict[str, Any]]:
+def export_bundles(model: Path, kind: str) -> dict[str, dict[str, Any]]:
     """The edgebridge bundles (reused when present), each with whether it kept the default budget."""
     from edgebridge.errors import ParityError
     from edgebridge.manifest import read_manifest
 
     bundles = {}
     for key, options in BUNDLES.items():
-        name = f"bundle-llava-bench-{key}" + ("-int8s" if "quantize" in options else "")
+        if kind in MROPE_MODELS and "prefill" in options:
+            continue
+        name = f"bundle-{kind}-bench-{key}" + ("-int8s" if "quantize" in options else "")
         within = True
         try:
             over = BENCH_DIR / f"{name}-over-budget"
@@ -298,6 +317,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", choices=sorted(PROMPTS_BY_MODEL), default="llava")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -306,16 +326,16 @@ def main() -> None:
         return
     print(f"machine: {machine()}")
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
-    model = bench_model("llava", vision="clip", text="llama")
+    model = bench_model("llava", vision="clip", text="llama") if args.model == "llava" else bench_model(args.model)
     print("exports (reused when present):", flush=True)
-    bundles = export_bundles(model)
+    bundles = export_bundles(model, args.model)
     optimum_dir = optimum_export(model)
     common = {"runs": args.runs, "warmup": args.warmup, "tokens": args.tokens, "threads": args.threads,
-              "image": str(sample_image()), "model": str(model)}
+              "image": str(sample_image()), "model": str(model), "prompts": PROMPTS_BY_MODEL[args.model]}
     specs = {system: {**common, "kind": "peer", "system": system, "optimum_dir": str(optimum_dir)}
              for system in (TRANSFORMERS, OPTIMUM)}
     specs.update({system: {**common, "kind": "edgebridge", "system": system, "bundle": str(bundles[key]["path"]),
-                           "backend": backend} for system, (key, backend) in EDGEBRIDGE.items()})
+                           "backend": backend} for system, (key, backend) in EDGEBRIDGE.items() if key in bundles})
     results: dict[str, dict[str, Any]] = {}
     # Round-robin: every system runs once per round, so a slow spell of the machine hits them all.
     for r in range(args.rounds):

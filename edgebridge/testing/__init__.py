@@ -71,10 +71,10 @@ def _qwen3_vl(out_dir: Path, seed: int = 0, **_: Any) -> Path:
     return make_qwen3_vl(out_dir, seed=seed)
 
 
-def _qwen2_5_vl(out_dir: Path, seed: int = 0, **_: Any) -> Path:
+def _qwen2_5_vl(out_dir: Path, seed: int = 0, size: str = "tiny", **_: Any) -> Path:
     from edgebridge.testing.qwen_vl import make_qwen2_5_vl
 
-    return make_qwen2_5_vl(out_dir, seed=seed)
+    return make_qwen2_5_vl(out_dir, seed=seed, size=size)
 
 
 # kind -> builder(out_dir, **options); options a builder does not take are ignored

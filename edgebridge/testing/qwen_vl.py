@@ -84,18 +84,32 @@ def make_qwen2_vl(out_dir: Path, seed: int = 0, **_: object) -> Path:
     return _save(Qwen2VLForConditionalGeneration(config), "Qwen2VLProcessor", tokenizer, out_dir, seed)
 
 
-def make_qwen2_5_vl(out_dir: Path, seed: int = 0, **_: object) -> Path:
+def make_qwen2_5_vl(out_dir: Path, seed: int = 0, size: str = "tiny", **_: object) -> Path:
     """Qwen2.5-VL: RMS norms and gated MLPs in the tower, window attention (windows of 2x2 merged tokens
-    here, so a 112 px image has four) in block 0 and full attention in block 1."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    here, so a 112 px image has four) in block 0 and full attention in block 1.
+
+    ``size="bench"`` (benchmarks): a ViT-B-sized windowed tower (12 x 768, 112 px windows, full attention
+    in blocks 3, 7, 11; the real 3B's is 32 x 1280) and a 12 x 768 LLM, images up to 448 x 448 px
+    (256 LLM tokens): the scale of the LLaVA benchmark model."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor
 
     tokenizer, ids = _tokenizer()
+    text = _text(tokenizer)
     vision = dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=64, num_heads=2, patch_size=14,
                   spatial_merge_size=2, temporal_patch_size=2, hidden_act="silu", window_size=56,
                   fullatt_block_indexes=[1], tokens_per_second=2)
-    config = Qwen2_5_VLConfig(text_config=_text(tokenizer), vision_config=vision, **ids)
+    image_processor = None
+    if size == "bench":
+        text.update(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
+                    num_key_value_heads=4, rope_scaling={"type": "mrope", "mrope_section": [8, 12, 12]})
+        vision.update(depth=12, hidden_size=768, out_hidden_size=768, intermediate_size=2048, num_heads=12,
+                      window_size=112, fullatt_block_indexes=[3, 7, 11])
+        image_processor = Qwen2VLImageProcessor(min_pixels=MIN_PIXELS, max_pixels=448 * 448,
+                                                size={"shortest_edge": MIN_PIXELS, "longest_edge": 448 * 448})
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
     torch.manual_seed(seed)
-    return _save(Qwen2_5_VLForConditionalGeneration(config), "Qwen2_5_VLProcessor", tokenizer, out_dir, seed)
+    return _save(Qwen2_5_VLForConditionalGeneration(config), "Qwen2_5_VLProcessor", tokenizer, out_dir, seed,
+                 image_processor)
 
 
 def make_qwen3_vl(out_dir: Path, seed: int = 0, **_: object) -> Path:

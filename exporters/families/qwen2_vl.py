@@ -112,16 +112,20 @@ class Qwen2VLFamily(HFFamily):
 
     def load(self, folder: Path) -> Loaded:
         import transformers
+
+        model = load_float32(getattr(transformers, self.model_class), folder)
+        return Loaded(folder=Path(folder), config=model.config, model=model, processor=self.load_processor(folder))
+
+    def load_processor(self, folder: Path) -> Any:
+        """The HF processor alone (images; see ``image_only_processor``), without the model's weights."""
         from transformers import AutoTokenizer, Qwen2VLImageProcessor
 
         from edgebridge.testing.qwen_vl import image_only_processor
 
-        model = load_float32(getattr(transformers, self.model_class), folder)
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         image_processor = Qwen2VLImageProcessor.from_pretrained(folder, local_files_only=True)
-        processor = image_only_processor(self.processor_class, image_processor, tokenizer,
-                                         getattr(tokenizer, "chat_template", None))
-        return Loaded(folder=Path(folder), config=model.config, model=model, processor=processor)
+        return image_only_processor(self.processor_class, image_processor, tokenizer,
+                                    getattr(tokenizer, "chat_template", None))
 
     def placeholder_token(self, loaded: Loaded) -> str:
         return IMAGE_PAD
