@@ -53,6 +53,7 @@ class LayoutKind(str, Enum):
     TEXT = "text"  # a tool's text (``template``)
     IDEFICS2_CROPS = "idefics2-crops"  # every crop between fake tokens
     IDEFICS3_GRID = "idefics3-grid"  # tiles behind row/column tokens, then the global image
+    TIMESTAMPED_FRAMES = "timestamped-frames"  # each temporal patch behind its time, in its own wrap (Qwen3-VL)
 
 
 class PositionKind(str, Enum):

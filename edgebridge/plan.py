@@ -313,20 +313,39 @@ def _idefics2_crops(spec: ModalityInput, slot: Slot, info: Mapping[str, Any]) ->
     return [fake, slot, fake] * int(info["crops"])
 
 
-GRID_LAYOUTS = {LayoutKind.IDEFICS3_GRID: _idefics3_grid, LayoutKind.IDEFICS2_CROPS: _idefics2_crops}
+def _timestamped_frames(spec: ModalityInput, slot: Slot, info: Mapping[str, Any]) -> list[Piece]:
+    """Qwen3-VL video: ``<T seconds>`` then the wrapped tokens of each temporal patch (the slot's own
+    wrapper, which ``wrap_if_missing`` guarantees, is taken off by ``_expand``)."""
+    wrap = spec.layout.wrap_if_missing
+    pieces: list[Piece] = []
+    for t in info["timestamps"]:
+        pieces += [f"<{t:.1f} seconds>{wrap.before}", slot, wrap.after]
+    return pieces
+
+
+GRID_LAYOUTS = {LayoutKind.IDEFICS3_GRID: _idefics3_grid, LayoutKind.IDEFICS2_CROPS: _idefics2_crops,
+                LayoutKind.TIMESTAMPED_FRAMES: _timestamped_frames}
+UNWRAPPED = {LayoutKind.TIMESTAMPED_FRAMES}  # kinds whose expansion brings its own wrappers
 
 
 def _expand(pieces: list[Piece], inputs: Mapping[str, ModalityInput], media: Mapping[str, MediaItems]) -> list[Piece]:
     """Tool slots become their text; grid slots become their tiles' text and slots (renumbered)."""
     out: list[Piece] = []
+    strip_next = ""
     for piece in pieces:
         if isinstance(piece, str):
-            out.append(piece)
+            out.append(piece[len(strip_next):] if strip_next and piece.startswith(strip_next) else piece)
+            strip_next = ""
             continue
         spec, items = inputs[piece.modality], media.get(piece.modality, MediaItems())
         if items.texts is not None:
             out.append(spec.layout.template.format(text=items.texts[piece.index]))
         elif spec.layout.kind in GRID_LAYOUTS:
+            if spec.layout.kind in UNWRAPPED:  # the expansion wraps each part itself
+                wrap = spec.layout.wrap_if_missing
+                if out and isinstance(out[-1], str) and out[-1].endswith(wrap.before):
+                    out[-1] = out[-1][:len(out[-1]) - len(wrap.before)]
+                strip_next = wrap.after
             out += GRID_LAYOUTS[spec.layout.kind](spec, piece, items.infos[piece.index])
         else:
             out.append(piece)

@@ -157,8 +157,10 @@ class EncoderStage:
                                      hint="Pass real images/audio; check any arrays you built yourself.")
 
     def media_items(self, prepared: Prepared, output: StageOutput | None = None) -> MediaItems:
-        grids = tuple(tuple(i["llm_grid"]) for i in prepared.info if "llm_grid" in i)  # one run per item
-        t_index = tuple(tuple(i["t_index"]) for i in prepared.info if "t_index" in i)
+        # M-RoPE grids per embedding run: one per item, or the item's own split (Qwen3-VL video frames)
+        grids = tuple(tuple(g) for i in prepared.info if "llm_grid" in i for g in i.get("run_grids", [i["llm_grid"]]))
+        t_index = tuple(tuple(x) for i in prepared.info if "t_index" in i
+                        for x in i.get("run_t_index", [i["t_index"]]))
         return MediaItems(run_lengths=_run_lengths(prepared, self.spec.tokens_per_item), infos=tuple(prepared.info),
                           grids=grids, t_index=t_index if len(t_index) == len(grids) else ())
 
@@ -194,13 +196,24 @@ class EncoderStage:
             out = run_static(self.session.run, prepared.inputs, self.static)
         elif prepared.runs:  # one run per item (sizes differ)
             outs = [self.session.run(inputs)[0] for inputs in prepared.runs]
-            if len({o.shape for o in outs}) > 1:  # token counts differ too (native resolution): item by item
-                counts = _run_lengths(prepared, self.spec.tokens_per_item)
-                return [self._finite(o.reshape(-1, o.shape[-1])[:n]) for o, n in zip(outs, counts)]
+            if prepared.run_items or len({o.shape for o in outs}) > 1:  # token counts differ: item by item
+                return self._split_runs(outs, prepared)
             out = np.concatenate(outs)  # stacked as if batched
         else:
             out = self.session.run(prepared.inputs)[0]
         return prepared.item_embeddings(self._finite(out), self.spec.tokens_per_item)
+
+    def _split_runs(self, outs: list[np.ndarray], prepared: Prepared) -> list[np.ndarray]:
+        """Each run's output rows cut into its items (``run_items`` each, default one), in order."""
+        counts = iter(_run_lengths(prepared, self.spec.tokens_per_item))
+        items = []
+        for out, n_items in zip(outs, prepared.run_items or [1] * len(outs)):
+            flat, at = self._finite(out).reshape(-1, out.shape[-1]), 0
+            for _ in range(n_items):
+                n = next(counts)
+                items.append(flat[at:at + n])
+                at += n
+        return items
 
     def _finite(self, out: np.ndarray) -> np.ndarray:
         if not np.isfinite(out).all():

@@ -244,6 +244,22 @@ def test_qwen_vl_images_take_grid_positions_and_text_goes_on_after_the_largest()
     assert plan.n_positions == sum(r.n_positions for r in plan.runs) > plan.next_position
 
 
+def test_qwen3_vl_video_frames_each_behind_their_time():
+    wrap = {"before": "<|vision_start|>", "after": "<|vision_end|>"}
+    inputs = {"video": spec("<|video_pad|>", pre="qwen-vl-video", positions="mrope", wrap_if_missing=wrap,
+                            **{"kind": "timestamped-frames"})}
+    media = {"video": MediaItems(run_lengths=(4, 4), infos=({"timestamps": [0.25, 1.25]},),
+                                 grids=((1, 2, 2), (1, 2, 2)), t_index=((0,), (0,)))}
+    for prompt in ("<|vision_start|><|video_pad|><|vision_end|>Why?", "<|video_pad|>Why?"):  # wrapped or bare
+        rendered = render_prompt(prompt, inputs, LAYOUT, {"video": 1})
+        plan = build_plan(rendered, inputs, media, chars, None)
+        assert describe(plan) == ["<0.2 seconds><|vision_start|>", ("video", 0, 4),
+                                  "<|vision_end|><1.2 seconds><|vision_start|>", ("video", 1, 4), "<|vision_end|>Why?"]
+        first, second = plan.media_runs()  # each patch like a one-frame image: t stays at its start
+        assert first.positions.ids()[0].tolist() == [first.positions.start] * 4
+        assert second.positions.start == first.positions.stop + len("<|vision_end|><1.2 seconds><|vision_start|>")
+
+
 def test_multi_axis_positions_continue_after_the_largest():
     axes = np.array([[5, 5, 5, 5], [5, 5, 6, 6], [5, 6, 5, 6]], np.int32)  # t, h, w of a 2x2 grid
     pos = Positions(5, 4, axes)

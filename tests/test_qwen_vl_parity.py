@@ -3,7 +3,7 @@
 Tiny seeded Qwen2-VL, Qwen2.5-VL and Qwen3-VL (``make-tiny qwen2-vl|qwen2.5-vl|qwen3-vl``; Qwen2.5-VL's
 tower attends in 2x2-token windows in block 0, over the frame in block 1; Qwen3-VL interpolates a learned
 position table and adds deepstack features to the first LLM layer), f32 GGUF, strict llama.cpp settings.
-Videos: Qwen2-VL and Qwen2.5-VL (Qwen3-VL's timestamped video prompts are not supported yet). For each encoder
+Videos for all three (Qwen3-VL: each temporal patch behind its timestamp in the prompt). For each encoder
 engine: the 16 greedy token ids equal transformers' ``generate`` on the processor's prompt
 (``<|vision_start|><|image_pad|><|vision_end|>``) for one photo at two sizes and for two photos of
 different sizes in one prompt; the numpy preprocessing equals the HF image processor; the token budget
@@ -189,42 +189,43 @@ def write_video(path, frames: int = 12, fps: int = 6, size: tuple[int, int] = (9
             out.mux(packet)
 
 
-def video_reference(exp, frames: np.ndarray, fps: float, question: str):
+def video_reference(exp, video, question: str):
     """transformers' generate on the video path: the image processor's video patches (the video processor
-    needs torchvision, not installable here) of the same sampled frames, the prompt with the processor's
-    expansion of ``<|video_pad|>``, and Qwen2.5-VL's seconds per temporal patch."""
+    needs torchvision, not installable here) of the same sampled frames; the prompt as the processor
+    expands ``<|video_pad|>`` (Qwen3-VL: each temporal patch behind its time, from the processor's own
+    ``_calculate_timestamps``); Qwen2.5-VL's seconds per temporal patch."""
     import torch
     from transformers import Qwen2VLImageProcessor
 
     from tests.reference import _loaded
 
     family, loaded = _loaded(str(exp.model_dir))
-    vid = Qwen2VLImageProcessor.from_pretrained(exp.model_dir)(images=None, videos=[list(frames)], return_tensors="pt")
-    n = int(vid["video_grid_thw"][0].prod()) // 4
-    prompt = f"<|im_start|>user\n<|vision_start|>{'<|video_pad|>' * n}<|vision_end|>{question}<|im_end|>\n" \
-             "<|im_start|>assistant\n"
+    vid = Qwen2VLImageProcessor.from_pretrained(exp.model_dir)(images=None, videos=[list(video.frames)],
+                                                               return_tensors="pt")
+    t, h, w = vid["video_grid_thw"][0].tolist()
+    if family.name == "qwen3-vl":
+        times = loaded.processor._calculate_timestamps(video.info["frame_indices"], video.info["source_fps"], 2)
+        body = "".join(f"<{x:.1f} seconds><|vision_start|>{'<|video_pad|>' * (h * w // 4)}<|vision_end|>"
+                       for x in times)
+    else:
+        body = f"<|vision_start|>{'<|video_pad|>' * (t * h * w // 4)}<|vision_end|>"
+    prompt = f"<|im_start|>user\n{body}{question}<|im_end|>\n<|im_start|>assistant\n"
     ids = loaded.processor.tokenizer(prompt, return_tensors="pt")
-    extra = {"second_per_grid_ts": torch.tensor([2 / fps])} if family.temporal_time else {}
+    extra = {"second_per_grid_ts": torch.tensor([2 / video.fps])} if family.temporal_time else {}
     with torch.no_grad():
         out = loaded.model.generate(**ids, pixel_values_videos=vid["pixel_values_videos"],
                                     video_grid_thw=vid["video_grid_thw"], max_new_tokens=16, do_sample=False, **extra)
-    return out[0, ids["input_ids"].shape[1]:].tolist(), vid["video_grid_thw"][0].tolist(), ids["input_ids"].shape[1]
-
-
-def takes_video(exp) -> bool:
-    return "video" in exp.manifest.inputs
+    return out[0, ids["input_ids"].shape[1]:].tolist(), [t, h, w], ids["input_ids"].shape[1]
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_video_greedy_tokens_match_transformers(qwen2_vl, backend, tmp_path):
     from edgebridge.preprocess.video import load_video
 
-    if not takes_video(qwen2_vl):
-        pytest.skip(f"{qwen2_vl.manifest.family} bundles take no video (see the family's docstring)")
     clip = tmp_path / "clip.mp4"
     write_video(clip)
     video = load_video(clip, fps=2.0, max_frames=64)  # 2 s at 2 fps: 4 frames, two temporal patches
-    ref_ids, ref_grid, n_prompt = video_reference(qwen2_vl, video.frames, video.fps, "What happens?")
+    ref_ids, ref_grid, n_prompt = video_reference(qwen2_vl, video, "What happens?")
     prompt = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>What happens?<|im_end|>\n" \
              "<|im_start|>assistant\n"
     with Pipeline.from_bundle(qwen2_vl.bundle, encoder_backend=backend, llm_settings=LlamaSettings.strict()) as pipe:
@@ -235,13 +236,9 @@ def test_video_greedy_tokens_match_transformers(qwen2_vl, backend, tmp_path):
 
 
 def test_video_errors_and_frame_budget(qwen2_vl, tmp_path):
-    from edgebridge.errors import PromptError
     from edgebridge.preprocess.video import VideoInputError
 
-    if not takes_video(qwen2_vl):
-        with Pipeline.from_bundle(qwen2_vl.bundle) as pipe, pytest.raises(PromptError, match="takes no video"):
-            pipe.generate("hi", videos=[tmp_path / "clip.mp4"], max_new_tokens=1)
-        return
+
     clip = tmp_path / "clip.mp4"
     write_video(clip, frames=24)
     not_video = tmp_path / "notes.mp4"

@@ -25,6 +25,7 @@ class Prepared:
     info: list[dict[str, Any]] = field(default_factory=list)  # per item, e.g. original size, tiles
     item_rows: list[slice] | None = None  # encoder batch rows of each item (None: item i is row i)
     runs: list[dict[str, np.ndarray]] | None = None  # inputs too different to batch: one encoder run each
+    run_items: list[int] | None = None  # with runs: how many items each run's output holds (default one)
 
     def item_embeddings(self, out: np.ndarray, fixed_tokens: int) -> list[np.ndarray]:
         """Split the encoder output ``[rows, N, D]`` into one ``[n_i, D]`` array per item."""

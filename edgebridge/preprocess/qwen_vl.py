@@ -237,8 +237,24 @@ def prepare_qwen_vl_video(items: list[Any], spec: dict[str, Any], options: Media
         runs.append(inputs)
         tokens.append(t * h * w // merge ** 2)
         seconds_per_grid = temporal / video.fps
-        info.append({**meta, **video.info, "grid_thw": [t, h, w], "llm_grid": [t, h // merge, w // merge],
-                     "tokens": tokens[-1], "second_per_grid": seconds_per_grid,
-                     "t_index": temporal_index(t, seconds_per_grid, spec.get("tokens_per_second"))})
+        entry = {**meta, **video.info, "grid_thw": [t, h, w], "llm_grid": [t, h // merge, w // merge],
+                 "tokens": tokens[-1], "second_per_grid": seconds_per_grid,
+                 "t_index": temporal_index(t, seconds_per_grid, spec.get("tokens_per_second"))}
+        if spec.get("timestamps"):  # Qwen3-VL: each temporal patch its own run, behind its time in the prompt
+            entry.update(timestamps=frame_times(video.info["frame_indices"], video.info["source_fps"], temporal),
+                         run_grids=[[1, h // merge, w // merge]] * t, run_t_index=[[0]] * t)
+        info.append(entry)
+    if spec.get("timestamps"):
+        counts = [i["run_grids"][0][1] * i["run_grids"][0][2] for i in info for _ in i["run_grids"]]
+        return Prepared(inputs=runs[0], tokens_per_item=counts, info=info, runs=runs,
+                        run_items=[len(i["run_grids"]) for i in info])
     return Prepared(inputs=runs[0], tokens_per_item=tokens, info=info,
                     item_rows=[slice(i, i + 1) for i in range(len(runs))], runs=runs)
+
+
+def frame_times(indices: list[int], source_fps: float, temporal: int) -> list[float]:
+    """Each temporal patch's time in seconds: the mean of its first and last frame's (Qwen3-VL's processor;
+    an odd last patch repeats its last frame, as the patches do)."""
+    indices = list(indices) + [indices[-1]] * (-len(indices) % temporal)
+    times = [i / source_fps for i in indices]
+    return [(times[i] + times[i + temporal - 1]) / 2 for i in range(0, len(times), temporal)]

@@ -101,5 +101,6 @@ def load_video(item: Any, fps: float = DEFAULT_FPS, max_frames: int | None = Non
         picks = picks[np.unique(np.linspace(0, len(picks) - 1, max_frames).round().astype(int))]
     sampled_fps = len(picks) / seconds if seconds > 0 else fps
     info = {"seconds": round(seconds, 3), "decoded_frames": len(frames), "frames": int(len(picks)),
-            "fps": round(sampled_fps, 4), "dropped_frames": int(dropped)}
+            "fps": round(sampled_fps, 4), "dropped_frames": int(dropped), "frame_indices": picks.tolist(),
+            "source_fps": round(len(frames) / seconds, 6) if seconds > 0 else fps}
     return Video(np.stack([frames[i] for i in picks]), sampled_fps, info)

@@ -64,13 +64,14 @@ def _text(tokenizer) -> dict:
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
 
 
-def _save(model, processor_class: str, tokenizer, out_dir: Path, seed: int, image_processor=None) -> Path:
+def _save(model, processor_class: str, tokenizer, out_dir: Path, seed: int, image_processor=None,
+          std: float | None = 0.15) -> Path:
     from transformers import Qwen2VLImageProcessor
 
     image_processor = image_processor or Qwen2VLImageProcessor(
         min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, size={"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS})
     processor = image_only_processor(processor_class, image_processor, tokenizer, tokenizer.chat_template)
-    return save_seeded(model, processor, tokenizer, out_dir, seed, SPECIAL_TOKENS["im_end"])
+    return save_seeded(model, processor, tokenizer, out_dir, seed, SPECIAL_TOKENS["im_end"], std)
 
 
 def make_qwen2_vl(out_dir: Path, seed: int = 0, **_: object) -> Path:
@@ -90,7 +91,7 @@ def make_qwen2_5_vl(out_dir: Path, seed: int = 0, size: str = "tiny", **_: objec
 
     ``size="bench"`` (benchmarks): a ViT-B-sized windowed tower (12 x 768, 112 px windows, full attention
     in blocks 3, 7, 11; the real 3B's is 32 x 1280) and a 12 x 768 LLM, images up to 448 x 448 px
-    (256 LLM tokens): the scale of the LLaVA benchmark model."""
+    (256 LLM tokens), transformers' default init: the scale of the LLaVA benchmark model."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor
 
     tokenizer, ids = _tokenizer()
@@ -109,7 +110,7 @@ def make_qwen2_5_vl(out_dir: Path, seed: int = 0, size: str = "tiny", **_: objec
     config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
     torch.manual_seed(seed)
     return _save(Qwen2_5_VLForConditionalGeneration(config), "Qwen2_5_VLProcessor", tokenizer, out_dir, seed,
-                 image_processor)
+                 image_processor, std=None if size == "bench" else 0.15)
 
 
 def make_qwen3_vl(out_dir: Path, seed: int = 0, **_: object) -> Path:

@@ -28,12 +28,15 @@ def reinit_(model: torch.nn.Module, *, std: float = 0.15, seed: int = 0) -> None
         param.copy_(values.to(param.dtype))
 
 
-def save_seeded(model: torch.nn.Module, processor, tokenizer, out_dir, seed: int, stop_token: str):
-    """Re-initialise ``model`` for ``seed``, stop generation at EOS and ``stop_token``, save model and
-    processor into ``out_dir`` (a Hugging Face folder); returns the folder."""
+def save_seeded(model: torch.nn.Module, processor, tokenizer, out_dir, seed: int, stop_token: str,
+                std: float | None = 0.15):
+    """Re-initialise ``model`` for ``seed`` (``std`` None: keep transformers' init, as benchmark models do),
+    stop generation at EOS and ``stop_token``, save model and processor into ``out_dir`` (a Hugging Face
+    folder); returns the folder."""
     from pathlib import Path
 
-    reinit_(model, std=0.15, seed=seed)
+    if std is not None:
+        reinit_(model, std=std, seed=seed)
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(stop_token)]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     out_dir = Path(out_dir)

@@ -7,8 +7,10 @@ What differs from ``qwen2_vl`` (transformers 4.57 ``modeling_qwen3_vl.py``):
   to the first LLM layers' outputs at the image's positions. The graph's output row is the main
   embedding and the deepstack ones side by side (``[N, D * (1 + k)]``), which is how llama.cpp's
   ``qwen3vl`` takes them (``n_deepstack_layers``; text tokens carry zeros there);
-- the text model is qwen3 (q/k RMS norms) with interleaved M-RoPE sections.
-Videos (per-frame timestamps in the prompt) are not supported for this family yet.
+- the text model is qwen3 (q/k RMS norms) with interleaved M-RoPE sections;
+- a video's temporal patches are written into the prompt one by one, each behind its time
+  (``<1.0 seconds><|vision_start|>...<|vision_end|>``, layout ``timestamped-frames``), and each takes
+  positions as an image of one frame would (transformers' processor and ``get_rope_index``).
 """
 
 from __future__ import annotations
@@ -79,4 +81,7 @@ class Qwen3VLFamily(Qwen2VLFamily):
                 ["pixel_values", "rotary_pos_emb", "attention_bias", "pos_index", "pos_weight"])
 
     def video_input(self, loaded: Loaded, image: dict[str, Any]) -> SharedInput | None:
-        return None  # Qwen3-VL writes each frame's timestamp into the prompt: not supported yet
+        shared = super().video_input(loaded, image)
+        shared.preprocessing["timestamps"] = True
+        shared.layout["kind"] = "timestamped-frames"
+        return shared
