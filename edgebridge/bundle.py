@@ -38,6 +38,20 @@ def _safe_relpath(rel: str) -> PurePosixPath:
     return p
 
 
+def bundle_file(root: Path, rel: str) -> Path:
+    """The bundle file ``rel`` under ``root``; a path, link (or linked folder on its way) leading outside
+    the bundle is refused, without a word about what is outside."""
+    path = Path(root) / _safe_relpath(rel)
+    try:
+        inside = path.resolve().is_relative_to(Path(root).resolve())
+    except (OSError, RuntimeError):  # a symlink loop
+        inside = False
+    if not inside:
+        raise IntegrityError(f"bundle file '{rel}' is a link that leads outside the bundle.",
+                             hint="Copy the real files into the bundle folder (cp -L), or re-export it.")
+    return path
+
+
 @dataclass
 class Bundle:
     """An opened bundle: its folder and its validated manifest."""
@@ -62,7 +76,7 @@ class Bundle:
         return bundle
 
     def path(self, rel: str) -> Path:
-        return self.root / _safe_relpath(rel)
+        return bundle_file(self.root, rel)
 
     def verify(self) -> dict[str, str]:
         """Check every listed file; returns {file: "ok"}, raises on the first mismatch."""

@@ -11,7 +11,8 @@ One ``generate`` (``ARCHITECTURE.md`` walks it): ``render_prompt`` (placeholders
 session prefills the plan -> ``decode_greedy``. The result carries this call's timings, devices,
 warnings and tool outputs; the pipeline keeps only what is meant to last across calls (the
 engines, the embedding cache, the session's KV-cache prefix). Requested devices that are not
-present fall back to CPU; ``result.devices`` and ``result.warnings`` say so.
+present fall back to CPU; ``result.devices`` and ``result.warnings`` say so. A pipeline may be shared
+between threads: calls run one at a time (``edgebridge/guard.py``), and none after ``close()``.
 
 Imports no torch and no transformers.
 """
@@ -28,6 +29,7 @@ from edgebridge.bundle import Bundle
 from edgebridge.caching import EmbeddingCache
 from edgebridge.errors import InputError
 from edgebridge.generation import GenerationResult, GenerationStream, decode_greedy
+from edgebridge.guard import CallGuard
 from edgebridge.manifest import Manifest
 from edgebridge.plan import PromptPlan, build_plan, render_prompt
 from edgebridge.preprocess import MediaOptions, Prepared
@@ -62,6 +64,7 @@ class Pipeline:
         self.embedding_cache = embedding_cache
         self.load_ms = load_ms
         self.load_warnings = warnings
+        self._guard = CallGuard(llm.close)
 
     @classmethod
     def from_bundle(cls, path: str | Path, *, encoder_backend: str = "onnxruntime", device: str = "CPU",
@@ -93,7 +96,8 @@ class Pipeline:
         return cls(bundle, stages, llm, now_ms() - start, warnings + llm.warnings, cache)
 
     def close(self) -> None:
-        self.llm.close()
+        """Release the engines (after a call that is running ends); later calls raise ``PipelineClosedError``."""
+        self._guard.close()
 
     def __enter__(self) -> "Pipeline":
         return self
@@ -132,15 +136,17 @@ class Pipeline:
     def prefill_logits(self, prompt: str, images: Sequence[Any] | None = None, audio: Sequence[Any] | None = None,
                        *, chat: bool = False, system: str | None = None) -> np.ndarray:
         """Next-token logits ``[V]`` after the prompt and media (first generation step)."""
-        return self._prompt(prompt, _media(images, audio), chat, system, StageTimes(), MediaOptions()).prefill.logits
+        with self._guard.call():
+            return self._prompt(prompt, _media(images, audio), chat, system, StageTimes(), MediaOptions()).prefill.logits
 
     def _steps(self, prompt: str, media: dict[str, list[Any]], max_new_tokens: int, chat: bool,
                system: str | None, stop_at_eos: bool, options: MediaOptions):
-        start, times = now_ms(), StageTimes()
-        prompted = self._prompt(prompt, media, chat, system, times, options)
-        ttft = now_ms() - start
-        stop_ids = set(self.manifest.prompt.stop_token_ids) if stop_at_eos else set()
-        decoded = yield from decode_greedy(self.llm, prompted.prefill.logits, max_new_tokens, stop_ids)
+        with self._guard.call():
+            start, times = now_ms(), StageTimes()
+            prompted = self._prompt(prompt, media, chat, system, times, options)
+            ttft = now_ms() - start
+            stop_ids = set(self.manifest.prompt.stop_token_ids) if stop_at_eos else set()
+            decoded = yield from decode_greedy(self.llm, prompted.prefill.logits, max_new_tokens, stop_ids)
         timings = GenerationTimings(
             stages=dict(times.stages), ttft_ms=ttft, prompt_tokens=prompted.plan.n_positions,
             new_tokens=len(decoded.token_ids), decode_ms=decoded.decode_ms, per_token_ms=decoded.per_token_ms,

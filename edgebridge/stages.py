@@ -24,6 +24,7 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from edgebridge.bundle import bundle_file
 from edgebridge.caching import EmbeddingCache, digest
 from edgebridge.errors import BackendUnavailableError, InputError, NonFiniteError
 from edgebridge.manifest import Component, ModalityInput, Role, StaticShape, TextInputs
@@ -83,7 +84,7 @@ def open_stage(root: Path, modality: str, spec: ModalityInput, component: Compon
             hint=f"Choose another --backend, or re-export with --encoder-format {fmt}.")
     sessions = {} if sessions is None else sessions
     if spec.component not in sessions:
-        sessions[spec.component] = open_encoder(options.backend, [root / f for f in art.files], device=options.device,
+        sessions[spec.component] = open_encoder(options.backend, [bundle_file(root, f) for f in art.files], device=options.device,
                                                 threads=options.threads, precision=options.precision,
                                                 artifact_precision=art.precision)
     session = sessions[spec.component]
@@ -96,7 +97,7 @@ def _wordpiece(root: Path, spec: TextInputs) -> WordPiece:
     if spec.tokenizer != "wordpiece":
         raise BackendUnavailableError(f"text input tokenizer '{spec.tokenizer}' is not supported.",
                                       hint="Upgrade edgebridge.")
-    return WordPiece.from_file(root / spec.vocab, lowercase=spec.lowercase)
+    return WordPiece.from_file(bundle_file(root, spec.vocab), lowercase=spec.lowercase)
 
 
 def _preprocess(spec: ModalityInput, items: Sequence[Any], options: MediaOptions | None) -> Prepared:

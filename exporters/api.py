@@ -150,6 +150,10 @@ def export_options(encoder_formats: Iterable[str], llm_dtype: str, quantize: str
         raise ExportError(f"unknown prefill precision '{prefill}'.",
                           hint=f"Choose from: none, {', '.join(PREFILL_PRECISIONS)}.")
     budget = max_drift if isinstance(max_drift, dict) else parse_budget(max_drift)
+    if any(not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf"))
+           for bounds in budget.values() for v in bounds.values()):
+        raise ExportError(f"the drift budget holds a value that is not a finite number: {budget}.",
+                          hint="Give every bound as a finite number, e.g. --max-drift encoder.cosine_min=0.99.")
     plan = QuantPlan(encoder=parsed["encoder"], llm=parsed["llm"], budget=budget,
                      calibration=Path(calibration) if calibration else None, options=quant_options)
     return ExportOptions(formats, plan, Path(llm_gguf) if llm_gguf is not None else None, static, prefill,

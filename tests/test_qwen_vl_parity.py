@@ -75,9 +75,9 @@ def test_greedy_tokens_and_first_logits_match_transformers(qwen2_vl, case, backe
         logits = pipe.prefill_logits(prompt, images=images)
     assert result.prompt_tokens == len(ref.prompt_ids)
     assert result.token_ids == ref.token_ids and len(ref.token_ids) == 16
-    # llama.cpp's qwen2vl loader ignores layer_norm_rms_epsilon (its RMS norms run with eps 0, transformers'
-    # with 1e-6): ~2e-4 here, against ~1e-5 for qwen2
-    assert np.abs(logits - ref.first_logits).max() <= 1e-3
+    # ~3e-6 with our build's fix to llama.cpp's qwen2vl loader (runtimes/llamacpp/patches): it read no
+    # RMS-norm epsilon, and the first logits were 2e-4 off here
+    assert np.abs(logits - ref.first_logits).max() <= 1e-4
     assert [m["grid_thw"] for m in result.media["image"]] == [list(g) for g in ref_grids(qwen2_vl, images)]
 
 

@@ -18,6 +18,7 @@ and keeps the first within budget; every trial (size, latency, drift, verdict) i
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -107,6 +108,9 @@ def parse_budget(items: list[str] | None) -> dict[str, dict[str, float]]:
             except ValueError:
                 raise ExportError(f"--max-drift item '{part}' is not COMPONENT.METRIC=VALUE.",
                                   hint="Example: --max-drift encoder.cosine_min=0.99,llm.kl_mean=0.05") from None
+            if not math.isfinite(number):  # a NaN bound would let every gate pass
+                raise ExportError(f"--max-drift item '{part}' is not a finite number.",
+                                  hint="Example: --max-drift encoder.cosine_min=0.99,llm.kl_mean=0.05")
             if component not in budget:
                 raise ExportError(f"--max-drift names unknown component '{component}' (use encoder or llm).")
             if metric not in UPPER_BOUNDS | LOWER_BOUNDS:

@@ -27,7 +27,7 @@ import numpy as np
 
 from edgebridge.bundle import Bundle
 from edgebridge.caching import KVPrefix, digest
-from edgebridge.errors import BackendUnavailableError, EmbeddingShapeError, InputError
+from edgebridge.errors import BackendUnavailableError, EmbeddingShapeError, InputError, NonFiniteError
 from edgebridge.plan import MediaRun, PromptPlan, TextRun
 from edgebridge.runtimes.llamacpp.kv_handoff import HandoffUnavailable, KVHandoff, PrefillGraph
 from edgebridge.runtimes.llamacpp.llm import LlamaCppLLM, LlamaSettings
@@ -136,14 +136,14 @@ class LLMSession:
             logits, engine = self._prefill_llamacpp(plan, embeds, reused), LLAMACPP
         if self._kv is not None:
             self._kv.set(signature)
-        return PrefillResult(logits, engine, reused)
+        return PrefillResult(_finite(logits), engine, reused)
 
     def step(self, token: int) -> np.ndarray:
         """Decode one token at the next position; a view of its logits ``[V]`` (valid until the next call)."""
         logits = self.engine.step(token)
         if self._kv is not None:
             self._kv.append(("t", token))
-        return logits
+        return _finite(logits)
 
     def _check(self, plan: PromptPlan, embeds: MediaEmbeddings) -> None:
         if plan.multi_axis and not self.engine.mrope:
@@ -193,6 +193,15 @@ class LLMSession:
 
     def close(self) -> None:
         self.engine.close()
+
+
+def _finite(logits: np.ndarray) -> np.ndarray:
+    """The LLM's logits, refused when any is NaN or Inf (a broken GGUF would otherwise answer token 0 forever)."""
+    if not np.isfinite(logits).all():
+        raise NonFiniteError("the LLM produced NaN or Inf logits.",
+                             hint="The GGUF's weights are broken (check it with `edgebridge inspect`), or the "
+                                  "prompt's embeddings overflow.")
+    return logits
 
 
 def _cut(plan: PromptPlan, keep: int) -> tuple[int, int]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from edgebridge.bundle import bundle_file
 from edgebridge.errors import BackendUnavailableError, ManifestError
 from edgebridge.formats import FORMATS
 from edgebridge.manifest import Component
@@ -62,7 +63,7 @@ def open_graphs(root: Path, component: Component, backend: str, **options: Any) 
         raise BackendUnavailableError(f"the tool has no {fmt} artifact (it has: {', '.join(component.artifacts)}).")
     sessions = {}
     for role, stem in component.tool["graphs"].items():
-        files = [root / name for name in FORMATS[fmt].files(stem)]
+        files = [bundle_file(root, name) for name in FORMATS[fmt].files(stem)]
         missing = [f.name for f in files if f.name not in art.files]
         if missing:
             raise ManifestError(f"tool graph '{role}' needs {missing}, which the artifact does not list.")

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from edgebridge.bundle import bundle_file
 from edgebridge.manifest import Component
 from edgebridge.runtimes.tools import ToolOutput, open_graphs, register_tool
 
@@ -18,7 +19,7 @@ class ImageTags:
         spec = component.tool
         self.graph = open_graphs(root, component, backend, **options)["classifier"]
         self.report = self.graph.report
-        self.labels: list[str] = json.loads((root / spec["labels"]).read_text(encoding="utf-8"))
+        self.labels: list[str] = json.loads(bundle_file(root, spec["labels"]).read_text(encoding="utf-8"))
         self.top_k = int(spec.get("top_k", 3))
         self.separator = spec.get("separator", ", ")
 

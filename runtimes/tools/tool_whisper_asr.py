@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from edgebridge.bundle import bundle_file
 from edgebridge.manifest import Component
 from edgebridge.runtimes.registry import run_named
 from edgebridge.runtimes.tools import ToolOutput, open_graphs, register_tool
@@ -59,7 +60,7 @@ class WhisperASR:
         spec = component.tool
         self.graphs = open_graphs(root, component, backend, **options)
         self.report = self.graphs["encoder"].report
-        self.vocab = ByteLevelVocab(root / spec["vocab"])
+        self.vocab = ByteLevelVocab(bundle_file(root, spec["vocab"]))
         self.prompt = [int(i) for i in spec["prompt_ids"]]
         self.eos = int(spec["eos_id"])
         self.max_length = int(spec["max_length"])

@@ -1,0 +1,151 @@
+"""Hostile use, class by class (the outside tester's report): each test names the class it covers.
+
+Process deaths are tested in a fresh interpreter (``run_isolated``), so a crash fails the test instead
+of taking the suite down.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgebridge.errors import EdgebridgeError, ExportError, IntegrityError, NonFiniteError
+from tests.conftest import PROMPT, copy_bundle, run_cli, run_isolated
+
+pytestmark = pytest.mark.slow
+
+CONCURRENT = r"""
+import sys, threading, numpy as np
+from skimage import data
+from edgebridge import Pipeline
+from edgebridge.runtimes.llamacpp import LlamaSettings
+prompts = ["USER: <image>\nWhat is in this image? ASSISTANT:", "USER: <image>\nDescribe it. ASSISTANT:",
+           "USER: <image>\nColours? ASSISTANT:", "Hello there, how"]
+images = [[data.chelsea()], [data.coffee()], [data.astronaut()], []]
+with Pipeline.from_bundle(sys.argv[1], llm_settings=LlamaSettings.strict()) as pipe:
+    expected = [pipe.generate(p, images=i, max_new_tokens=6).token_ids for p, i in zip(prompts, images)]
+    got, errors = {}, []
+    def worker(k):
+        try:
+            for n in range(10):
+                r = pipe.generate(prompts[k], images=images[k], max_new_tokens=6)
+                got[(k, n)] = r.token_ids
+        except Exception as exc:
+            errors.append(repr(exc))
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+bad = [key for key, ids in got.items() if ids != expected[key[0]]]
+print("calls", len(got), "errors", errors, "mismatches", bad)
+sys.exit(0 if len(got) == 40 and not errors and not bad else 3)
+"""
+
+
+def test_concurrent_calls_on_one_pipeline_are_serialized(clip_llama_f32):
+    """Class 1 (concurrency): 4 threads x 10 calls on one pipeline give the sequential answers, no crash."""
+    proc = run_isolated(CONCURRENT, str(clip_llama_f32.bundle), timeout=600)
+    assert proc.returncode == 0, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "calls 40 errors [] mismatches []" in proc.stdout
+
+
+AFTER_CLOSE = r"""
+import sys
+from edgebridge import Pipeline
+from edgebridge.guard import PipelineBusyError, PipelineClosedError
+with Pipeline.from_bundle(sys.argv[1]) as pipe:
+    pipe.generate("hello", max_new_tokens=2)
+    pieces = iter(pipe.generate("hello", max_new_tokens=4, stream=True))
+    next(pieces)  # a stream left open ...
+    try:
+        pipe.generate("again", max_new_tokens=2)  # ... and a new call from the same thread
+        sys.exit(4)
+    except PipelineBusyError as exc:
+        print("busy:", exc.message)
+    pieces = None  # dropping the stream releases the pipeline
+    print("after drop:", len(pipe.generate("again", max_new_tokens=2).token_ids))
+for call in (lambda: pipe.generate("hello", max_new_tokens=2), lambda: pipe.prefill_logits("hello")):
+    try:
+        call()
+        sys.exit(5)
+    except PipelineClosedError as exc:
+        print("closed:", exc.message)
+pipe.close()  # closing twice is fine
+"""
+
+
+def test_calls_after_close_and_from_an_open_stream_are_refused(clip_llama_f32):
+    """Class 2 (use after close): a clear error, not SIGSEGV; a call while this thread's stream is open too."""
+    proc = run_isolated(AFTER_CLOSE, str(clip_llama_f32.bundle))
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr[-2000:])
+    assert proc.stdout.count("closed: this pipeline was closed.") == 2
+    assert "busy: this thread still has a call or stream" in proc.stdout and "after drop: 2" in proc.stdout
+
+
+def test_non_finite_drift_budgets_are_refused(clip_llama_f32, tmp_path):
+    """Class 6 (NaN passes gates): a NaN or infinite bound would let every gate pass."""
+    from edgebridge.exporters.api import export_bundle
+    from edgebridge.exporters.quantize import parse_budget
+
+    for value in ("nan", "inf", "-inf"):
+        with pytest.raises(ExportError, match="not a finite number"):
+            parse_budget([f"encoder.cosine_min={value}"])
+    with pytest.raises(ExportError, match="not a finite number"):
+        export_bundle(clip_llama_f32.model_dir, tmp_path / "b", max_drift={"encoder": {"cosine_min": float("nan")},
+                                                                          "llm": {}})
+    proc = run_cli("export", str(clip_llama_f32.model_dir), "-o", str(tmp_path / "c"), "--max-drift",
+                   "llm.kl_mean=nan")
+    assert proc.returncode == 2 and "not a finite number" in proc.stderr and not (tmp_path / "c").exists()
+
+
+def _poison_token_embeddings(bundle: Path) -> None:
+    """Write NaN over the f32 GGUF's token embeddings and re-record its hash (a bundle that verifies)."""
+    import gguf
+
+    from edgebridge.bundle import sha256_file
+
+    path = bundle / "llm.gguf"
+    tensor = next(t for t in gguf.GGUFReader(str(path)).tensors if t.name == "token_embd.weight")
+    with open(path, "r+b") as fh:
+        fh.seek(int(tensor.data_offset))
+        fh.write(np.full(int(tensor.n_elements), np.nan, np.float32).tobytes())
+    manifest = json.loads((bundle / "edgebridge.json").read_text())
+    manifest["files"]["llm.gguf"]["sha256"] = sha256_file(path)
+    (bundle / "edgebridge.json").write_text(json.dumps(manifest))
+
+
+def test_nan_in_the_llm_is_an_error_not_token_zero(clip_llama_f32, tmp_path):
+    """Class 6 (NaN passes gates): NaN embeddings in the GGUF used to give token 0 forever, exit 0."""
+    from edgebridge import Pipeline
+
+    bundle = copy_bundle(clip_llama_f32.bundle, tmp_path / "nan")
+    _poison_token_embeddings(bundle)
+    with Pipeline.from_bundle(bundle) as pipe, pytest.raises(NonFiniteError, match="NaN or Inf logits"):
+        pipe.generate("hello there", max_new_tokens=4)
+    proc = run_cli("run", str(bundle), "-p", "hello there", "-n", "4", "--json")
+    assert proc.returncode == 2 and "NaN or Inf logits" in proc.stderr and proc.stdout == ""
+
+
+def test_links_out_of_the_bundle_are_refused(clip_llama_f32, tmp_path):
+    """Class 8 (symlinks): a link to an identical file outside the bundle passes the hash, but is refused;
+    the message says nothing about the outside file."""
+    from edgebridge import Pipeline
+    from edgebridge.bundle import Bundle
+
+    bundle = copy_bundle(clip_llama_f32.bundle, tmp_path / "linked")
+    outside = tmp_path / "elsewhere" / "vision_encoder.onnx"
+    outside.parent.mkdir()
+    shutil.move(bundle / "vision_encoder.onnx", outside)
+    (bundle / "vision_encoder.onnx").symlink_to(outside)
+    with pytest.raises(IntegrityError, match="link that leads outside the bundle") as info:
+        Bundle.open(bundle)
+    assert "elsewhere" not in info.value.message and str(outside.stat().st_size) not in info.value.message
+    with pytest.raises(IntegrityError):
+        Pipeline.from_bundle(bundle, verify=False)  # loading without hashing does not follow it either
+    (bundle / "vision_encoder.onnx").unlink()
+    (bundle / "vision_encoder.onnx").symlink_to(bundle / "vision_encoder.onnx")  # a loop
+    with pytest.raises(EdgebridgeError):
+        Bundle.open(bundle)
