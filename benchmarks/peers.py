@@ -139,7 +139,10 @@ def child_peer(spec: dict[str, Any]) -> dict[str, Any]:
             return family.reference_inputs(loaded, prompt, media())
 
         def encode(inputs: dict[str, Any]) -> None:
-            enc.reference({name: inputs[name] for name in enc.input_names})
+            if "image_grid_thw" in inputs:  # native resolution: the tower takes the patches and their grid
+                model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+            else:
+                enc.reference({name: inputs[name] for name in enc.input_names})
     media = media_loader({"image": [spec["image"]]})
     timed_runs(conf, model.generate, make_inputs, encode, spec["tokens"], spec["runs"], spec["warmup"],
                lambda _: None)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
+from typing import Sequence
 
+from edgebridge import swap
 from edgebridge.errors import BundleError, BundleExistsError, IntegrityError, ManifestError
 from edgebridge.manifest import MANIFEST_NAME, FileEntry, Manifest, read_manifest
 
@@ -115,17 +116,21 @@ class BundleWriter:
     and leaves any existing bundle untouched.
     """
 
-    def __init__(self, target: str | os.PathLike, *, force: bool = False) -> None:
+    def __init__(self, target: str | os.PathLike, *, force: bool = False,
+                 protect: Sequence[str | os.PathLike] = ()) -> None:
+        """``protect``: the export's inputs (the model folder, a GGUF): the target may not be, hold, or lie
+        inside any of them. ``force`` replaces an existing edgebridge bundle, never another folder."""
         self.target = Path(target).absolute()
-        if self.target.exists() and not force:
-            raise BundleExistsError(
-                f"'{self.target}' already exists.",
-                hint="Pass --force (force=True) to replace it, or choose another output folder.",
-            )
-        if self.target.exists() and not self.target.is_dir():
-            raise BundleError(f"'{self.target}' exists and is not a folder; refusing to replace it.")
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=self.target.parent))
+        self.force = force
+        _refuse_overlap(self.target, protect)
+        try:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self.recovered = swap.recover(self.target)
+            _check_replaceable(self.target, force)
+            self.tmp = swap.work_dir(self.target)
+        except OSError as exc:
+            raise BundleError(f"cannot write beside '{self.target}' ({exc.strerror or exc}).",
+                              hint="Choose an output folder in a writable place with free space.") from None
         self.committed = False
 
     def __enter__(self) -> "BundleWriter":
@@ -152,21 +157,32 @@ class BundleWriter:
         # round-trip through the parser: a writer that checks its own output
         Manifest.from_dict(manifest.to_dict())
         (self.tmp / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+        swap.fault("commit")
         self._swap_into_place()
         self.committed = True
         return self.target
 
     def _swap_into_place(self) -> None:
-        old = None
-        if self.target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-", dir=self.target.parent))
-            old.rmdir()
-            os.rename(self.target, old)
-        try:
-            os.rename(self.tmp, self.target)
-        except OSError:
-            if old is not None:
-                os.rename(old, self.target)  # put the previous bundle back
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _check_replaceable(self.target, self.force)  # again: another export may have written it meanwhile
+        swap.swap_in(self.tmp, self.target, replace=self.force)
+
+
+def _refuse_overlap(target: Path, protect: Sequence[str | os.PathLike]) -> None:
+    resolved = target.resolve()
+    for source in (Path(p).resolve() for p in protect if p is not None):
+        if resolved == source or resolved.is_relative_to(source) or source.is_relative_to(resolved):
+            raise BundleError(f"the output folder '{target}' overlaps the export's input '{source}'.",
+                              hint="Write the bundle to a folder outside the model folder (and not around it).")
+
+
+def _check_replaceable(target: Path, force: bool) -> None:
+    if not os.path.lexists(target):
+        return
+    if not force:
+        raise BundleExistsError(f"'{target}' already exists.",
+                                hint="Pass --force (force=True) to replace it, or choose another output folder.")
+    if not target.is_dir() or target.is_symlink():
+        raise BundleError(f"'{target}' exists and is not a folder; refusing to replace it.")
+    if not (target / MANIFEST_NAME).is_file() and any(target.iterdir()):
+        raise BundleError(f"'{target}' is a folder with files in it, not an edgebridge bundle; --force replaces "
+                          "only bundles.", hint="Choose another output folder, or empty this one yourself.")

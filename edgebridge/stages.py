@@ -251,6 +251,8 @@ def preprocessing_notes(prepared: dict[str, Prepared]) -> list[str]:
     notes = [f"{m} input {i}: {info['seconds']:.1f} s clip truncated to {info['truncated_to_seconds']:.0f} s, "
              "the model's window (as its processor does)"
              for m, prep in prepared.items() for i, info in enumerate(prep.info) if "truncated_to_seconds" in info]
+    notes += [f"{m} input {i}: {info['converted']}" for m, prep in prepared.items()
+              for i, info in enumerate(prep.info) if info.get("converted")]
     return notes + [f"{m} input {i}: {info['dropped_frames']} of {info['frames'] + info['dropped_frames']} sampled "
                     "frames dropped to fit max_frames" for m, prep in prepared.items()
                     for i, info in enumerate(prep.info) if info.get("dropped_frames")]

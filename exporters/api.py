@@ -112,7 +112,9 @@ def export_bundle(
                              encoder_tolerance)
     family = family_for(model_dir)
     started = time.perf_counter()
-    with BundleWriter(out_dir, force=force) as writer, tempfile.TemporaryDirectory(prefix="edgebridge-") as scratch:
+    protect = [model_dir, options.llm_gguf, options.plan.calibration]
+    with BundleWriter(out_dir, force=force, protect=protect) as writer, \
+            tempfile.TemporaryDirectory(prefix="edgebridge-") as scratch:
         step(f"loading {family.name} model from {model_dir}")
         loaded = _load(family, model_dir)
         n_embd = _llm_width(family, loaded)

@@ -149,3 +149,45 @@ def test_links_out_of_the_bundle_are_refused(clip_llama_f32, tmp_path):
     (bundle / "vision_encoder.onnx").symlink_to(bundle / "vision_encoder.onnx")  # a loop
     with pytest.raises(EdgebridgeError):
         Bundle.open(bundle)
+
+
+def test_16_bit_images_are_scaled_not_clipped(tmp_path):
+    """Class 7 (silent input mangling): a 16-bit PNG came out almost all white; now scaled, and said."""
+    from PIL import Image
+
+    from edgebridge.preprocess.image import load_image
+
+    ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    path = tmp_path / "deep.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I")
+    img = load_image(path)
+    got = np.asarray(img)[..., 0].astype(int)
+    assert np.abs(got - np.round(ramp / 257.0)).max() <= 1 and (got < 128).mean() > 0.45  # not clipped to 255
+    assert img.info["converted"] == "a 16-bit image scaled to 8 bits per channel"
+
+
+def test_16_bit_image_conversion_reaches_the_warnings(clip_llama_f32, tmp_path):
+    from PIL import Image
+
+    from edgebridge import Pipeline
+
+    path = tmp_path / "deep.png"
+    Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)).save(path)
+    with Pipeline.from_bundle(clip_llama_f32.bundle) as pipe:
+        result = pipe.generate(PROMPT, images=[path], max_new_tokens=1)
+    assert any("16-bit image scaled to 8 bits" in w for w in result.call_warnings), result.call_warnings
+
+
+def test_channels_first_audio_arrays_are_read_as_channels():
+    """Class 7: a [channels, samples] array used to be read as a 2-sample clip."""
+    from edgebridge.errors import AudioInputError
+    from edgebridge.preprocess.audio import load_audio
+
+    wave = np.sin(np.linspace(0, 200, 16000)).astype(np.float32)
+    first = load_audio(np.stack([wave, wave]), 16000)  # [2, 16000]
+    last = load_audio(np.stack([wave, wave], axis=1), 16000)  # [16000, 2]
+    assert first.samples.shape == last.samples.shape == (16000,)
+    np.testing.assert_allclose(first.samples, last.samples)
+    with pytest.raises(AudioInputError, match="no axis of at most"):
+        load_audio(np.zeros((100, 200), np.float32), 16000)

@@ -39,6 +39,8 @@ _PCM, _FLOAT, _EXTENSIBLE = 0x0001, 0x0003, 0xFFFE
 _FORMAT_NAMES = {0x0002: "MS ADPCM", 0x0006: "A-law", 0x0007: "mu-law", 0x0011: "IMA ADPCM", 0x0050: "MPEG",
                  0x0055: "MP3", 0x0161: "WMA"}
 
+MAX_ARRAY_CHANNELS = 8  # an array axis this short is channels; a longer one is time
+
 
 @dataclass
 class AudioClip:
@@ -168,7 +170,12 @@ def load_audio(audio: AudioLike, sample_rate: int) -> AudioClip:
     if isinstance(audio, AudioClip):
         clip = audio
     elif isinstance(audio, np.ndarray):
-        if audio.ndim == 2:  # [S, channels] -> mono
+        if audio.ndim == 2:  # [S, channels] -> mono; [channels, S] (channels first) is read the same way
+            if audio.shape[1] > MAX_ARRAY_CHANNELS and audio.shape[0] <= MAX_ARRAY_CHANNELS:
+                audio = audio.T
+            elif audio.shape[1] > MAX_ARRAY_CHANNELS:
+                raise AudioInputError(f"an audio array of shape {audio.shape} has no axis of at most "
+                                      f"{MAX_ARRAY_CHANNELS} channels.", hint="Pass [samples] or [samples, channels].")
             audio = audio.mean(axis=1)
         if audio.ndim != 1 or not np.issubdtype(audio.dtype, np.floating):
             raise AudioInputError(f"audio arrays must be 1-D float waveforms, got {audio.dtype} {audio.shape}.",

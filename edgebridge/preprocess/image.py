@@ -22,6 +22,7 @@ from edgebridge.errors import ImageInputError, NonFiniteError
 from edgebridge.preprocess import Prepared, register_preprocessor
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # PIL's convert("RGB") clips these to 255
 
 # Refuse to decode images above this many pixels (a PNG of a few KiB can claim gigapixels).
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -110,7 +111,38 @@ def load_image(image: ImageLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         )
     if img.size[0] < 1 or img.size[1] < 1:
         raise ImageInputError(f"image has no pixels ({img.size[0]}x{img.size[1]}).")
+    if img.mode in HIGH_BIT_MODES:
+        return _scaled_to_8_bit(img)
     return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _scaled_to_8_bit(img: Image.Image) -> Image.Image:
+    """A 16/32-bit integer or float grayscale image scaled (not clipped, as PIL's ``convert`` would) to
+    8-bit RGB; ``img.info["converted"]`` says what was done (the result's warnings repeat it)."""
+    arr = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":
+        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+            raise ImageInputError("a floating-point image must hold values in [0, 1].",
+                                  hint="Scale it to [0, 1], or save it as an 8/16-bit PNG.")
+        peak, what = 1.0, "a float image"
+    elif img.mode == "I" and arr.min() >= 0 and arr.max() <= 255:  # 32-bit mode holding 8-bit values
+        peak, what = 255.0, "an 8-bit image in a 32-bit mode"
+    elif arr.min() >= 0 and arr.max() <= 65535:
+        peak, what = 65535.0, "a 16-bit image"
+    else:
+        raise ImageInputError(f"a {img.mode}-mode image holds values outside 0..65535.",
+                              hint="Save it as an 8 or 16-bit image.")
+    out = Image.fromarray(np.round(arr * (255.0 / peak)).astype(np.uint8), mode="L").convert("RGB")
+    out.info["converted"] = f"{what} scaled to 8 bits per channel"
+    return out
+
+
+def image_info(img: Image.Image) -> dict[str, Any]:
+    """Per-item info every image preprocessor records: size, and any conversion done while loading."""
+    info: dict[str, Any] = {"width": img.size[0], "height": img.size[1]}
+    if img.info.get("converted"):
+        info["converted"] = img.info["converted"]
+    return info
 
 
 # --- the HF steps ------------------------------------------------------------------------------
@@ -197,7 +229,7 @@ def prepare_images(items: list[Any], spec: dict[str, Any]) -> Prepared:
     arrays, info = [], []
     for item in items:
         img = load_image(item, max_pixels=max_pixels)
-        info.append({"width": img.size[0], "height": img.size[1]})
+        info.append(image_info(img))
         arrays.append(preprocess_image(img, spec))
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:

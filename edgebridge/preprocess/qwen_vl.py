@@ -38,7 +38,7 @@ import numpy as np
 
 from edgebridge.errors import ImageInputError, InputError
 from edgebridge.preprocess import MediaOptions, Prepared, register_preprocessor
-from edgebridge.preprocess.image import DEFAULT_MAX_PIXELS, load_image, rescale_normalize, resize
+from edgebridge.preprocess.image import DEFAULT_MAX_PIXELS, image_info, load_image, rescale_normalize, resize
 
 MASKED = -1e9  # additive bias between patches of different frames: exp() of it is exactly 0 in float32
 
@@ -176,8 +176,7 @@ def image_frames(item: Any, spec: dict[str, Any], budget: tuple[int, int]) -> tu
             f"({height}x{width} pixels), more than the budget of {budget[1] // factor ** 2}.",
             hint="Raise --max-image-tokens, or crop the image closer to its content.")
     arr = rescale_normalize(np.asarray(resize(img, height, width, spec.get("resample", "bicubic"))), spec)
-    return arr.transpose(2, 0, 1)[None], {"width": img.size[0], "height": img.size[1],
-                                          "resized": [height, width]}
+    return arr.transpose(2, 0, 1)[None], {**image_info(img), "resized": [height, width]}
 
 
 @register_preprocessor("qwen-vl-patches", options=("min_image_tokens", "max_image_tokens"))

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from edgebridge.preprocess import Prepared, register_preprocessor
-from edgebridge.preprocess.image import DEFAULT_MAX_PIXELS, load_image, rescale_normalize, resize
+from edgebridge.preprocess.image import DEFAULT_MAX_PIXELS, image_info, load_image, rescale_normalize, resize
 
 MAX_IMAGE_SIZE = 4096  # Idefics3's absolute bound on a side
 
@@ -91,7 +91,7 @@ def prepare_idefics3(items: list[Any], spec: dict[str, Any]) -> Prepared:
     for item in items:
         img = load_image(item, max_pixels=int(spec.get("max_pixels", DEFAULT_MAX_PIXELS)))
         frames, rows, cols = idefics3_tiles(img, spec)
-        info.append({"width": img.size[0], "height": img.size[1], "rows": rows, "cols": cols, "tiles": len(frames)})
+        info.append({**image_info(img), "rows": rows, "cols": cols, "tiles": len(frames)})
         tiles.extend(_finish(frames, spec))
     rows_of = [slice(i, i + 1) for i in range(len(tiles))]  # each tile is its own prompt segment
     return Prepared(inputs={"pixel_values": np.stack(tiles)}, info=info, item_rows=rows_of)
@@ -138,7 +138,7 @@ def prepare_gotocr2(items: list[Any], spec: dict[str, Any]) -> Prepared:
         rows.append(slice(len(tiles), len(tiles) + len(frames)))
         tiles.extend(_finish(frames, spec))
         counts.append(per_tile * len(frames))
-        info.append({"width": img.size[0], "height": img.size[1], "tiles": len(frames)})
+        info.append({**image_info(img), "tiles": len(frames)})
     return Prepared(inputs={"pixel_values": np.stack(tiles)}, tokens_per_item=counts, info=info, item_rows=rows)
 
 
@@ -180,6 +180,6 @@ def prepare_idefics2(items: list[Any], spec: dict[str, Any]) -> Prepared:
         img = load_image(item, max_pixels=int(spec.get("max_pixels", DEFAULT_MAX_PIXELS)))
         crops = _finish(idefics2_crops(img, spec), spec)
         runs.extend({"pixel_values": c[None]} for c in crops)
-        info.append({"width": img.size[0], "height": img.size[1], "crops": len(crops)})
+        info.append({**image_info(img), "crops": len(crops)})
     rows_of = [slice(i, i + 1) for i in range(len(runs))]
     return Prepared(inputs=runs[0], info=info, item_rows=rows_of, runs=runs)
