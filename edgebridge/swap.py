@@ -1,7 +1,7 @@
 """Putting a finished folder in place of another without ever losing either.
 
 An export writes into a work folder beside the target (``.NAME.tmp-PID-*``) and, at the end, swaps it
-in under a lock on the parent folder (``.NAME.lock``, ``flock``), so two exports to one path cannot
+in under a lock on the parent folder (``flock``), so two exports to one path cannot
 both win: the second finds the target there and is refused (or, with ``--force``, replaces the first's
 bundle whole). Replacing moves the old folder aside (``.NAME.old-PID-*``), moves the new one in, then
 deletes the old one. A process killed between those two renames leaves no folder at the target and the
@@ -28,13 +28,13 @@ from edgebridge.errors import BundleExistsError
 
 @contextlib.contextmanager
 def locked(target: Path) -> Iterator[None]:
-    """Hold the lock of ``target``'s swaps (a lock file beside it)."""
-    with open(target.parent / f".{target.name}.lock", "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    """Hold the lock of swaps in ``target``'s parent folder (``flock`` on the folder itself: no lock file)."""
+    fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def work_dir(target: Path) -> Path:

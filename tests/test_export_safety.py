@@ -31,7 +31,7 @@ def tree_digest(folder: Path) -> dict[str, str]:
 
 
 def leftovers(target: Path) -> list[str]:
-    return sorted(p.name for p in target.parent.glob(f".{target.name}.*") if not p.name.endswith(".lock"))
+    return sorted(p.name for p in target.parent.glob(f".{target.name}.*"))
 
 
 def export_in_process(model: Path, target: Path, *flags: str, fault: str | None = None) -> subprocess.Popen:
