@@ -167,7 +167,7 @@ def check_expected(info: GgufInfo, path: Path, *, architecture: str | None = Non
         )
     if n_embd is not None and info.n_embd_inp != n_embd:
         raise CorruptArtifactError(
-            f"GGUF file '{Path(path).name}' takes input rows of width {info.n_embd_inp}, the bundle's encoders "
+            f"GGUF file '{Path(path).name}' has embedding width {info.n_embd_inp}, the bundle's encoders "
             f"produce {n_embd}.",
             hint="Use the LLM the encoders were trained with.",
         )
