@@ -489,7 +489,15 @@ class Manifest:
             static_shapes=_static_shapes(f.opt("static_shapes", dict)),
         )
         manifest._check_references()
+        manifest._check_token_counts()
         return manifest
+
+    def _check_token_counts(self) -> None:
+        for modality, spec in self.inputs.items():
+            role = self.components[spec.component].role
+            if spec.tokens_per_item < 0 or (role is Role.ENCODER and spec.tokens_per_item == 0):
+                raise ManifestError(f"manifest key 'inputs.{modality}.tokens_per_item' is {spec.tokens_per_item}; an "
+                                    "encoder gives each item at least one embedding.", hint="Re-export the bundle.")
 
     def _check_references(self) -> None:
         llms = [n for n, c in self.components.items() if c.role is Role.LLM]

@@ -26,7 +26,7 @@ import numpy as np
 
 from edgebridge.bundle import bundle_file
 from edgebridge.caching import EmbeddingCache, digest
-from edgebridge.errors import BackendUnavailableError, InputError, NonFiniteError
+from edgebridge.errors import BackendUnavailableError, InputError, ManifestError, NonFiniteError
 from edgebridge.manifest import Component, ModalityInput, Role, StaticShape, TextInputs
 from edgebridge.plan import MediaItems
 from edgebridge.preprocess import MediaOptions, Prepared, preprocess
@@ -93,6 +93,21 @@ def open_stage(root: Path, modality: str, spec: ModalityInput, component: Compon
                         text_tokenizer=_wordpiece(root, text) if text else None)
 
 
+def _check_claims(spec: ModalityInput, component: Component, session: EncoderSession) -> None:
+    """The manifest's output shape and token count against the graph's own: a graph that gives other
+    shapes than the manifest says would be cut or padded silently."""
+    graph = session.output_shapes[0] if getattr(session, "output_shapes", None) else None
+    said = component.outputs[0].shape
+    if graph is not None and (len(graph) != len(said) or any(
+            isinstance(s, int) and g is not None and g != s for g, s in zip(graph, said))):
+        raise ManifestError(f"the {spec.component} graph's output has shape {graph}; the manifest says {said}.",
+                            hint="The bundle was edited or mixed with another's files; re-export it.")
+    tokens = graph[-2] if graph is not None and len(graph) >= 2 else None
+    if tokens is not None and spec.tokens_per_item > tokens:
+        raise ManifestError(f"the manifest gives each {spec.component} item {spec.tokens_per_item} embeddings; its "
+                            f"graph gives {tokens}.", hint="The bundle was edited; re-export it.")
+
+
 def _wordpiece(root: Path, spec: TextInputs) -> WordPiece:
     if spec.tokenizer != "wordpiece":
         raise BackendUnavailableError(f"text input tokenizer '{spec.tokenizer}' is not supported.",
@@ -122,6 +137,7 @@ class EncoderStage:
                  text_tokenizer: WordPiece | None = None) -> None:
         self.modality, self.spec, self.graph, self.session = modality, spec, component, session
         self.component = spec.component
+        _check_claims(spec, component, session)
         self.static, self.cache, self.text_tokenizer = static, cache, text_tokenizer
         self.report = session.report
 

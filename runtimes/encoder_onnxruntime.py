@@ -79,6 +79,7 @@ class OnnxRuntimeEncoder:
         ran = self.session.get_providers()[0]
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.output_shapes = [[d if isinstance(d, int) else None for d in o.shape] for o in self.session.get_outputs()]
         self.report = DeviceReport(
             requested=device,
             executed=_PROVIDER_DEVICE.get(ran, ran),

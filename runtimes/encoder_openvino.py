@@ -99,6 +99,8 @@ class OpenVinoEncoder:
         self.request = self.compiled.create_infer_request()
         self.input_names = [i.get_any_name() for i in self.compiled.inputs]
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
+        self.output_shapes = [[d.get_length() if d.is_static else None for d in o.get_partial_shape()]
+                              for o in self.compiled.outputs]
         self._core, self._model, self._target, self._config = core, model, target, config
         executed = ",".join(self.compiled.get_property("EXECUTION_DEVICES"))
         try:

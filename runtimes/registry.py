@@ -45,6 +45,7 @@ class EncoderSession(Protocol):
     report: DeviceReport
     input_names: list[str]
     output_names: list[str]
+    output_shapes: list[list[int | None]]  # the graph's own output shapes (None: a dynamic axis)
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 

@@ -191,3 +191,73 @@ def test_channels_first_audio_arrays_are_read_as_channels():
     np.testing.assert_allclose(first.samples, last.samples)
     with pytest.raises(AudioInputError, match="no axis of at most"):
         load_audio(np.zeros((100, 200), np.float32), 16000)
+
+
+def _rewrite_gguf_field(src: Path, dst: Path, key: str, value: float) -> None:
+    """A copy of ``src`` with one float hyperparameter changed (gguf-py's own writer)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(src))
+    arch = str(reader.fields["general.architecture"].contents())
+    writer = gguf.GGUFWriter(str(dst), arch)
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue
+        if name == key:
+            writer.add_float32(key, value)
+            continue
+        vtype = field.types[0]
+        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(name, field.contents(), vtype, sub_type=sub)
+    for t in reader.tensors:
+        writer.add_tensor(t.name, np.asarray(t.data), raw_shape=list(reversed([int(d) for d in t.shape])),
+                          raw_dtype=t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_out_of_range_gguf_hyperparameters_are_refused_before_llama_cpp(clip_llama_f32, tmp_path):
+    """Class 4 (native asserts): a negative RMS epsilon aborted in GGML_ASSERT, its backtrace on stdout."""
+    from edgebridge.bundle import sha256_file
+    from edgebridge.errors import CorruptArtifactError
+    from edgebridge.runtimes.llamacpp.gguf_check import read_gguf_info
+
+    bundle = copy_bundle(clip_llama_f32.bundle, tmp_path / "eps")
+    gguf_path = bundle / "llm.gguf"
+    _rewrite_gguf_field(clip_llama_f32.bundle / "llm.gguf", gguf_path, "llama.attention.layer_norm_rms_epsilon", -1.0)
+    with pytest.raises(CorruptArtifactError, match="layer_norm_rms_epsilon = -1.0"):
+        read_gguf_info(gguf_path)
+    manifest = json.loads((bundle / "edgebridge.json").read_text())
+    manifest["files"]["llm.gguf"] = {"sha256": sha256_file(gguf_path), "bytes": gguf_path.stat().st_size}
+    (bundle / "edgebridge.json").write_text(json.dumps(manifest))
+    proc = run_cli("run", str(bundle), "-p", "hello", "-n", "2", "--json")
+    assert proc.returncode == 2 and "cannot run" in proc.stderr and proc.stdout == "", proc.stderr[-1500:]
+
+
+@pytest.mark.parametrize("tokens", [0, -3, 65])
+def test_manifest_token_counts_are_checked_against_the_graph(clip_llama_f32, tmp_path, tokens):
+    """Class 5 (manifest claims): a tampered tokens_per_item used to drop or cut the image silently."""
+    from edgebridge import Pipeline
+    from edgebridge.errors import ManifestError
+
+    bundle = copy_bundle(clip_llama_f32.bundle, tmp_path / f"t{tokens}")
+    manifest = json.loads((bundle / "edgebridge.json").read_text())
+    manifest["inputs"]["image"]["tokens_per_item"] = tokens
+    (bundle / "edgebridge.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="tokens_per_item|embeddings"):
+        Pipeline.from_bundle(bundle)
+
+
+def test_manifest_output_shape_is_checked_against_the_graph(clip_llama_f32, tmp_path):
+    from edgebridge import Pipeline
+    from edgebridge.errors import ManifestError
+
+    bundle = copy_bundle(clip_llama_f32.bundle, tmp_path / "shape")
+    manifest = json.loads((bundle / "edgebridge.json").read_text())
+    manifest["components"]["vision_encoder"]["outputs"][0]["shape"][1] = 32  # the graph gives 64
+    (bundle / "edgebridge.json").write_text(json.dumps(manifest))
+    for backend in ("onnxruntime", "openvino"):
+        with pytest.raises(ManifestError, match="the manifest says"):
+            Pipeline.from_bundle(bundle, encoder_backend=backend)

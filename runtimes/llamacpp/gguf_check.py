@@ -76,6 +76,7 @@ def read_gguf_info(path: Path) -> GgufInfo:
             hint="Re-export the bundle or re-download the GGUF.",
         ) from None
     _check_decoder(info, names, reader, path)
+    _check_hyperparameters(reader, info, path)
     return info
 
 
@@ -155,6 +156,31 @@ def _check_decoder(info: GgufInfo, names: set[str], reader: Any, path: Path) -> 
             f"GGUF file '{path.name}': token_embd width {int(token_embd.shape[0])} differs from "
             f"embedding_length {info.n_embd}."
         )
+
+
+def _check_hyperparameters(reader: Any, info: GgufInfo, path: Path) -> None:
+    """Refuse the values llama.cpp asserts on (an abort kills the process) or silently misreads."""
+    arch = info.architecture
+    problems = []
+    for key in ("attention.layer_norm_rms_epsilon", "attention.layer_norm_epsilon"):
+        eps = _field(reader, f"{arch}.{key}")
+        if eps is not None and not (isinstance(eps, (int, float)) and 0 < float(eps) < 1):
+            problems.append(f"{key} = {eps!r} (must be in (0, 1))")
+    base = _field(reader, f"{arch}.rope.freq_base")
+    if base is not None and not (isinstance(base, (int, float)) and np.isfinite(base) and base > 0):
+        problems.append(f"rope.freq_base = {base!r} (must be positive)")
+    if info.n_head <= 0 or info.n_head_kv <= 0 or info.n_head % info.n_head_kv:
+        problems.append(f"head_count {info.n_head} / head_count_kv {info.n_head_kv} (positive, kv dividing heads)")
+    if info.head_dim <= 0 or info.head_dim % 2:
+        problems.append(f"head dimension {info.head_dim} (positive and even)")
+    if not 0 < info.n_layer <= 4096 or not 0 < info.n_ctx_train <= 1 << 24:
+        problems.append(f"block_count {info.n_layer} / context_length {info.n_ctx_train} out of range")
+    sections = _field(reader, f"{arch}.rope.dimension_sections")
+    if sections is not None and (any(int(s) < 0 for s in sections) or sum(int(s) for s in sections) > info.head_dim // 2):
+        problems.append(f"rope.dimension_sections {list(sections)} (non-negative, at most head_dim / 2 in all)")
+    if problems:
+        raise CorruptArtifactError(f"GGUF file '{path.name}' has hyperparameters llama.cpp cannot run: "
+                                   f"{'; '.join(problems)}.", hint="The GGUF is damaged or was edited; re-export it.")
 
 
 def check_expected(info: GgufInfo, path: Path, *, architecture: str | None = None, n_embd: int | None = None) -> None:
