@@ -8,6 +8,7 @@ with status 2; no traceback. Host-only commands (``export``) import torch lazily
 from __future__ import annotations
 
 import json
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgebridge.errors import EdgebridgeError
@@ -108,7 +110,7 @@ def export(
                                      prefill=prefill.value, force=force, step=step)
         finally:
             finish()
-    out.print(f"[green]bundle written:[/green] {output}")
+    out.print(f"[green]bundle written:[/green] {escape(str(output))}")
     _print_trials(manifest)
     _print_components(manifest)
 
@@ -149,7 +151,7 @@ def assemble(
             folder = assemble_assistant(output, whisper=whisper, image_bridge=image_bridge, step=step)
         finally:
             finish()
-    out.print(f"[green]assembled:[/green] {folder}  (next: edgebridge export {folder} -o BUNDLE)")
+    out.print(f"[green]assembled:[/green] {escape(str(folder))}  (next: edgebridge export {escape(str(folder))} -o BUNDLE)")
 
 
 # --- run -------------------------------------------------------------------------------------
@@ -186,7 +188,7 @@ def run(
     with Pipeline.from_bundle(bundle, encoder_backend=backend, device=device, precision=precision,
                               threads=threads, n_ctx=n_ctx, verify=not no_verify, fast_prefill=fast_prefill) as pipe:
         for warning in pipe.load_warnings:
-            err.print(f"[yellow]warning:[/yellow] {warning}")
+            err.print(f"[yellow]warning:[/yellow] {escape(warning)}")
         stream = pipe.generate(prompt, images=image, audio=audio, videos=video, max_new_tokens=max_new_tokens,
                                chat=chat, stream=True, min_image_tokens=min_image_tokens,
                                max_image_tokens=max_image_tokens, video_fps=video_fps, max_frames=max_frames)
@@ -196,13 +198,13 @@ def run(
                 sys.stdout.flush()
         result = stream.result
         for warning in result.call_warnings:
-            err.print(f"[yellow]warning:[/yellow] {warning}")
+            err.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict()) + "\n")
         return
     sys.stdout.write("\n")
     for modality, texts in result.tool_outputs.items():
-        err.print(f"[dim]{modality} tool: {' | '.join(texts)}[/dim]", highlight=False)
+        err.print(f"[dim]{modality} tool: {escape(' | '.join(texts))}[/dim]", highlight=False)
     t = result.timings.to_dict()
     err.print(
         f"[dim]{len(result.token_ids)} tokens ({result.finish_reason}); prompt {t['prompt_tokens']} positions; "
@@ -257,7 +259,7 @@ def profile(
             finish()
     paths = Profiler().write(output, report)
     _print_profile(report)
-    out.print(f"[green]wrote[/green] {paths['json']} and {paths['html']}")
+    out.print(f"[green]wrote[/green] {escape(str(paths['json']))} and {escape(str(paths['html']))}")
 
 
 def _print_profile(report: dict) -> None:
@@ -326,7 +328,8 @@ def inspect(
         sys.stdout.write(json.dumps({"manifest": opened.manifest.to_dict(), "verified": verified}, indent=2) + "\n")
         return
     m = opened.manifest
-    out.print(f"[bold]{bundle}[/bold]: family {m.family}, schema {m.schema_version}, edgebridge {m.edgebridge_version}")
+    out.print(f"[bold]{escape(str(bundle))}[/bold]: family {escape(m.family)}, schema {m.schema_version}, "
+              f"edgebridge {escape(m.edgebridge_version)}")
     _print_components(m)
     for modality, spec in m.inputs.items():
         out.print(f"{modality}: '{spec.placeholder}' -> {spec.tokens_per_item} embeddings from {spec.component}; "
@@ -348,13 +351,20 @@ def families() -> None:
 
 
 def main() -> None:
-    """Entry point: typer handles usage errors and --help; our errors print without a traceback."""
+    """Entry point: typer handles usage errors and --help; our errors print without a traceback, and
+    libraries' warnings (numpy's RuntimeWarnings, transformers' load reports) stay off the terminal."""
+    import logging
+    import warnings
+
+    warnings.simplefilter("ignore")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         app()
     except EdgebridgeError as exc:
-        err.print(f"[red]error:[/red] {exc.message}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False, soft_wrap=True)
         if exc.hint:
-            err.print(f"[dim]{exc.hint}[/dim]", highlight=False, soft_wrap=True)
+            err.print(f"[dim]{escape(exc.hint)}[/dim]", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")

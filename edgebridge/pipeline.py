@@ -84,7 +84,7 @@ class Pipeline:
         start = now_ms()
         bundle = Bundle.open(path, verify=verify)
         cache = EmbeddingCache() if cache_embeddings else None
-        options, sessions = StageOptions(encoder_backend, device, threads, precision), {}
+        options, sessions = StageOptions(encoder_backend, device, threads, precision).check(), {}
         stages = {m: open_stage(bundle.root, m, spec, bundle.manifest.components[spec.component], options,
                                 bundle.manifest.static_shape(spec.component), cache, sessions)
                   for m, spec in bundle.manifest.inputs.items()}
@@ -120,8 +120,7 @@ class Pipeline:
         ``min_image_tokens`` / ``max_image_tokens``: the positions one image (or video frame) may cost
         (native-resolution models; default from the model's processor config); ``video_fps`` /
         ``max_frames``: how videos are sampled. The result's ``media`` says what each item got."""
-        if max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+        _check_call(prompt, max_new_tokens, system)
         options = MediaOptions(min_image_tokens=min_image_tokens, max_image_tokens=max_image_tokens,
                                video_fps=video_fps, max_frames=max_frames).check()
         steps = self._steps(prompt, _media(images, audio, videos), max_new_tokens, chat, system, stop_at_eos, options)
@@ -191,6 +190,22 @@ class Pipeline:
         return _Prompted(plan, prefill, outputs, preprocessing_notes(prepared), prepared)
 
 
+def _check_call(prompt: Any, max_new_tokens: Any, system: Any) -> None:
+    """Wrong argument types get a clear error, not a TypeError from deep inside."""
+    for name, value in (("prompt", prompt), ("system", system)):
+        if value is None and name == "system":
+            continue
+        if not isinstance(value, str):
+            raise InputError(f"{name} must be a string, got {type(value).__name__}.")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"{name} holds characters that are not valid Unicode (lone surrogates).",
+                             hint="Decode the text properly before passing it.") from None
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be a whole number of at least 1, got {max_new_tokens!r}.")
+
+
 def _media(images: Sequence[Any] | None, audio: Sequence[Any] | None,
            videos: Sequence[Any] | None = None) -> dict[str, list[Any]]:
     return {"image": _items(images, "images"), "audio": _items(audio, "audio"), "video": _items(videos, "videos")}
@@ -200,4 +215,6 @@ def _items(items: Sequence[Any] | None, name: str) -> list[Any]:
     if isinstance(items, (str, Path)):  # a lone path would be read as a list of one-letter paths
         raise InputError(f"{name}= takes a list of items, got one {type(items).__name__}.",
                          hint=f"Write {name}=[{str(items)!r}].")
+    if items is not None and not isinstance(items, (list, tuple)):
+        raise InputError(f"{name}= takes a list of items, got {type(items).__name__}.")
     return list(items or [])

@@ -31,7 +31,16 @@ from edgebridge.manifest import Component, ModalityInput, Role, StaticShape, Tex
 from edgebridge.plan import MediaItems
 from edgebridge.preprocess import MediaOptions, Prepared, preprocess
 from edgebridge.preprocess.wordpiece import WordPiece
-from edgebridge.runtimes.registry import DeviceReport, EncoderSession, artifact_format, open_encoder
+from edgebridge.runtimes.registry import (
+    DEVICES,
+    DeviceReport,
+    EncoderSession,
+    artifact_format,
+    encoder_backends,
+    open_encoder,
+)
+
+PRECISIONS = ("f32", "bf16", "f16", "auto")  # OpenVINO execution precisions
 from edgebridge.runtimes.static_shapes import conform, run_static
 from edgebridge.runtimes.tools import Tool, open_tool
 
@@ -65,6 +74,21 @@ class StageOptions:
     device: str = "CPU"
     threads: int | None = None
     precision: str | None = "f32"
+
+    def check(self) -> "StageOptions":
+        """Refuse what no engine would take (onnxruntime ignores a precision; a bogus one is still a mistake)."""
+        if self.backend not in encoder_backends():
+            raise BackendUnavailableError(f"unknown encoder backend '{self.backend}'.",
+                                          hint=f"Choose one of: {', '.join(sorted(encoder_backends()))}.")
+        if str(self.device).upper() not in DEVICES:
+            raise InputError(f"unknown device '{self.device}'.", hint=f"Choose one of {', '.join(DEVICES)}.")
+        if self.precision is not None and str(self.precision).lower() not in PRECISIONS:
+            raise InputError(f"unknown execution precision '{self.precision}'.",
+                             hint=f"Choose one of {', '.join(PRECISIONS)}.")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise InputError(f"threads must be a whole number of at least 1, got {self.threads!r}.")
+        return self
 
 
 def open_stage(root: Path, modality: str, spec: ModalityInput, component: Component, options: StageOptions,

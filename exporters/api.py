@@ -67,11 +67,12 @@ def _load(family: Family, model_dir: Path) -> Loaded:
         return family.load(model_dir)
     except EdgebridgeError:
         raise
-    except (OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001 - transformers, safetensors and tokenizers raise their own types
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
         raise ExportError(
-            f"could not load the {family.name} model from '{model_dir}': {str(exc).splitlines()[0][:300]}",
-            hint="The folder needs config.json, safetensors weights and the tokenizer/processor files.",
-        ) from exc
+            f"could not load the {family.name} model from '{model_dir}': {type(exc).__name__}: {first}",
+            hint="The folder needs config.json, intact safetensors weights and the tokenizer/processor files.",
+        ) from None
 
 
 def export_bundle(

@@ -261,3 +261,74 @@ def test_manifest_output_shape_is_checked_against_the_graph(clip_llama_f32, tmp_
     for backend in ("onnxruntime", "openvino"):
         with pytest.raises(ManifestError, match="the manifest says"):
             Pipeline.from_bundle(bundle, encoder_backend=backend)
+
+
+# --- the "ugly" list: one clean error each (exit 2, message + hint, no traceback, nothing on stdout) --------
+
+
+def test_api_argument_mistakes_are_clear_errors(clip_llama_f32, tmp_path):
+    import os
+
+    from edgebridge import Pipeline
+    from edgebridge.errors import ImageInputError, InputError, PromptError
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)
+    with Pipeline.from_bundle(clip_llama_f32.bundle, n_ctx=8192) as pipe:
+        assert any("beyond the" in w for w in pipe.load_warnings)  # n_ctx past the trained context: said
+        with pytest.raises(PromptError, match="placeholder"):
+            pipe.generate("USER: <image>\nWhat? ASSISTANT:")  # a placeholder with no media (was KeyError)
+        with pytest.raises(InputError, match="prompt must be a string"):
+            pipe.generate(None)
+        with pytest.raises(InputError, match="not valid Unicode"):
+            pipe.generate("caf\udce9")
+        with pytest.raises(InputError, match="list of items"):
+            pipe.generate("<image>", images="cat.png")
+        with pytest.raises(InputError, match="list of items"):
+            pipe.generate("<image>", images=5)
+        with pytest.raises(InputError, match="max_new_tokens"):
+            pipe.generate("hi", max_new_tokens="3")
+        for path, message in ((tmp_path, "is a folder"), (fifo, "not a regular file"),
+                              (Path("/dev/zero"), "not a regular file"), (loop, "cannot be read")):
+            with pytest.raises(ImageInputError, match=message):
+                pipe.generate("<image>", images=[path], max_new_tokens=1)
+    for kwargs in ({"precision": "bogus"}, {"threads": -3}, {"encoder_backend": "bogus"}, {"device": "TPU"}):
+        with pytest.raises(EdgebridgeError):
+            Pipeline.from_bundle(clip_llama_f32.bundle, **kwargs)
+
+
+def test_cli_mistakes_exit_2_with_a_message(clip_llama_f32, tmp_path):
+    bundle = str(clip_llama_f32.bundle)
+    a_file = tmp_path / "report.txt"
+    a_file.write_text("x")
+    cases = [
+        (["run", bundle, "-p", "hi", "--precision", "bogus"], "unknown execution precision"),
+        (["run", bundle, "-p", "hi", "--threads", "-3"], "threads must be"),
+        (["run", bundle, "-i", str(tmp_path / "[bold]cat[/bold].png")], "[bold]cat[/bold].png"),  # printed as is
+        (["profile", bundle, "-o", str(tmp_path / "p"), "--backend", "bogus", "--runs", "1"], "unknown encoder backend"),
+        (["profile", bundle, "-o", str(tmp_path / "p"), "--baseline", "bogus", "--model-dir", bundle], "unknown baseline"),
+        (["profile", bundle, "-o", str(a_file), "-p", "hi", "--runs", "1", "--warmup", "0", "-n", "1"], "is a file"),
+    ]
+    for args, needle in cases:
+        proc = run_cli(*args)
+        assert proc.returncode == 2, (args, proc.returncode, proc.stderr[-800:])
+        assert needle in proc.stderr and "Traceback" not in proc.stderr and proc.stdout == "", (args, proc.stderr)
+
+
+def test_broken_inputs_at_export_and_in_preprocessing_settings(clip_llama_f32, tmp_path):
+    from edgebridge import Pipeline
+    from edgebridge.errors import ManifestError
+
+    model = Path(shutil.copytree(clip_llama_f32.model_dir, tmp_path / "model"))
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated
+    proc = run_cli("export", str(model), "-o", str(tmp_path / "b"))
+    assert proc.returncode == 2 and "could not load" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-800:]
+    bundle = copy_bundle(clip_llama_f32.bundle, tmp_path / "pre")
+    manifest = json.loads((bundle / "edgebridge.json").read_text())
+    manifest["inputs"]["image"]["preprocessing"]["mean"] = "bright"
+    (bundle / "edgebridge.json").write_text(json.dumps(manifest))
+    with Pipeline.from_bundle(bundle) as pipe, pytest.raises(ManifestError, match="preprocessing settings"):
+        pipe.generate("<image>", images=[np.zeros((32, 32, 3), np.uint8)], max_new_tokens=1)

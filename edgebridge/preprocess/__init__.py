@@ -93,4 +93,8 @@ def preprocess(kind: str, items: list[Any], spec: dict[str, Any], options: Media
     if refused:
         raise InputError(f"{', '.join(refused)} does not apply to this bundle: its '{kind}' preprocessing "
                          "gives every item a fixed size.", hint="Leave the option out for this bundle.")
-    return fn(items, spec, options) if _OPTIONS[kind] else fn(items, spec)
+    try:
+        return fn(items, spec, options) if _OPTIONS[kind] else fn(items, spec)
+    except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError) as exc:  # not ours: the bundle's numbers
+        raise ManifestError(f"the bundle's '{kind}' preprocessing settings are invalid "
+                            f"({type(exc).__name__}: {str(exc)[:200]}).", hint="Re-export the bundle.") from None

@@ -18,7 +18,7 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from edgebridge.errors import ImageInputError, NonFiniteError
+from edgebridge.errors import ImageInputError, InputError, NonFiniteError
 from edgebridge.preprocess import Prepared, register_preprocessor
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
@@ -40,8 +40,7 @@ _PIL_RESAMPLE = {
 
 
 def _from_path(path: Path, max_pixels: int) -> Image.Image:
-    if not path.is_file():
-        raise ImageInputError(f"image file '{path}' does not exist.", hint="Check the path.")
+    check_regular_file(path, "image")
     if path.stat().st_size == 0:
         raise ImageInputError(f"image file '{path}' is empty.", hint="Pass a JPEG, PNG, WebP or BMP image.")
     try:
@@ -70,6 +69,24 @@ def _from_path(path: Path, max_pixels: int) -> Image.Image:
             f"image '{path}' is truncated or corrupt ({exc}).", hint="Re-save or re-download the image."
         ) from None
     return img
+
+
+def check_regular_file(path: Path, what: str) -> None:
+    """Refuse, by what it is, a path that is not a readable regular file (a folder, a FIFO, a device, a loop)."""
+    error = ImageInputError if what == "image" else InputError
+    try:
+        if not path.exists():
+            if path.is_symlink():
+                raise error(f"'{path}' is a link that cannot be read (it loops or its target is missing).",
+                            hint="Check the path.")
+            raise error(f"{what} file '{path}' does not exist.", hint="Check the path.")
+        if path.is_dir():
+            raise error(f"'{path}' is a folder, not an {what} file.", hint=f"Pass the {what} file itself.")
+        if not path.is_file():
+            raise error(f"'{path}' is not a regular file (a pipe, socket or device).",
+                        hint=f"Pass an {what} file saved on disk.")
+    except OSError as exc:  # a symlink loop, a path too long
+        raise error(f"'{path}' cannot be read as a file ({exc.strerror or exc}).", hint="Check the path.") from None
 
 
 def _from_array(arr: np.ndarray) -> Image.Image:

@@ -40,8 +40,12 @@ class Video:
 def _open(path: Path) -> Any:
     import av
 
-    if not path.is_file():
-        raise VideoInputError(f"video file '{path}' does not exist or is not a file.", hint="Check the path.")
+    from edgebridge.preprocess.image import check_regular_file
+
+    try:
+        check_regular_file(path, "video")
+    except InputError as exc:
+        raise VideoInputError(exc.message, hint=exc.hint) from None
     if path.stat().st_size == 0:
         raise VideoInputError(f"video file '{path}' is empty.", hint="Pass an MP4, MKV, WebM or AVI video.")
     try:

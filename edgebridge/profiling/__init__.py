@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from edgebridge.errors import InputError
 from edgebridge.timing import now_ms, percentile
 
 REPORT_SCHEMA_VERSION = 1
@@ -170,12 +171,19 @@ class Profiler:
 
         report = report or self.report()
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        if out.exists() and not out.is_dir():
+            raise InputError(f"'{out}' is a file; the profile writes a folder (report.json, report.html).",
+                             hint="Pass a folder path to -o.")
         paths = {"json": out / "report.json"}
-        paths["json"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        if html:
-            paths["html"] = out / "report.html"
-            paths["html"].write_text(render_html(report), encoding="utf-8")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            paths["json"].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            if html:
+                paths["html"] = out / "report.html"
+                paths["html"].write_text(render_html(report), encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"cannot write the profile into '{out}' ({exc.strerror or exc}).",
+                             hint="Choose a writable folder with free space.") from None
         return paths
 
 

@@ -20,7 +20,10 @@ from edgebridge.plan import place_media
 from edgebridge.preprocess import MediaOptions
 from edgebridge.profiling import Configuration, Profiler
 from edgebridge.profiling.system import environment, memory_bandwidth, peak_rss_bytes, reset_peak_rss
+from edgebridge.stages import StageOptions
 from edgebridge.timing import now_ms
+
+BASELINES = ("torch", "optimum-openvino")  # run by edgebridge.exporters.baselines (host side)
 
 if TYPE_CHECKING:  # the pipeline loads the engines; imported when a profile runs
     from edgebridge.pipeline import Pipeline
@@ -113,6 +116,12 @@ def profile_bundle(
         raise InputError(f"runs must be >= 1 and warmup >= 0 (got {runs}, {warmup}).")
     if baselines and model_dir is None:
         raise InputError("baselines run the source model: pass --model-dir with the Hugging Face folder.")
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise InputError(f"unknown baseline(s) {', '.join(unknown)}.", hint=f"Choose from: {', '.join(BASELINES)}.")
+    for backend in backends:  # a bogus backend, device or setting fails the profile at once, not as a row
+        for device in devices:
+            StageOptions(backend, device, threads, precision).check()
     manifest = Bundle.open(bundle).manifest  # verify once, up front
     from edgebridge.preprocess.image import load_image
 

@@ -25,9 +25,8 @@ from transformers.generation.streamers import BaseStreamer
 from edgebridge.errors import InputError
 from edgebridge.exporters.families import family_for
 from edgebridge.preprocess.image import load_image
+from edgebridge.profiling.runner import BASELINES  # the names the profiler accepts
 from edgebridge.profiling.system import available_cores
-
-BASELINES = ("torch", "optimum-openvino")
 
 
 class TimingStreamer(BaseStreamer):

@@ -227,9 +227,17 @@ def open_bundle_session(bundle: Bundle, settings: LlamaSettings, *, threads: int
     llm = bundle.manifest.llm
     gguf = llm.artifacts["gguf"]
     ctx_train = int(gguf.details.get("n_ctx_train") or settings.n_ctx)
+    if n_ctx is not None and (isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 8):
+        raise InputError(f"n_ctx must be a whole number of at least 8, got {n_ctx!r}.")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InputError(f"threads must be a whole number of at least 1, got {threads!r}.")
     settings = settings.with_(n_ctx=n_ctx or min(settings.n_ctx, ctx_train), threads=threads or settings.threads)
     graph = llm.artifacts.get("prefill") if fast_prefill else None
-    return LLMSession.open(bundle.path(gguf.files[0]), settings, expect_architecture=gguf.details.get("architecture"),
+    session = LLMSession.open(bundle.path(gguf.files[0]), settings, expect_architecture=gguf.details.get("architecture"),
                            expect_n_embd=int(llm.inputs[0].shape[-1]), reuse_prefix=reuse_prefix,
                            prefill_graph=PrefillGraphSpec(bundle.path(graph.files[0]), graph.precision) if graph
                            else None)
+    if settings.n_ctx > ctx_train:
+        session.warnings.append(f"llm: n_ctx {settings.n_ctx} is beyond the {ctx_train} positions the model was "
+                                "trained on; answers past them degrade.")
+    return session
