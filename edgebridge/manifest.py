@@ -186,7 +186,7 @@ class Artifact:
         parity = f.opt("parity", dict)
         return cls(
             format=f.req("format", str),
-            files=f.req("files", list),
+            files=_non_empty(f.req("files", list), f"{where}.files"),
             precision=canonical_precision(f.req("precision", str)),
             parity=Parity.from_dict(parity, f"{where}.parity") if parity is not None else None,
             quantization=f.opt("quantization", dict),
@@ -216,6 +216,10 @@ class Component:
         arts = f.sub("artifacts")
         if not arts.data:
             raise ManifestError(f"manifest key '{where}.artifacts' is empty; a component needs at least one artifact.")
+        for key in ("inputs", "outputs"):
+            if not f.req(key, list):
+                raise ManifestError(f"manifest key '{where}.{key}' is empty; a component has at least one.",
+                                    hint="Re-export the bundle.")
         return cls(
             role=_enum(Role, f.req("role", str), f"{where}.role"),
             modality=f.req("modality", str),
@@ -538,6 +542,12 @@ class Manifest:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+
+def _non_empty(items: list[Any], where: str) -> list[Any]:
+    if not items or not all(isinstance(i, str) and i for i in items):
+        raise ManifestError(f"manifest key '{where}' must list at least one file name.", hint="Re-export the bundle.")
+    return items
 
 
 def _static_shapes(data: dict[str, Any] | None) -> dict[str, StaticShape] | None:

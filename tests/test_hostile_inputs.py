@@ -332,3 +332,32 @@ def test_broken_inputs_at_export_and_in_preprocessing_settings(clip_llama_f32, t
     (bundle / "edgebridge.json").write_text(json.dumps(manifest))
     with Pipeline.from_bundle(bundle) as pipe, pytest.raises(ManifestError, match="preprocessing settings"):
         pipe.generate("<image>", images=[np.zeros((32, 32, 3), np.uint8)], max_new_tokens=1)
+
+
+@pytest.mark.parametrize("rate", [1, 3, 5_000_000])
+def test_wavs_with_absurd_sample_rates_are_refused_before_any_work(tmp_path, rate):
+    """Ugly list: such WAVs tried to allocate tens of GiB while resampling."""
+    from edgebridge.errors import AudioInputError
+    from edgebridge.preprocess.audio import load_audio, wav_bytes
+
+    path = tmp_path / f"r{rate}.wav"
+    path.write_bytes(wav_bytes(np.zeros(48_000, np.float32), rate))
+    with pytest.raises(AudioInputError, match="sample rate"):
+        load_audio(path, 16000)
+
+
+@pytest.mark.parametrize("path", ["components.vision_encoder.outputs", "components.llm.artifacts.gguf.files",
+                                  "components.vision_encoder.inputs"])
+def test_empty_manifest_lists_name_their_key(clip_llama_f32, path):
+    """Ugly list: an empty list in the manifest gave an IndexError traceback."""
+    from edgebridge.errors import ManifestError
+    from edgebridge.manifest import Manifest
+
+    data = json.loads((clip_llama_f32.bundle / "edgebridge.json").read_text())
+    node = data
+    *parents, last = path.split(".")
+    for key in parents:
+        node = node[key]
+    node[last] = []
+    with pytest.raises(ManifestError, match=path.replace(".", r"\.")):
+        Manifest.from_dict(data)

@@ -40,6 +40,18 @@ _FORMAT_NAMES = {0x0002: "MS ADPCM", 0x0006: "A-law", 0x0007: "mu-law", 0x0011: 
                  0x0055: "MP3", 0x0161: "WMA"}
 
 MAX_ARRAY_CHANNELS = 8  # an array axis this short is channels; a longer one is time
+SAMPLE_RATES = (1000, 768_000)  # what real recordings use; outside it a header lies (resampling work explodes)
+MAX_SECONDS = 3600.0  # an hour: the longest clip decoded and resampled
+
+
+def check_rate_and_length(rate: int, n_frames: int, name: str) -> None:
+    """Refuse sample rates no recording has and clips so long that resampling would take GiBs."""
+    if not SAMPLE_RATES[0] <= rate <= SAMPLE_RATES[1]:
+        raise AudioInputError(f"'{name}' claims a sample rate of {rate} Hz; edgebridge takes "
+                              f"{SAMPLE_RATES[0]}-{SAMPLE_RATES[1]} Hz.", hint="The header is damaged, or re-encode it.")
+    if n_frames / rate > MAX_SECONDS:
+        raise AudioInputError(f"'{name}' lasts {n_frames / rate:.0f} s, more than {MAX_SECONDS:.0f} s.",
+                              hint="Cut the clip; the models take 30 s windows.")
 
 
 @dataclass
@@ -106,6 +118,7 @@ def read_wav(path: str | os.PathLike) -> AudioClip:
     n_frames = len(pcm) // block_align
     if n_frames == 0:
         raise AudioInputError(f"'{path.name}' holds no audio samples.", hint="Record or pass a non-empty clip.")
+    check_rate_and_length(rate, n_frames, path.name)
     raw = pcm[: n_frames * block_align]
     if tag == _FLOAT and bits in (32, 64):
         x = np.frombuffer(raw, dtype="<f4" if bits == 32 else "<f8").astype(np.float32)
