@@ -7,6 +7,7 @@ with status 2; no traceback. Host-only commands (``export``) import torch lazily
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -350,6 +351,29 @@ def families() -> None:
     out.print(table)
 
 
+@contextlib.contextmanager
+def _stdout_for_us():
+    """File descriptor 1 goes to stderr for the command's duration, and only our own output reaches the
+    real stdout: native code (llama.cpp, ggml's abort backtraces, OpenVINO) writes to fd 1 directly
+    and would otherwise break ``--json``."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except (OSError, ValueError, AttributeError):  # no real descriptors (embedded, tests capturing)
+        yield
+        return
+    ours = os.fdopen(saved, "w", encoding="utf-8", errors="replace", buffering=1)
+    previous, sys.stdout = sys.stdout, ours
+    try:
+        yield
+    finally:
+        ours.flush()
+        os.dup2(saved, 1)
+        sys.stdout = previous
+        ours.close()
+
+
 def main() -> None:
     """Entry point: typer handles usage errors and --help; our errors print without a traceback, and
     libraries' warnings (numpy's RuntimeWarnings, transformers' load reports) stay off the terminal."""
@@ -360,7 +384,8 @@ def main() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
-        app()
+        with _stdout_for_us():
+            app()
     except EdgebridgeError as exc:
         err.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False, soft_wrap=True)
         if exc.hint:

@@ -361,3 +361,11 @@ def test_empty_manifest_lists_name_their_key(clip_llama_f32, path):
     node[last] = []
     with pytest.raises(ManifestError, match=path.replace(".", r"\.")):
         Manifest.from_dict(data)
+
+
+def test_native_writes_to_stdout_go_to_stderr_in_the_cli():
+    """Class 4: an abort's backtrace on fd 1 broke --json; the CLI keeps fd 1 for its own output."""
+    code = ("import os\nfrom edgebridge.cli import _stdout_for_us\nwith _stdout_for_us():\n"
+            "    os.write(1, b'native chatter\\n')\n    print('{\"ours\": 1}')\nprint('after')\n")
+    proc = run_isolated(code)
+    assert proc.returncode == 0 and proc.stdout == '{"ours": 1}\nafter\n' and "native chatter" in proc.stderr
