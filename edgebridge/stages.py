@@ -120,7 +120,7 @@ def open_stage(root: Path, modality: str, spec: ModalityInput, component: Compon
 def _check_claims(spec: ModalityInput, component: Component, session: EncoderSession) -> None:
     """The manifest's output shape and token count against the graph's own: a graph that gives other
     shapes than the manifest says would be cut or padded silently."""
-    graph = session.output_shapes[0] if getattr(session, "output_shapes", None) else None
+    graph = session.output_shapes[0] if session.output_shapes else None
     said = component.outputs[0].shape
     if graph is not None and (len(graph) != len(said) or any(
             isinstance(s, int) and g is not None and g != s for g, s in zip(graph, said))):
