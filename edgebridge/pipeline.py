@@ -26,8 +26,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgebridge.bundle import Bundle
+from edgebridge.call_args import check_call, media_lists
 from edgebridge.caching import EmbeddingCache
-from edgebridge.errors import InputError
 from edgebridge.generation import GenerationResult, GenerationStream, decode_greedy
 from edgebridge.guard import CallGuard
 from edgebridge.manifest import Manifest
@@ -120,10 +120,10 @@ class Pipeline:
         ``min_image_tokens`` / ``max_image_tokens``: the positions one image (or video frame) may cost
         (native-resolution models; default from the model's processor config); ``video_fps`` /
         ``max_frames``: how videos are sampled. The result's ``media`` says what each item got."""
-        _check_call(prompt, max_new_tokens, system)
+        check_call(prompt, max_new_tokens, system)
         options = MediaOptions(min_image_tokens=min_image_tokens, max_image_tokens=max_image_tokens,
                                video_fps=video_fps, max_frames=max_frames).check()
-        steps = self._steps(prompt, _media(images, audio, videos), max_new_tokens, chat, system, stop_at_eos, options)
+        steps = self._steps(prompt, media_lists(images, audio, videos), max_new_tokens, chat, system, stop_at_eos, options)
         if stream:
             return GenerationStream(steps)
         while True:
@@ -136,7 +136,7 @@ class Pipeline:
                        *, chat: bool = False, system: str | None = None) -> np.ndarray:
         """Next-token logits ``[V]`` after the prompt and media (first generation step)."""
         with self._guard.call():
-            return self._prompt(prompt, _media(images, audio), chat, system, StageTimes(), MediaOptions()).prefill.logits
+            return self._prompt(prompt, media_lists(images, audio), chat, system, StageTimes(), MediaOptions()).prefill.logits
 
     def _steps(self, prompt: str, media: dict[str, list[Any]], max_new_tokens: int, chat: bool,
                system: str | None, stop_at_eos: bool, options: MediaOptions):
@@ -188,33 +188,3 @@ class Pipeline:
         with times.stage("prefill"):
             prefill = self.llm.prefill(plan, embeds)
         return _Prompted(plan, prefill, outputs, preprocessing_notes(prepared), prepared)
-
-
-def _check_call(prompt: Any, max_new_tokens: Any, system: Any) -> None:
-    """Wrong argument types get a clear error, not a TypeError from deep inside."""
-    for name, value in (("prompt", prompt), ("system", system)):
-        if value is None and name == "system":
-            continue
-        if not isinstance(value, str):
-            raise InputError(f"{name} must be a string, got {type(value).__name__}.")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InputError(f"{name} holds characters that are not valid Unicode (lone surrogates).",
-                             hint="Decode the text properly before passing it.") from None
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise InputError(f"max_new_tokens must be a whole number of at least 1, got {max_new_tokens!r}.")
-
-
-def _media(images: Sequence[Any] | None, audio: Sequence[Any] | None,
-           videos: Sequence[Any] | None = None) -> dict[str, list[Any]]:
-    return {"image": _items(images, "images"), "audio": _items(audio, "audio"), "video": _items(videos, "videos")}
-
-
-def _items(items: Sequence[Any] | None, name: str) -> list[Any]:
-    if isinstance(items, (str, Path)):  # a lone path would be read as a list of one-letter paths
-        raise InputError(f"{name}= takes a list of items, got one {type(items).__name__}.",
-                         hint=f"Write {name}=[{str(items)!r}].")
-    if items is not None and not isinstance(items, (list, tuple)):
-        raise InputError(f"{name}= takes a list of items, got {type(items).__name__}.")
-    return list(items or [])
