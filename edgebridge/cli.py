@@ -182,17 +182,30 @@ def run(
                                                               "(native-resolution models; default: the model's)."),
     max_image_tokens: Optional[int] = typer.Option(None, help="Most LLM positions one image may cost "
                                                               "(native-resolution models; default: the model's)."),
+    temperature: float = typer.Option(0.0, help="0: greedy; above 0 samples with llama.cpp's sampler chain."),
+    top_k: int = typer.Option(0, help="Keep the k most likely tokens (0: off)."),
+    top_p: float = typer.Option(1.0, help="Keep the most likely tokens up to this probability mass (1: off)."),
+    min_p: float = typer.Option(0.0, help="Drop tokens below this fraction of the top probability (0: off)."),
+    repetition_penalty: float = typer.Option(1.0, help="Above 1 discourages tokens already generated."),
+    presence_penalty: float = typer.Option(0.0, help="Subtracted once from a generated token's logit."),
+    frequency_penalty: float = typer.Option(0.0, help="Subtracted per occurrence of a generated token."),
+    seed: Optional[int] = typer.Option(None, help="Sampling seed (the same seed gives the same answer)."),
+    stop: List[str] = typer.Option([], help="Stop string (repeat for several); not part of the answer."),
 ) -> None:
     """Run a bundle on images/audio and a prompt; stream the answer."""
     from edgebridge.pipeline import Pipeline
+    from edgebridge.sampling import GenerationConfig
 
+    config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                              min_p=min_p, repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
+                              frequency_penalty=frequency_penalty, seed=seed, stop=tuple(stop)).check()
     with Pipeline.from_bundle(bundle, encoder_backend=backend, device=device, precision=precision,
                               threads=threads, n_ctx=n_ctx, verify=not no_verify, fast_prefill=fast_prefill) as pipe:
         for warning in pipe.load_warnings:
             err.print(f"[yellow]warning:[/yellow] {escape(warning)}")
-        stream = pipe.generate(prompt, images=image, audio=audio, videos=video, max_new_tokens=max_new_tokens,
-                               chat=chat, stream=True, min_image_tokens=min_image_tokens,
-                               max_image_tokens=max_image_tokens, video_fps=video_fps, max_frames=max_frames)
+        stream = pipe.generate(prompt, images=image, audio=audio, videos=video, chat=chat, stream=True,
+                               min_image_tokens=min_image_tokens, max_image_tokens=max_image_tokens,
+                               video_fps=video_fps, max_frames=max_frames, config=config)
         for piece in stream:
             if not as_json:
                 sys.stdout.write(piece)
@@ -200,6 +213,11 @@ def run(
         result = stream.result
         for warning in result.call_warnings:
             err.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+    _print_run_result(result, as_json)
+
+
+def _print_run_result(result, as_json: bool) -> None:
+    """The answer was streamed already; print the JSON object, or the summary line on stderr."""
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict()) + "\n")
         return

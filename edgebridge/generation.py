@@ -1,8 +1,9 @@
 """What one ``generate`` returns, and the decode loop that produces its tokens.
 
-``decode_greedy`` is the text decoder: from the prefill's logits it picks tokens, streams their
-text (UTF-8 split across tokens is held back until complete) and stops at a stop token,
-``max_new_tokens`` or a full context. It keeps nothing between calls.
+``decode`` is the text decoder: from the prefill's logits it picks tokens (the argmax, or llama.cpp's
+sampler chain), streams their text (UTF-8 split across tokens, and text that may become a stop string,
+held back) and stops at a stop token or string, ``max_new_tokens`` or a full context. It keeps nothing
+between calls.
 
 Imports no torch and no transformers.
 """
@@ -11,10 +12,11 @@ from __future__ import annotations
 
 import codecs
 from dataclasses import dataclass, field
-from typing import Any, Generator, Iterator, Protocol
+from typing import Any, Callable, Generator, Iterator, Protocol
 
 import numpy as np
 
+from edgebridge.sampling import GenerationConfig, StopStrings
 from edgebridge.timing import GenerationTimings, now_ms
 
 
@@ -82,35 +84,44 @@ class Decoded:
     decode_ms: float
 
 
-def decode_greedy(llm: Decoder, logits: np.ndarray, max_new_tokens: int,
-                  stop_ids: set[int]) -> Generator[str, None, Decoded]:
-    """Greedy tokens from ``logits`` on; yields text pieces, returns the ``Decoded`` outcome."""
+def decode(llm: Decoder, logits: np.ndarray, config: GenerationConfig, stop_ids: set[int],
+           choose: Callable[[np.ndarray], int]) -> Generator[str, None, Decoded]:
+    """Tokens from ``logits`` on, each picked by ``choose`` (the argmax, or a sampler); yields text
+    pieces (stop strings held back and cut), returns the ``Decoded`` outcome."""
     start = now_ms()
-    token = int(np.argmax(logits))
+    token = choose(logits)
     tokens: list[int] = []
     per_token: list[float] = []
-    raw = bytearray()
+    text: list[str] = []
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    stops = StopStrings(config.stop)
     finish = "length"
     while True:
         if token in stop_ids:
             finish = "stop"
             break
         tokens.append(token)
-        piece = llm.token_bytes(token)
-        raw += piece
-        text_piece = utf8.decode(piece)
-        if text_piece:
-            yield text_piece
-        if len(tokens) >= max_new_tokens:
+        piece = stops.feed(utf8.decode(llm.token_bytes(token)))
+        if piece:
+            text.append(piece)
+            yield piece
+        if stops.stopped:
+            finish = "stop"
+            break
+        if len(tokens) >= config.max_new_tokens:
             break
         if llm.n_past >= llm.n_ctx:
             finish = "context"
             break
         t0 = now_ms()
-        token = int(np.argmax(llm.step(token)))
+        token = choose(llm.step(token))
         per_token.append(now_ms() - t0)
-    tail = utf8.decode(b"", final=True)
+    tail = "" if stops.stopped else stops.feed(utf8.decode(b"", final=True)) + stops.flush()
     if tail:
+        text.append(tail)
         yield tail
-    return Decoded(tokens, bytes(raw).decode("utf-8", errors="replace"), finish, per_token, now_ms() - start)
+    return Decoded(tokens, "".join(text), finish, per_token, now_ms() - start)
+
+
+def argmax(logits: np.ndarray) -> int:
+    return int(np.argmax(logits))

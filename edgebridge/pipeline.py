@@ -8,7 +8,7 @@
 One ``generate`` (``ARCHITECTURE.md`` walks it): ``render_prompt`` (placeholders, chat template)
 -> each modality's stage prepares its items -> tool stages run (their text goes into the prompt)
 -> ``build_plan`` -> the context is checked to hold the plan -> encoder stages run -> the LLM
-session prefills the plan -> ``decode_greedy``. The result carries this call's timings, devices,
+session prefills the plan -> ``decode``. The result carries this call's timings, devices,
 warnings and tool outputs; the pipeline keeps only what is meant to last across calls (the
 engines, the embedding cache, the session's KV-cache prefix). Requested devices that are not
 present fall back to CPU; ``result.devices`` and ``result.warnings`` say so. A pipeline may be shared
@@ -28,13 +28,15 @@ import numpy as np
 from edgebridge.bundle import Bundle
 from edgebridge.call_args import check_call, media_lists
 from edgebridge.caching import EmbeddingCache
-from edgebridge.generation import GenerationResult, GenerationStream, decode_greedy
+from edgebridge.generation import GenerationResult, GenerationStream, argmax, decode
 from edgebridge.guard import CallGuard
 from edgebridge.manifest import Manifest
 from edgebridge.plan import PromptPlan, build_plan, render_prompt
 from edgebridge.preprocess import MediaOptions, Prepared
 from edgebridge.runtimes.llamacpp import LlamaSettings
+from edgebridge.runtimes.llamacpp.sampler import Sampler
 from edgebridge.runtimes.llamacpp.session import LLMSession, PrefillResult, open_bundle_session
+from edgebridge.sampling import GenerationConfig
 from edgebridge.stages import ModalityStage, StageOptions, StageOutput, open_stage, preprocessing_notes
 from edgebridge.timing import GenerationTimings, StageTimes, now_ms
 
@@ -115,15 +117,19 @@ class Pipeline:
                  videos: Sequence[Any] | None = None, max_new_tokens: int = 64, stream: bool = False,
                  chat: bool = False, system: str | None = None, stop_at_eos: bool = True,
                  min_image_tokens: int | None = None, max_image_tokens: int | None = None,
-                 video_fps: float | None = None, max_frames: int | None = None) -> GenerationResult | GenerationStream:
-        """Greedy generation. ``stream=True`` returns a ``GenerationStream`` of text pieces.
+                 video_fps: float | None = None, max_frames: int | None = None,
+                 config: GenerationConfig | None = None) -> GenerationResult | GenerationStream:
+        """Generate; ``stream=True`` returns a ``GenerationStream`` of text pieces. ``config`` chooses the
+        tokens (temperature, top-k/p, min-p, penalties, seed, stop strings; default greedy) and, when
+        given, its ``max_new_tokens`` / ``stop_at_eos`` are the ones used.
         ``min_image_tokens`` / ``max_image_tokens``: the positions one image (or video frame) may cost
         (native-resolution models; default from the model's processor config); ``video_fps`` /
         ``max_frames``: how videos are sampled. The result's ``media`` says what each item got."""
-        check_call(prompt, max_new_tokens, system)
+        config = (config or GenerationConfig(max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos)).check()
+        check_call(prompt, config.max_new_tokens, system)
         options = MediaOptions(min_image_tokens=min_image_tokens, max_image_tokens=max_image_tokens,
                                video_fps=video_fps, max_frames=max_frames).check()
-        steps = self._steps(prompt, media_lists(images, audio, videos), max_new_tokens, chat, system, stop_at_eos, options)
+        steps = self._steps(prompt, media_lists(images, audio, videos), config, chat, system, options)
         if stream:
             return GenerationStream(steps)
         while True:
@@ -138,14 +144,20 @@ class Pipeline:
         with self._guard.call():
             return self._prompt(prompt, media_lists(images, audio), chat, system, StageTimes(), MediaOptions()).prefill.logits
 
-    def _steps(self, prompt: str, media: dict[str, list[Any]], max_new_tokens: int, chat: bool,
-               system: str | None, stop_at_eos: bool, options: MediaOptions):
+    def _steps(self, prompt: str, media: dict[str, list[Any]], config: GenerationConfig, chat: bool,
+               system: str | None, options: MediaOptions):
         with self._guard.call():
             start, times = now_ms(), StageTimes()
             prompted = self._prompt(prompt, media, chat, system, times, options)
             ttft = now_ms() - start
-            stop_ids = set(self.manifest.prompt.stop_token_ids) if stop_at_eos else set()
-            decoded = yield from decode_greedy(self.llm, prompted.prefill.logits, max_new_tokens, stop_ids)
+            stop_ids = set(self.manifest.prompt.stop_token_ids) if config.stop_at_eos else set()
+            sampler = None if config.greedy else Sampler(config, self.llm.n_vocab)
+            try:
+                decoded = yield from decode(self.llm, prompted.prefill.logits, config, stop_ids,
+                                            argmax if sampler is None else sampler.choose)
+            finally:
+                if sampler is not None:
+                    sampler.close()
         timings = GenerationTimings(
             stages=dict(times.stages), ttft_ms=ttft, prompt_tokens=prompted.plan.n_positions,
             new_tokens=len(decoded.token_ids), decode_ms=decoded.decode_ms, per_token_ms=decoded.per_token_ms,

@@ -104,6 +104,10 @@ class LLMSession:
     def n_past(self) -> int:
         return self.engine.n_past
 
+    @property
+    def n_vocab(self) -> int:
+        return self.engine.n_vocab
+
     def tokenize(self, text: str) -> list[int]:
         """Text -> ids with the GGUF's tokenizer, special tokens recognised, no BOS (the plan adds it)."""
         return self.engine.tokenize(text, add_bos=False)
