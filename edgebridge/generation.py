@@ -31,7 +31,7 @@ class GenerationResult:
     text: str
     token_ids: list[int]
     prompt_tokens: int
-    finish_reason: str  # "stop" (a stop token), "length" (max_new_tokens), "context" (n_ctx full)
+    finish_reason: str  # "stop" (a stop token or string), "length" (max_new_tokens), "context" (n_ctx full)
     timings: GenerationTimings
     devices: dict[str, dict[str, Any]]
     warnings: list[str] = field(default_factory=list)
