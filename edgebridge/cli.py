@@ -357,6 +357,39 @@ def inspect(
 
 
 @app.command()
+def serve(
+    bundle: Path = typer.Argument(..., help="Bundle folder written by `edgebridge export`."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback unless you mean otherwise)."),
+    port: int = typer.Option(8080, min=1, max=65535),
+    parallel: int = typer.Option(1, min=1, max=64, help="Pipelines answering at once (each holds its own engines)."),
+    max_queue: int = typer.Option(8, min=0, help="Requests that may wait for a pipeline; beyond it: 429."),
+    timeout: float = typer.Option(300.0, min=1.0, help="Seconds one request may run."),
+    api_key: Optional[str] = typer.Option(None, envvar="EDGEBRIDGE_API_KEY",
+                                          help="Require `Authorization: Bearer KEY` (or set EDGEBRIDGE_API_KEY)."),
+    backend: str = typer.Option("onnxruntime", help="Encoder backend: onnxruntime or openvino."),
+    device: str = typer.Option("CPU", help="Encoder device: CPU, GPU, NPU or AUTO."),
+    threads: Optional[int] = typer.Option(None, help="Threads per pipeline (default: the cores split between them)."),
+    n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="LLM context size per pipeline."),
+) -> None:
+    """Serve a bundle with the OpenAI chat-completions API (needs the `serve` extra)."""
+    try:
+        import uvicorn
+
+        from edgebridge.server import ServeOptions, create_app
+    except ImportError as exc:
+        raise EdgebridgeError(f"the server needs the 'serve' extra ({exc.name} is missing).",
+                              hint="pip install 'edgebridge[serve]'") from None
+    threads = threads or max(1, (os.cpu_count() or 1) // parallel)
+    options = ServeOptions(bundle=bundle, parallel=parallel, max_queue=max_queue, timeout_s=timeout,
+                           api_key=api_key or None,
+                           pipeline={"encoder_backend": backend, "device": device, "threads": threads, "n_ctx": n_ctx})
+    err.print(f"[dim]serving {escape(str(bundle))} on http://{host}:{port} ({parallel} pipeline(s), "
+              f"{threads} thread(s) each{', API key required' if api_key else ''})[/dim]")
+    uvicorn.run(create_app(options), host=host, port=port, log_level="warning",
+                timeout_graceful_shutdown=int(min(timeout, 30)))
+
+
+@app.command()
 def families() -> None:
     """List the model families edgebridge exports, with their bridge and survey group."""
     from edgebridge.exporters.api import describe_families

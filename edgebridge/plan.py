@@ -213,6 +213,14 @@ def apply_wraps(text: str, inputs: Mapping[str, ModalityInput]) -> str:
 def render_chat(prompt: str, layout: PromptLayout, inputs: Mapping[str, ModalityInput],
                 system: str | None = None) -> str:
     """The bundle's chat template applied to one user turn (plus an optional system turn)."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    return render_messages(messages, layout, inputs)
+
+
+def render_messages(messages: Sequence[Mapping[str, str]], layout: PromptLayout,
+                    inputs: Mapping[str, ModalityInput]) -> str:
+    """The bundle's chat template applied to a conversation (``role``, ``content``: text with a
+    placeholder where each media item goes), ending with the assistant's turn to answer."""
     if not layout.chat_template:
         raise PromptError("this bundle has no chat template.", hint="Run without --chat and write the prompt in full.")
     from jinja2 import TemplateError
@@ -224,11 +232,12 @@ def render_chat(prompt: str, layout: PromptLayout, inputs: Mapping[str, Modality
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    content: Any = _chat_parts(prompt, inputs) if layout.chat_content == "parts" else prompt
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
+    parts = layout.chat_content == "parts"
+    turns = [{"role": m["role"], "content": _chat_parts(m["content"], inputs) if parts and m["role"] == "user"
+              else m["content"]} for m in messages]
     try:
         return env.from_string(layout.chat_template).render(
-            messages=messages, add_generation_prompt=True,
+            messages=turns, add_generation_prompt=True,
             bos_token=layout.special_tokens.get("bos", ""), eos_token=layout.special_tokens.get("eos", ""))
     except TemplateError as exc:
         raise PromptError(f"the bundle's chat template failed: {exc}", hint="Run without --chat.") from None

@@ -32,7 +32,7 @@ import numpy as np
 from edgebridge.errors import AudioInputError, NonFiniteError
 from edgebridge.preprocess import Prepared, register_preprocessor
 
-AudioLike = Union[str, os.PathLike, np.ndarray, "AudioClip"]
+AudioLike = Union[str, os.PathLike, bytes, np.ndarray, "AudioClip"]
 MAX_WAV_BYTES = 512 * 1024 * 1024
 
 _PCM, _FLOAT, _EXTENSIBLE = 0x0001, 0x0003, 0xFFFE
@@ -93,32 +93,39 @@ def read_wav(path: str | os.PathLike) -> AudioClip:
     if size > MAX_WAV_BYTES:
         raise AudioInputError(f"audio file '{path}' is larger than {MAX_WAV_BYTES >> 20} MiB.",
                               hint="Cut the clip; the models take at most a few minutes of audio.")
-    data = path.read_bytes()
+    return parse_wav(path.read_bytes(), path.name, source=str(path))
+
+
+def parse_wav(data: bytes, name: str, *, source: str | None = None) -> AudioClip:
+    """Parse WAV bytes (a file's, an upload's) into a mono float32 clip; errors name it ``name``."""
+    if len(data) > MAX_WAV_BYTES:
+        raise AudioInputError(f"audio '{name}' is larger than {MAX_WAV_BYTES >> 20} MiB.",
+                              hint="Cut the clip; the models take at most a few minutes of audio.")
     if len(data) < 12 or data[:4] not in (b"RIFF", b"RF64") or data[8:12] != b"WAVE":
-        raise AudioInputError(f"'{path.name}' is not a WAV file (no RIFF/WAVE header).",
+        raise AudioInputError(f"'{name}' is not a WAV file (no RIFF/WAVE header).",
                               hint="Convert it to WAV, e.g. `ffmpeg -i in.mp3 -ar 16000 -ac 1 out.wav`.")
     fmt = pcm = None
-    for cid, body in _chunks(data, path.name):
+    for cid, body in _chunks(data, name):
         if cid == b"fmt ":
             fmt = body
         elif cid == b"data":
             pcm = body
             break
     if fmt is None or len(fmt) < 16 or pcm is None:
-        raise AudioInputError(f"'{path.name}' has no fmt/data chunk; it is not a playable WAV file.")
+        raise AudioInputError(f"'{name}' has no fmt/data chunk; it is not a playable WAV file.")
     tag, channels, rate, _, block_align, bits = struct.unpack("<HHIIHH", fmt[:16])
     if tag == _EXTENSIBLE and len(fmt) >= 26:
         tag = struct.unpack("<H", fmt[24:26])[0]  # the sub-format GUID starts with the real tag
     if tag not in (_PCM, _FLOAT):
         raise AudioInputError(
-            f"'{path.name}' uses the {_FORMAT_NAMES.get(tag, f'0x{tag:04x}')} encoding, which is not supported.",
+            f"'{name}' uses the {_FORMAT_NAMES.get(tag, f'0x{tag:04x}')} encoding, which is not supported.",
             hint="Re-encode it as PCM or float WAV (`ffmpeg -i in.wav -c:a pcm_s16le out.wav`).")
     if channels < 1 or rate < 1 or block_align != channels * (bits // 8) or bits % 8:
-        raise AudioInputError(f"'{path.name}' has an inconsistent WAV header ({channels} ch, {rate} Hz, {bits} bit).")
+        raise AudioInputError(f"'{name}' has an inconsistent WAV header ({channels} ch, {rate} Hz, {bits} bit).")
     n_frames = len(pcm) // block_align
     if n_frames == 0:
-        raise AudioInputError(f"'{path.name}' holds no audio samples.", hint="Record or pass a non-empty clip.")
-    check_rate_and_length(rate, n_frames, path.name)
+        raise AudioInputError(f"'{name}' holds no audio samples.", hint="Record or pass a non-empty clip.")
+    check_rate_and_length(rate, n_frames, name)
     raw = pcm[: n_frames * block_align]
     if tag == _FLOAT and bits in (32, 64):
         x = np.frombuffer(raw, dtype="<f4" if bits == 32 else "<f8").astype(np.float32)
@@ -133,10 +140,10 @@ def read_wav(path: str | os.PathLike) -> AudioClip:
     elif tag == _PCM and bits == 32:
         x = np.frombuffer(raw, dtype="<i4").astype(np.float32) / float(1 << 31)
     else:
-        raise AudioInputError(f"'{path.name}': {bits}-bit {'float' if tag == _FLOAT else 'PCM'} WAV is not supported.",
+        raise AudioInputError(f"'{name}': {bits}-bit {'float' if tag == _FLOAT else 'PCM'} WAV is not supported.",
                               hint="Use 8/16/24/32-bit PCM or 32/64-bit float.")
     x = x.reshape(n_frames, channels).mean(axis=1, dtype=np.float64).astype(np.float32)
-    return AudioClip(samples=x, sample_rate=rate, source=str(path), channels=channels)
+    return AudioClip(samples=x, sample_rate=rate, source=source or name, channels=channels)
 
 
 # --- resampling ----------------------------------------------------------------------------------
@@ -179,7 +186,7 @@ def resample(x: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
 
 
 def load_audio(audio: AudioLike, sample_rate: int) -> AudioClip:
-    """A path / clip / 1-D float array (already at ``sample_rate``) as a mono clip at ``sample_rate``."""
+    """A path / WAV bytes / clip / 1-D float array (already at ``sample_rate``) as a mono clip at ``sample_rate``."""
     if isinstance(audio, AudioClip):
         clip = audio
     elif isinstance(audio, np.ndarray):
@@ -196,6 +203,8 @@ def load_audio(audio: AudioLike, sample_rate: int) -> AudioClip:
         clip = AudioClip(samples=audio.astype(np.float32), sample_rate=sample_rate)
     elif isinstance(audio, (str, os.PathLike)):
         clip = read_wav(audio)
+    elif isinstance(audio, (bytes, bytearray)):
+        clip = parse_wav(bytes(audio), "the audio data")
     else:
         raise AudioInputError(f"cannot use a {type(audio).__name__} as audio.", hint="Pass a WAV path or a float array.")
     if clip.samples.size == 0:

@@ -10,6 +10,7 @@ so ``pixel_values`` agree with the HF processor to ~1e-7 on real photos.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -21,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from edgebridge.errors import ImageInputError, InputError, NonFiniteError
 from edgebridge.preprocess import Prepared, register_preprocessor
 
-ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, bytes]
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # PIL's convert("RGB") clips these to 255
 
 # Refuse to decode images above this many pixels (a PNG of a few KiB can claim gigapixels).
@@ -43,31 +44,37 @@ def _from_path(path: Path, max_pixels: int) -> Image.Image:
     check_regular_file(path, "image")
     if path.stat().st_size == 0:
         raise ImageInputError(f"image file '{path}' is empty.", hint="Pass a JPEG, PNG, WebP or BMP image.")
+    return _decode(path, f"image '{path}'", max_pixels)
+
+
+def _from_bytes(data: bytes, max_pixels: int) -> Image.Image:
+    """Encoded image bytes (an upload): errors name no path."""
+    if not data:
+        raise ImageInputError("the image data is empty.", hint="Pass a JPEG, PNG, WebP or BMP image.")
+    return _decode(io.BytesIO(data), "the image data", max_pixels)
+
+
+def _decode(source: Path | io.BytesIO, label: str, max_pixels: int) -> Image.Image:
+    """Open ``source`` reading the header first, so a bomb is refused before its pixels are decoded."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)  # reads the header only
+            img = Image.open(source)  # reads the header only
             width, height = img.size
             if width * height > max_pixels:
                 raise ImageInputError(
-                    f"image '{path}' claims {width}x{height} pixels, more than the limit of {max_pixels}.",
+                    f"{label} claims {width}x{height} pixels, more than the limit of {max_pixels}.",
                     hint="It may be a decompression bomb; downscale the image, or raise max_image_pixels if it is real.",
                 )
             img.load()
     except ImageInputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageInputError(
-            f"image '{path}' is too large to decode safely ({exc}).", hint="Downscale the image first."
-        ) from None
+        raise ImageInputError(f"{label} is too large to decode safely ({exc}).", hint="Downscale the image first.") from None
     except UnidentifiedImageError:
-        raise ImageInputError(
-            f"'{path}' is not an image PIL can read.", hint="Pass a JPEG, PNG, WebP or BMP image."
-        ) from None
+        raise ImageInputError(f"{label} is not an image PIL can read.", hint="Pass a JPEG, PNG, WebP or BMP image.") from None
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
-        raise ImageInputError(
-            f"image '{path}' is truncated or corrupt ({exc}).", hint="Re-save or re-download the image."
-        ) from None
+        raise ImageInputError(f"{label} is truncated or corrupt ({exc}).", hint="Re-save or re-download the image.") from None
     return img
 
 
@@ -112,7 +119,7 @@ def _from_array(arr: np.ndarray) -> Image.Image:
 
 
 def load_image(image: ImageLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open a path, PIL image or HWC uint8 array as an RGB ``PIL.Image``, refusing unsafe input."""
+    """Open a path, encoded bytes, PIL image or HWC uint8 array as an RGB ``PIL.Image``, refusing unsafe input."""
     if isinstance(image, Image.Image):
         img = image
         if img.size[0] * img.size[1] > max_pixels:
@@ -121,10 +128,12 @@ def load_image(image: ImageLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         img = _from_array(image)
     elif isinstance(image, (str, os.PathLike)):
         img = _from_path(Path(image), max_pixels)
+    elif isinstance(image, (bytes, bytearray)):
+        img = _from_bytes(bytes(image), max_pixels)
     else:
         raise ImageInputError(
             f"cannot use a {type(image).__name__} as an image.",
-            hint="Pass a file path, a PIL image or an HWC uint8 numpy array.",
+            hint="Pass a file path, encoded image bytes, a PIL image or an HWC uint8 numpy array.",
         )
     if img.size[0] < 1 or img.size[1] < 1:
         raise ImageInputError(f"image has no pixels ({img.size[0]}x{img.size[1]}).")
