@@ -373,9 +373,7 @@ def serve(
 ) -> None:
     """Serve a bundle with the OpenAI chat-completions API (needs the `serve` extra)."""
     try:
-        import uvicorn
-
-        from edgebridge.server import ServeOptions, create_app
+        from edgebridge.server import ServeOptions, serve as serve_forever
     except ImportError as exc:
         raise EdgebridgeError(f"the server needs the 'serve' extra ({exc.name} is missing).",
                               hint="pip install 'edgebridge[serve]'") from None
@@ -385,8 +383,7 @@ def serve(
                            pipeline={"encoder_backend": backend, "device": device, "threads": threads, "n_ctx": n_ctx})
     err.print(f"[dim]serving {escape(str(bundle))} on http://{host}:{port} ({parallel} pipeline(s), "
               f"{threads} thread(s) each{', API key required' if api_key else ''})[/dim]")
-    uvicorn.run(create_app(options), host=host, port=port, log_level="warning",
-                timeout_graceful_shutdown=int(min(timeout, 30)))
+    serve_forever(options, host, port, grace_s=min(timeout, 30.0))
 
 
 @app.command()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 import socket
 import time
 
@@ -204,3 +205,32 @@ def test_spoken_question(workdir, speech):
     assert answer.usage.completion_tokens == 6 and answer.choices[0].message.content
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answer.choices[0].message.content
     assert np.isfinite(answer.usage.prompt_tokens)
+
+
+def test_sigterm_drains(clip_llama_f32, photo):
+    """SIGTERM while a streamed answer runs: new requests get 503 "shutting_down", the running answer
+    still ends with its last chunk, usage and [DONE]; then the server exits and nothing listens."""
+    body = {"model": clip_llama_f32.bundle.name, "messages": image_message(QUESTION, data_uri(photo)),
+            "max_tokens": 3000, "stream": True, "ignore_eos": True}  # several seconds here
+    with serving(clip_llama_f32.bundle, "--n-ctx", "3200") as srv:
+        port = int(srv.url.rsplit(":", 1)[1])
+        sock = socket.create_connection(("127.0.0.1", port), timeout=120)
+        payload = json.dumps(body).encode()
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        received = b""
+        while received.count(b"chat.completion.chunk") < 3:
+            received += sock.recv(65536)
+        srv.proc.terminate()
+        time.sleep(0.2)
+        status, _, raw = srv.request("POST", "/v1/chat/completions", {**body, "stream": False, "max_tokens": 1})
+        assert status == 503 and json.loads(raw)["error"]["code"] == "shutting_down"
+        assert srv.request("GET", "/health")[0] == 503
+        while piece := sock.recv(65536):
+            received += piece
+        sock.close()
+        assert srv.proc.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once shut down
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=5)
+    assert b'"finish_reason": "length"' in received and b"data: [DONE]" in received
+    assert b'"completion_tokens": 3000' in received

@@ -56,6 +56,7 @@ def test_refusals_carry_status_and_code(body, status, code):
 
 def test_errors_lose_their_paths():
     assert scrub("image '/tmp/x/cat.png' is corrupt; see /work/a.b") == "image '<path>' is corrupt; see <path>"
+    assert scrub("8/16-bit PCM, data:image/png and a / b") == "8/16-bit PCM, data:image/png and a / b"
     assert from_edgebridge(ImageInputError("image '/srv/a.png' bad")).status == 422
     assert from_edgebridge(ContextOverflowError("too long")).code == "context_length_exceeded"
     server_side = from_edgebridge(ManifestError("bundle '/srv/b' broken"))

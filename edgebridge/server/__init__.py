@@ -5,6 +5,6 @@
 ``metrics.py`` the Prometheus counters. ``ARCHITECTURE.md`` lists the rules.
 """
 
-from edgebridge.server.app import ServeOptions, create_app
+from edgebridge.server.app import ServeOptions, create_app, serve
 
-__all__ = ["ServeOptions", "create_app"]
+__all__ = ["ServeOptions", "create_app", "serve"]

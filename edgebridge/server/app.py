@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -115,6 +116,35 @@ def create_app(options: ServeOptions) -> Starlette:
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.server = state
     return app
+
+
+def serve(options: ServeOptions, host: str, port: int, grace_s: float = 30.0) -> None:
+    """Run the app under uvicorn until SIGTERM / SIGINT; then drain (see ``DrainingServer``)."""
+    app = create_app(options)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=int(grace_s))
+    DrainingServer(config, app.state.server, grace_s).run()
+
+
+class DrainingServer(uvicorn.Server):
+    """On the first SIGTERM / SIGINT the app answers 503 to new requests while those already running
+    finish (at most ``grace_s``); then uvicorn shuts down. A second signal: at once."""
+
+    def __init__(self, config: uvicorn.Config, state: ServerState, grace_s: float) -> None:
+        super().__init__(config)
+        self.state, self.grace_s = state, grace_s
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self.state.draining:
+            return super().handle_exit(sig, frame)
+        self.state.draining = True
+        threading.Thread(target=self._drain, args=(sig, frame), daemon=True).start()
+
+    def _drain(self, sig: int, frame: Any) -> None:
+        deadline = time.monotonic() + self.grace_s
+        slots = self.state.slots
+        while slots is not None and (slots.busy or slots.waiting) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        super().handle_exit(sig, frame)
 
 
 def guarded(state: ServerState, handler, public: bool = False):
@@ -236,7 +266,7 @@ async def stream_events(state: ServerState, job: Job, reply: "Reply"):
                 yield reply.sse(reply.chunk({"content": value}))
                 continue
             if kind == "error":
-                error_response(state, value)  # counted; the status line was sent already
+                state.metrics.errors.labels(value.code).inc()  # the status line (200) was sent already
                 yield reply.sse(value.body())
             else:
                 state.metrics.observe_result(value)

@@ -12,7 +12,7 @@ from typing import Any
 
 from edgebridge.errors import AudioInputError, ContextOverflowError, EdgebridgeError, ImageInputError, InputError
 
-_PATH = re.compile(r"(?<![\w.])/(?:[^\s'\"/]+/)*[^\s'\"/]*")
+_PATH = re.compile(r"(?<![\w.])/[^\s'\"/]+(?:/[^\s'\"/]*)*")  # "/tmp/a b" -> "<path> b"; "a / b" kept
 
 
 class ApiError(Exception):
