@@ -234,3 +234,12 @@ def test_sigterm_drains(clip_llama_f32, photo):
             socket.create_connection(("127.0.0.1", port), timeout=5)
     assert b'"finish_reason": "length"' in received and b"data: [DONE]" in received
     assert b'"completion_tokens": 3000' in received
+
+
+def test_a_request_past_the_timeout_gets_503_and_frees_the_pipeline(clip_llama_f32, photo):
+    body = {"model": clip_llama_f32.bundle.name, "messages": image_message(QUESTION, data_uri(photo)),
+            "max_tokens": 8000, "ignore_eos": True}  # ~24 s to the end here
+    with serving(clip_llama_f32.bundle, "--timeout", "1", "--max-queue", "0", "--n-ctx", "8192") as srv:
+        status, _, raw = srv.request("POST", "/v1/chat/completions", body)
+        assert status == 503 and json.loads(raw)["error"]["code"] == "timeout", raw[:300]
+        assert srv.request("POST", "/v1/chat/completions", {**body, "max_tokens": 2})[0] == 200

@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from edgebridge.errors import EdgebridgeError
+from edgebridge.plan import render_messages
 from edgebridge.server.errors import ApiError, from_edgebridge, internal
 from edgebridge.server.metrics import Metrics
 from edgebridge.server.protocol import ChatRequest, Limits, parse_chat
@@ -249,8 +250,6 @@ async def chat_completions(state: ServerState, request: Request) -> Response:
 
 def generate(pipe: Any, chat: ChatRequest):
     """Runs on the job's thread: the conversation through the bundle's chat template, then a stream."""
-    from edgebridge.plan import render_messages
-
     prompt = render_messages(chat.messages, pipe.manifest.prompt, pipe.manifest.inputs)
     return pipe.generate(prompt, images=chat.media.get("image") or None, audio=chat.media.get("audio") or None,
                          config=chat.config, stream=True)
