@@ -175,14 +175,7 @@ def test_a_client_that_leaves_mid_stream_frees_its_pipeline(clip_llama_f32, phot
     body = {"model": clip_llama_f32.bundle.name, "messages": image_message(QUESTION, data_uri(photo)),
             "max_tokens": 8000, "stream": True, "ignore_eos": True}  # ~24 s to the end here
     with serving(clip_llama_f32.bundle, "--max-queue", "0", "--n-ctx", "8192") as srv:
-        port = int(srv.url.rsplit(":", 1)[1])
-        sock = socket.create_connection(("127.0.0.1", port))
-        payload = json.dumps(body).encode()
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
-        received = b""
-        while received.count(b"chat.completion.chunk") < 3:  # the answer is under way
-            received += sock.recv(65536)
+        sock, _ = srv.open_stream(body)  # the answer is under way
         busy = srv.request("POST", "/v1/chat/completions", {**body, "stream": False, "max_tokens": 1})
         assert busy[0] == 429 and busy[1]["retry-after"] == "1"
         sock.close()
@@ -214,13 +207,7 @@ def test_sigterm_drains(clip_llama_f32, photo):
             "max_tokens": 3000, "stream": True, "ignore_eos": True}  # several seconds here
     with serving(clip_llama_f32.bundle, "--n-ctx", "3200") as srv:
         port = int(srv.url.rsplit(":", 1)[1])
-        sock = socket.create_connection(("127.0.0.1", port), timeout=120)
-        payload = json.dumps(body).encode()
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
-        received = b""
-        while received.count(b"chat.completion.chunk") < 3:
-            received += sock.recv(65536)
+        sock, received = srv.open_stream(body)
         srv.proc.terminate()
         time.sleep(0.2)
         status, _, raw = srv.request("POST", "/v1/chat/completions", {**body, "stream": False, "max_tokens": 1})

@@ -45,6 +45,23 @@ class Server:
             return exc.code, dict(exc.headers), exc.read()
 
 
+    def open_stream(self, body: dict[str, Any], chunks: int = 3) -> tuple[socket.socket, bytes]:
+        """POST a streamed ``body`` on a raw socket and read until ``chunks`` chunks arrived: the test
+        then holds the connection (to hang up, or to read the rest)."""
+        host, port = self.url.rsplit("/", 1)[1].split(":")
+        sock = socket.create_connection((host, int(port)), timeout=120)
+        payload = json.dumps(body).encode()
+        auth = f"Authorization: Bearer {self.key}\r\n" if self.key else ""
+        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"{auth}Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        received = b""
+        while received.count(b"chat.completion.chunk") < chunks:
+            piece = sock.recv(65536)
+            if not piece:
+                raise ConnectionError(f"the stream ended early: {received[-300:]!r}")
+            received += piece
+        return sock, received
+
     def declared_oversize(self, n_bytes: int) -> tuple[int, bytes]:
         """A POST that declares an ``n_bytes`` body and sends its first 64 KiB: the server must answer
         from the header, without reading (or waiting for) the rest."""
