@@ -78,12 +78,18 @@ def test_two_exports_racing_to_one_path_have_one_winner(model, tmp_path):
     assert leftovers(target) == []
 
 
-def test_a_kill_between_the_swaps_renames_is_recovered(model, tmp_path):
+def _bundle_then_killed_export(model, tmp_path, fault: str):
+    """A bundle, then a --force export over it killed (SIGKILL) at ``fault``; the bundle's digest before."""
     target = tmp_path / "bundle"
     export_bundle(model, target, encoder_formats=["onnx"], llm_dtype="f32")
     before = tree_digest(target)
-    proc = export_in_process(model, target, "--force", fault="swap")
-    assert proc.wait(timeout=600) == -9  # killed: the old bundle aside, the new one not yet in place
+    proc = export_in_process(model, target, "--force", fault=fault)
+    assert proc.wait(timeout=600) == -9
+    return target, before
+
+
+def test_a_kill_between_the_swaps_renames_is_recovered(model, tmp_path):
+    target, before = _bundle_then_killed_export(model, tmp_path, "swap")  # the old bundle aside, the new not in place
     assert not target.exists() and any(name.startswith(".bundle.old-") for name in leftovers(target))
     old = next(p for p in tmp_path.glob(".bundle.old-*"))
     assert tree_digest(old) == before  # nothing of the earlier bundle was lost
@@ -94,11 +100,7 @@ def test_a_kill_between_the_swaps_renames_is_recovered(model, tmp_path):
 
 
 def test_a_kill_before_the_swap_leaves_the_old_bundle_and_is_cleaned(model, tmp_path):
-    target = tmp_path / "bundle"
-    export_bundle(model, target, encoder_formats=["onnx"], llm_dtype="f32")
-    before = tree_digest(target)
-    proc = export_in_process(model, target, "--force", fault="commit")
-    assert proc.wait(timeout=600) == -9
+    target, before = _bundle_then_killed_export(model, tmp_path, "commit")
     assert tree_digest(target) == before and any(n.startswith(".bundle.tmp-") for n in leftovers(target))
     with pytest.raises(BundleExistsError):  # a refused export still cleans the dead export's work folder
         export_bundle(model, target)
