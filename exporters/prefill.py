@@ -33,7 +33,8 @@ import torch
 
 from edgebridge.errors import ExportError, UnsupportedModelError
 from edgebridge.exporters.gguf.export import N_CTX, SEED, text_logits
-from edgebridge.exporters.gguf.writer import TextModel, arch_spec
+from edgebridge.exporters.gguf.archs import arch_spec
+from edgebridge.exporters.gguf.writer import TextModel
 from edgebridge.manifest import Artifact, Parity, canonical_precision
 from edgebridge.parity import enforce, logit_metrics, violations
 from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
@@ -205,10 +206,16 @@ def export_prefill(text: TextModel, reference_lm: torch.nn.Module, gguf_path: Pa
     if precision not in PREFILL_PRECISIONS:
         raise ExportError(f"unknown prefill precision '{precision}'.",
                           hint=f"Choose from: {', '.join(PREFILL_PRECISIONS)}.")
-    if arch_spec(text.model_type).mrope:
+    spec = arch_spec(text.model_type)
+    if spec.mrope:
         raise UnsupportedModelError(
             f"the prefill graph numbers positions in order; {text.model_type} places media on (t, h, w) M-RoPE "
             "positions.", hint="Export without --prefill: llama.cpp prefills these models.")
+    if not spec.prefill_graph:
+        raise UnsupportedModelError(
+            f"the prefill graph reproduces llama, mistral and qwen2 decoders; {text.model_type} has parts it does "
+            "not write (q/k norms, soft-capping, sliding windows, fused projections or scaled embeddings).",
+            hint="Export without --prefill: llama.cpp prefills these models.")
     vocab_rows = min(int(text.config.vocab_size), int(reference_lm.get_input_embeddings().weight.shape[0]))
     cases = _cases(reference_lm, vocab_rows)
     with tempfile.TemporaryDirectory(prefix="edgebridge-prefill-") as scratch:

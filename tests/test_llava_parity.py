@@ -2,7 +2,9 @@
 
 For each vision tower x text model, through both encoder engines: the 16 greedy token ids equal
 transformers' ``generate(do_sample=False)`` on the same photo and prompt, and the first-step
-logits agree to <= 1e-3 (f32 GGUF, strict llama.cpp settings).
+logits agree to <= 1e-3 (f32 GGUF, strict llama.cpp settings; the tolerance the export recorded, 1e-2 for
+the gemma architectures, whose GELU ggml reads from a float16 table). Text models: llama, qwen2 and, with
+issue 16, qwen3, phi3, gemma2 and gemma3.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from PIL import Image
 
 from edgebridge import Pipeline
 from edgebridge.runtimes.llamacpp import LlamaSettings
-from tests.conftest import LLAVA_COMBOS, PROMPT, combo_id, exported_llava
+from tests.conftest import LLAVA_COMBOS, PROMPT, TEXT_ARCH_COMBOS, combo_id, exported_llava
 from tests.reference import hf_reference
 
 COVERS_FAMILIES = ["llava"]  # tests/test_registry.py: every registered family needs a parity test
@@ -22,16 +24,18 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("combo", LLAVA_COMBOS, ids=combo_id)
+@pytest.mark.parametrize("combo", LLAVA_COMBOS + TEXT_ARCH_COMBOS, ids=combo_id)
 def test_greedy_tokens_and_first_logits_match_transformers(workdir, photo, combo, backend):
     exported = exported_llava(workdir, combo, "f32")
+    tolerance = exported.manifest.components["llm"].artifacts["gguf"].parity.tolerance["max_abs"]
     ref = hf_reference(exported.model_dir, PROMPT, {"image": [Image.fromarray(photo)]})
     with Pipeline.from_bundle(exported.bundle, encoder_backend=backend, llm_settings=LlamaSettings.strict()) as pipe:
         result = pipe.generate(PROMPT, images=[photo], max_new_tokens=16)
         logits = pipe.prefill_logits(PROMPT, images=[photo])
     assert result.token_ids == ref.token_ids
     assert len(ref.token_ids) == 16  # random weights never hit a stop token here, so all 16 are compared
-    assert np.abs(logits - ref.first_logits).max() <= 1e-3
+    assert len(set(ref.token_ids)) >= 3  # not one token repeated: a weak comparison
+    assert np.abs(logits - ref.first_logits).max() <= tolerance  # 1e-3; gemma: ggml's float16 GELU table
     assert int(np.argmax(logits)) == int(np.argmax(ref.first_logits))
     assert result.prompt_tokens == len(ref.prompt_ids)
     assert result.devices["vision_encoder"]["executed"] == "CPU"

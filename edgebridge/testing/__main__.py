@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from edgebridge.testing import BUILDERS, make_tiny
+from edgebridge.testing.llava import TEXT_MODELS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("kind", choices=sorted(BUILDERS))
     tiny.add_argument("out_dir", type=Path)
     tiny.add_argument("--vision", default="clip", choices=["clip", "siglip"], help="llava: vision tower")
-    tiny.add_argument("--text", default="llama", choices=["llama", "qwen2"], help="llava: text model")
+    tiny.add_argument("--text", default="llama", choices=list(TEXT_MODELS), help="llava: text model")
     tiny.add_argument("--size", default="tiny", choices=["tiny", "bench"], help="llava: tiny (tests) or bench")
     tiny.add_argument("--projector", default="ldpv2", choices=["ldp", "ldpv2"], help="mobilevlm: LDP version")
     tiny.add_argument("--seed", type=int, default=0)

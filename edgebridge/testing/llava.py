@@ -1,4 +1,6 @@
-"""Seeded LLaVA-style models: a CLIP or SigLIP tower, the MLP projector, a llama or qwen2 LLM.
+"""Seeded LLaVA-style models: a CLIP or SigLIP tower, the MLP projector, and one of the text models the
+GGUF writer knows (llama, qwen2, qwen3, phi3, gemma2, gemma3), each with the tokenizer kind its real
+checkpoints use (Llama 3 / Qwen2 byte-level BPE; Gemma's SentencePiece BPE).
 
 Two sizes:
 
@@ -63,27 +65,54 @@ def _vision_config(kind: str, s: LlavaSize):
     raise ValueError(f"unknown vision tower {kind!r} (clip or siglip)")
 
 
-def _text_config(kind: str, s: LlavaSize, vocab_size: int, tokenizer):
-    from transformers import LlamaConfig, Qwen2Config
+TEXT_MODELS = ("llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3")
+TIED = ("qwen2", "qwen3", "gemma2", "gemma3")  # as the real small checkpoints
 
+
+def _text_config(kind: str, s: LlavaSize, vocab_size: int, tokenizer):
+    """The text config of ``kind``; the tiny size sets the features that set the architectures apart (an
+    explicit head_dim unlike hidden/heads, partial rotary, sliding windows shorter than the test prompts,
+    soft-capping that bites) so the parity checks exercise them."""
+    from transformers import Gemma2Config, Gemma3TextConfig, LlamaConfig, Phi3Config, Qwen2Config, Qwen3Config
+
+    tiny = s.init_std is not None
     common = dict(
-        vocab_size=vocab_size,
-        hidden_size=s.text_hidden,
-        intermediate_size=s.text_intermediate,
-        num_hidden_layers=s.text_layers,
-        num_attention_heads=s.text_heads,
-        num_key_value_heads=s.text_kv_heads,
-        max_position_embeddings=2048,
-        rms_norm_eps=1e-5,
-        rope_theta=10000.0,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        vocab_size=vocab_size, hidden_size=s.text_hidden, intermediate_size=s.text_intermediate,
+        num_hidden_layers=s.text_layers, num_attention_heads=s.text_heads, num_key_value_heads=s.text_kv_heads,
+        max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=kind in TIED,
     )
+    head_dim = s.text_hidden // s.text_heads
+    layer_types = ["sliding_attention", "full_attention"] * (s.text_layers // 2) + ["sliding_attention"] * (s.text_layers % 2)
+    gemma = dict(head_dim=head_dim, query_pre_attn_scalar=head_dim, sliding_window=32 if tiny else 4096,
+                 layer_types=layer_types)
     if kind == "llama":
-        return LlamaConfig(**common, bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=False)
+        return LlamaConfig(**common)
     if kind == "qwen2":
-        return Qwen2Config(**common, tie_word_embeddings=True, use_sliding_window=False)
-    raise ValueError(f"unknown text model {kind!r} (llama or qwen2)")
+        return Qwen2Config(**common, use_sliding_window=False)
+    if kind == "qwen3":
+        return Qwen3Config(**common, head_dim=2 * head_dim, use_sliding_window=False)
+    if kind == "phi3":
+        return Phi3Config(**common, partial_rotary_factor=0.75, sliding_window=None, original_max_position_embeddings=2048)
+    if kind == "gemma2":  # LLaVA's own lm_head applies no final soft-capping, so the tiny model has none either
+        return Gemma2Config(**common, **gemma, attn_logit_softcapping=3.0 if tiny else 50.0,
+                            final_logit_softcapping=None)
+    if kind == "gemma3":
+        # the global rotary base differs from the local one, so mixing them up shows
+        return Gemma3TextConfig(**{**common, "rope_theta": 100000.0 if tiny else 1e6}, **gemma,
+                                rope_local_base_freq=10000.0)
+    raise ValueError(f"unknown text model {kind!r} ({', '.join(TEXT_MODELS)})")
+
+
+def text_tokenizer(kind: str, extra_special: list[str]):
+    """(HF tokenizer, the chat's end-of-turn token) of the kind the real checkpoints of ``kind`` use."""
+    if kind in ("gemma2", "gemma3"):
+        from edgebridge.testing.spm_tokenizer import hf_spm_tokenizer
+
+        return hf_spm_tokenizer(extra_special), "<end_of_turn>"
+    flavour = "llama-bpe" if kind in ("llama", "phi3") else "qwen2"
+    return hf_tokenizer(flavour, extra_special=extra_special), "<|end_of_text|>"
 
 
 def _image_processor(kind: str, s: LlavaSize):
@@ -110,8 +139,7 @@ def build_llava(vision: str = "clip", text: str = "llama", size: str = "tiny", s
     from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     s = SIZES[size]
-    flavour = "llama-bpe" if text == "llama" else "qwen2"
-    tokenizer = hf_tokenizer(flavour, extra_special=[IMAGE_TOKEN])
+    tokenizer, end_of_turn = text_tokenizer(text, [IMAGE_TOKEN])
     vocab_size = len(tokenizer) + (-len(tokenizer)) % 16  # padded like real checkpoints
     # CLIP keeps its CLS token and LLaVA drops it ("default"); SigLIP has none ("full")
     strategy, layer, additional = ("default", -2, 1) if vision == "clip" else ("full", -1, 0)
@@ -124,13 +152,13 @@ def build_llava(vision: str = "clip", text: str = "llama", size: str = "tiny", s
         vision_feature_select_strategy=strategy,
         vision_feature_layer=layer,
         image_seq_length=n_image_tokens,
-        tie_word_embeddings=text == "qwen2",
+        tie_word_embeddings=text in TIED,
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
     if s.init_std is not None:
         reinit_(model, std=s.init_std, seed=seed)
-    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|end_of_text|>")]
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(end_of_turn)]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     processor = LlavaProcessor(

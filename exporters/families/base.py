@@ -184,8 +184,14 @@ def chat_content_format(processor: Any, placeholder: str, part_type: str) -> str
 
 
 def load_float32(model_class: Any, folder: Path) -> torch.nn.Module:
-    """``model_class.from_pretrained`` on a local folder, float32, in eval mode (the parity reference)."""
-    return model_class.from_pretrained(folder, dtype=torch.float32, local_files_only=True).eval()
+    """``model_class.from_pretrained`` on a local folder, float32, in eval mode (the parity reference).
+
+    Eager attention where the text model soft-caps attention logits (Gemma 2): transformers' SDPA and
+    flash paths skip the soft-capping, so they would not be the model the checkpoint describes."""
+    config = read_config(folder)
+    text = config.get("text_config") or config
+    attention = {"attn_implementation": "eager"} if text.get("attn_logit_softcapping") else {}
+    return model_class.from_pretrained(folder, dtype=torch.float32, local_files_only=True, **attention).eval()
 
 
 class HFFamily(Family):

@@ -40,6 +40,9 @@ class LlavaImageGraph(torch.nn.Module):
         return self.projector(torch.cat(feats, dim=-1) if len(feats) > 1 else feats[0])
 
 
+TEXT_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text")
+
+
 @register_family
 class LlavaFamily(HFFamily):
     name = "llava"
@@ -54,9 +57,9 @@ class LlavaFamily(HFFamily):
         model = load_float32(LlavaForConditionalGeneration, folder)
         processor = AutoProcessor.from_pretrained(folder, local_files_only=True, use_fast=False)
         text_type = model.config.text_config.model_type
-        if text_type not in ("llama", "qwen2", "mistral"):
+        if text_type not in TEXT_TYPES:
             raise UnsupportedModelError(
-                f"LLaVA with a '{text_type}' text model is not supported.", hint="Supported: llama, qwen2, mistral."
+                f"LLaVA with a '{text_type}' text model is not supported.", hint=f"Supported: {', '.join(TEXT_TYPES)}."
             )
         return Loaded(folder=Path(folder), config=model.config, model=model, processor=processor)
 

@@ -28,6 +28,7 @@ import torch
 
 from edgebridge.errors import ExportError, ParityError
 from edgebridge.exporters.families.base import Family, Loaded
+from edgebridge.exporters.gguf.archs import arch_spec
 from edgebridge.exporters.gguf.writer import TextModel, write_gguf
 from edgebridge.exporters.quantize import QuantPlan, Trial, choose_within_budget, verdict
 from edgebridge.exporters.quantize.gguf_quant import quantize_gguf, tensor_types
@@ -201,11 +202,22 @@ def _write_strict_f32(family: Family, loaded: Loaded, layout: PromptLayout, text
     step("writing f32 GGUF")
     details = write_gguf(text, path, "f32")
     step("checking GGUF f32 logits against transformers (strict settings)")
-    strict = _measure(path, LlamaSettings.strict(n_ctx=N_CTX), cases, reference, STRICT_TOLERANCE, "strict")
-    enforce("llm (GGUF f32, strict llama.cpp settings)", strict.metrics, STRICT_TOLERANCE)
+    tolerance, reason = strict_tolerance(text.model_type)
+    strict = _measure(path, LlamaSettings.strict(n_ctx=N_CTX), cases, reference, tolerance, "strict")
+    if reason:
+        strict.settings["tolerance_reason"] = reason
+    enforce("llm (GGUF f32, strict llama.cpp settings)", strict.metrics, tolerance)
     with LlamaCppLLM(path, LlamaSettings.strict(n_ctx=N_CTX)) as llm:
         _check_tokenizer(llm, loaded, layout, text.vocab.pre)
     return details, strict
+
+
+def strict_tolerance(model_type: str) -> tuple[dict[str, float], str]:
+    """The f32 gate's tolerance for this architecture and, where it is not the default, why."""
+    spec = arch_spec(model_type)
+    if spec.strict_max_abs == STRICT_TOLERANCE["max_abs"]:
+        return dict(STRICT_TOLERANCE), ""
+    return {"max_abs": spec.strict_max_abs}, spec.strict_reason
 
 
 def _choose_precision(text: TextModel, f32_path: Path, layout: PromptLayout, plan: QuantPlan, scratch: Path,

@@ -1,9 +1,15 @@
-"""A Hugging Face ``tokenizer.json`` (byte-level BPE) as GGUF tokenizer metadata.
+"""A Hugging Face ``tokenizer.json`` as GGUF tokenizer metadata: byte-level BPE (``gpt2`` in llama.cpp)
+or SentencePiece-style BPE with byte fallback (Gemma; ``llama`` = SPM in llama.cpp).
 
 llama.cpp re-implements each family's pre-tokenizer and picks it by the ``tokenizer.ggml.pre``
 name, so the exporter must name it right: a wrong name tokenizes differently without any error.
 We recognise the pre-tokenizer from its definition in ``tokenizer.json`` (alias table below) and
 the export then checks llama.cpp's tokenization against the HF tokenizer on a fixed text set.
+
+SentencePiece tokenizers reach HF as BPE with merges (transformers' converter lists, for every piece,
+each split into two pieces of the vocabulary, ordered by the piece's SentencePiece score); llama.cpp's
+SPM tokenizer merges by piece score instead. A piece's score is therefore recovered as minus the rank
+of its first merge, which orders merges as the converter did. Byte pieces ``<0xNN>`` are BYTE tokens.
 """
 
 from __future__ import annotations
@@ -28,12 +34,15 @@ SPLIT_REGEX_TO_PRE = {
 }
 
 # Token types as llama.cpp reads them (gguf.TokenType)
-NORMAL, CONTROL, USER_DEFINED, UNUSED = (
+NORMAL, CONTROL, USER_DEFINED, UNUSED, BYTE, UNKNOWN = (
     gguf.TokenType.NORMAL,
     gguf.TokenType.CONTROL,
     gguf.TokenType.USER_DEFINED,
     gguf.TokenType.UNUSED,
+    gguf.TokenType.BYTE,
+    gguf.TokenType.UNKNOWN,
 )
+SPM_SPACE = "\u2581"  # SentencePiece's visible space
 
 
 @dataclass
@@ -50,13 +59,25 @@ class GgufVocab:
     add_bos: bool
     chat_template: str | None
     special_ids: dict[str, int] = field(default_factory=dict)
+    scores: list[float] | None = None  # SPM only: merge priority per token
+    unk_id: int | None = None
+
+    @property
+    def model(self) -> str:
+        return "llama" if self.scores is not None else "gpt2"
 
     def write(self, writer: gguf.GGUFWriter) -> None:
-        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_model(self.model)
         writer.add_tokenizer_pre(self.pre)
         writer.add_token_list(self.tokens)
         writer.add_token_types(self.token_types)
-        writer.add_token_merges(self.merges)
+        if self.scores is not None:
+            writer.add_token_scores(self.scores)
+            writer.add_add_space_prefix(False)  # the normalizer only replaces spaces; nothing is prepended
+            if self.unk_id is not None:
+                writer.add_unk_token_id(self.unk_id)
+        else:
+            writer.add_token_merges(self.merges)
         if self.bos_id is not None:
             writer.add_bos_token_id(self.bos_id)
         if self.eos_id is not None:
@@ -108,7 +129,8 @@ def vocab_from_folder(folder: Path, vocab_size: int, eos_id: int | None) -> Gguf
     folder = Path(folder)
     tok_json, tok_config = _read_tokenizer_files(folder)
     model = tok_json["model"]
-    tokens, token_types, special_ids = _token_table(tok_json, vocab_size)
+    spm = is_spm_bpe(tok_json)
+    tokens, token_types, special_ids = _token_table(tok_json, vocab_size, spm)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
 
     def tok_id(key: str) -> int | None:
@@ -126,14 +148,35 @@ def vocab_from_folder(folder: Path, vocab_size: int, eos_id: int | None) -> Gguf
         tokens=tokens,
         token_types=token_types,
         merges=merges,
-        pre=_detect_pre(tok_json.get("pre_tokenizer")),
+        pre="default" if spm else _detect_pre(tok_json.get("pre_tokenizer")),
         bos_id=bos_id,
         eos_id=eos_id if eos_id is not None else tok_id("eos_token"),
         pad_id=tok_id("pad_token"),
         add_bos=_adds_bos(tok_json, tok_config, bos_id),
         chat_template=template if isinstance(template, str) else None,
         special_ids=special_ids,
+        scores=spm_scores(tokens, merges) if spm else None,
+        unk_id=model["vocab"].get(model.get("unk_token")) if spm and model.get("unk_token") else None,
     )
+
+
+def is_spm_bpe(tok_json: dict[str, Any]) -> bool:
+    """A SentencePiece BPE model as transformers converts Gemma's: byte fallback, spaces replaced by U+2581,
+    nothing prepended."""
+    model, norm = tok_json["model"], tok_json.get("normalizer") or {}
+    return (model.get("type") == "BPE" and bool(model.get("byte_fallback")) and norm.get("type") == "Replace"
+            and (norm.get("pattern") or {}).get("String") == " " and norm.get("content") == SPM_SPACE)
+
+
+def spm_scores(tokens: list[str], merges: list[str]) -> list[float]:
+    """Per token: minus the rank of the first merge that makes it (SentencePiece's score order); tokens no
+    merge makes (characters, bytes, specials) rank below every merged piece."""
+    rank: dict[str, int] = {}
+    for i, merge in enumerate(merges):
+        left, right = merge.split(" ", 1)
+        rank.setdefault(left + right, i)
+    floor = len(merges)
+    return [-float(rank.get(t, floor + i)) for i, t in enumerate(tokens)]
 
 
 def _read_tokenizer_files(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -148,16 +191,17 @@ def _read_tokenizer_files(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]
     cfg_path = folder / "tokenizer_config.json"
     tok_config = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
     model = tok_json["model"]
-    if model.get("type") != "BPE" or model.get("byte_fallback"):
+    if model.get("type") != "BPE" or (model.get("byte_fallback") and not is_spm_bpe(tok_json)):
         raise UnsupportedModelError(
             f"tokenizer model type {model.get('type')} (byte_fallback={model.get('byte_fallback')}) is not supported; "
-            "edgebridge converts byte-level BPE tokenizers.",
+            "edgebridge converts byte-level BPE and Gemma-style SentencePiece BPE tokenizers.",
             hint="Pass an existing GGUF of this model with --llm-gguf.",
         )
     return tok_json, tok_config
 
 
-def _token_table(tok_json: dict[str, Any], vocab_size: int) -> tuple[list[str], list[int], dict[str, int]]:
+def _token_table(tok_json: dict[str, Any], vocab_size: int,
+                 spm: bool = False) -> tuple[list[str], list[int], dict[str, int]]:
     """(token text per id, token type per id, special token text -> id) over the model's ``vocab_size`` rows."""
     id_to_token: dict[int, str] = {i: t for t, i in tok_json["model"]["vocab"].items()}
     types: dict[int, int] = {i: NORMAL for i in id_to_token}
@@ -166,6 +210,13 @@ def _token_table(tok_json: dict[str, Any], vocab_size: int) -> tuple[list[str], 
         id_to_token[added["id"]] = added["content"]
         types[added["id"]] = CONTROL if added.get("special") else USER_DEFINED
         special_ids[added["content"]] = added["id"]
+    if spm:
+        unk = tok_json["model"].get("unk_token")
+        for i, t in id_to_token.items():
+            if len(t) == 6 and t.startswith("<0x") and t.endswith(">"):
+                types[i] = BYTE
+            elif t == unk:
+                types[i] = UNKNOWN
     if max(id_to_token) >= vocab_size:
         raise UnsupportedModelError(
             f"the tokenizer has token id {max(id_to_token)} but the model's vocab_size is {vocab_size}."

@@ -1,25 +1,14 @@
 """A transformers decoder LLM written as GGUF with the ``gguf`` library.
 
 Tensor names come from gguf-py's own alias table (``gguf.get_tensor_name_map``), hyper-parameters
-from the HF config. Per architecture (table ``ARCHS``):
-
-- llama / mistral: Q and K rows are permuted to llama.cpp's rotary layout (HF stores the two
-  rotary halves apart, GGML interleaves them);
-- qwen2: no permutation (llama.cpp uses NEOX rotary for it), Q/K/V biases;
-- qwen2_vl_text, qwen2_5_vl_text (Qwen2-VL's and Qwen2.5-VL's decoders): qwen2's tensors as llama.cpp's ``qwen2vl``, whose M-RoPE
-  splits each head's rotary pairs into (t, h, w) sections: ``rope_scaling.mrope_section`` padded
-  to four as ``rope.dimension_sections`` (llama.cpp's fourth section is unused by these models);
-- qwen3_vl_text (Qwen3-VL's decoder): qwen3 (q/k RMS norms, explicit head_dim) as llama.cpp's
-  ``qwen3vl`` (interleaved M-RoPE sections), with ``n_deepstack_layers``: the LLM's input rows then
-  carry the main embedding and one more per deepstack layer side by side, which llama.cpp adds to
-  the first layers' outputs (``TextModel.extra["n_deepstack_layers"]``, from the vision config).
-
-The writer refuses configurations it does not reproduce (rope scaling, other activations)
-instead of writing a file that runs and answers wrong.
+from the HF config; what differs per architecture is in ``archs.py`` (``ARCHS``).
+The writer refuses configurations it does not reproduce instead of writing a file that runs and
+answers wrong.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -29,25 +18,10 @@ import numpy as np
 import torch
 
 from edgebridge.errors import UnsupportedModelError
+from edgebridge.exporters.gguf.archs import (ArchSpec, arch_spec, check_config, mrope_sections,  # noqa: F401
+                                             rotary_dims)
 from edgebridge.exporters.gguf.vocab import GgufVocab
 
-
-@dataclass(frozen=True)
-class ArchSpec:
-    gguf_arch: gguf.MODEL_ARCH
-    permute_qk: bool  # llama.cpp's NORM rope wants interleaved rotary halves
-    mrope: bool = False  # multimodal rotary sections (rope.dimension_sections)
-
-
-# HF text model_type -> GGUF architecture (llama.cpp src/llama-arch.cpp names)
-ARCHS: dict[str, ArchSpec] = {
-    "llama": ArchSpec(gguf.MODEL_ARCH.LLAMA, permute_qk=True),
-    "mistral": ArchSpec(gguf.MODEL_ARCH.LLAMA, permute_qk=True),  # convert_hf_to_gguf writes mistral as llama
-    "qwen2": ArchSpec(gguf.MODEL_ARCH.QWEN2, permute_qk=False),
-    "qwen2_vl_text": ArchSpec(gguf.MODEL_ARCH.QWEN2VL, permute_qk=False, mrope=True),
-    "qwen2_5_vl_text": ArchSpec(gguf.MODEL_ARCH.QWEN2VL, permute_qk=False, mrope=True),  # llama.cpp: also qwen2vl
-    "qwen3_vl_text": ArchSpec(gguf.MODEL_ARCH.QWEN3VL, permute_qk=False, mrope=True),
-}
 
 DTYPES = ("f32", "f16")
 
@@ -76,37 +50,6 @@ class TextModel:
         return getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
 
 
-def arch_spec(model_type: str) -> ArchSpec:
-    if model_type not in ARCHS:
-        raise UnsupportedModelError(
-            f"text model type '{model_type}' has no GGUF mapping in edgebridge.",
-            hint=f"Supported text models: {', '.join(sorted(ARCHS))}. Pass an existing GGUF with --llm-gguf.",
-        )
-    return ARCHS[model_type]
-
-
-def mrope_sections(cfg: Any, head_dim: int) -> list[int]:
-    """The (t, h, w) rotary sections, padded to llama.cpp's four; they must cover the head's rotary pairs."""
-    sections = [int(s) for s in ((getattr(cfg, "rope_scaling", None) or {}).get("mrope_section") or [])]
-    if len(sections) != 3 or sum(sections) != head_dim // 2:
-        raise UnsupportedModelError(
-            f"M-RoPE sections {sections} do not split the {head_dim // 2} rotary pairs of a head into (t, h, w).",
-            hint="The config's rope_scaling.mrope_section is missing or inconsistent with head_dim.")
-    return sections + [0]
-
-
-def _check_config(cfg: Any) -> None:
-    scaling = getattr(cfg, "rope_scaling", None)
-    if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
-        raise UnsupportedModelError(
-            f"rope scaling {scaling} is not supported by the GGUF writer yet.",
-            hint="Pass an existing GGUF of this model with --llm-gguf.",
-        )
-    act = getattr(cfg, "hidden_act", "silu")
-    if act != "silu":
-        raise UnsupportedModelError(f"activation '{act}' is not supported for {cfg.model_type} GGUF export.")
-
-
 def _permute_rotary(w: np.ndarray, n_head: int) -> np.ndarray:
     """HF [n_head * head_dim, ...] rows with split rotary halves -> llama.cpp's interleaved order."""
     head_dim = w.shape[0] // n_head
@@ -133,10 +76,42 @@ def _tensors(text: TextModel, spec: ArchSpec, dtype: str) -> Iterable[tuple[str,
             data = _permute_rotary(data, cfg.num_attention_heads)
         elif spec.permute_qk and ".self_attn.k_proj." in hf_name:
             data = _permute_rotary(data, cfg.num_key_value_heads)
+        if spec.norm_plus_one and hf_name.endswith("norm.weight"):
+            data = data + 1.0  # gemma's RMSNorm multiplies by (1 + w); llama.cpp's by w
         # llama.cpp keeps norms and biases in f32 whatever the file type
         if dtype == "f16" and data.ndim >= 2:
             data = data.astype(np.float16)
         yield gguf_name, np.ascontiguousarray(data)
+
+
+# llama.cpp sets token attributes by substrings of general.name (src/llama-vocab.cpp) and, for a "phi3"
+# name, looks up Phi-3-mini's Llama-2 tokens: any other vocabulary then fails to load. The name is only
+# a label (the folder's name), so such substrings are dropped from it.
+_NAME_TRIGGERS = ("phi-3", "phi3", "modern-bert")
+
+
+def gguf_name(name: str) -> str:
+    """The folder's name as general.name, without the substrings llama.cpp's vocab loader acts on."""
+    for trigger in _NAME_TRIGGERS:
+        name = re.sub(re.escape(trigger), "", name, flags=re.IGNORECASE)
+    return name.strip("-_ .") or "edgebridge-llm"
+
+
+def _rope_factor_tensors(cfg: Any, head_dim: int) -> list[tuple[str, np.ndarray]]:
+    """phi3's longrope / su factors (config lists in HF, tensors in GGUF), one per rotary pair."""
+    scaling = getattr(cfg, "rope_scaling", None) or {}
+    if scaling.get("rope_type", scaling.get("type")) not in ("longrope", "su"):
+        return []
+    n_pairs = rotary_dims(cfg, head_dim) // 2
+    out = []
+    for key, tensor in (("long_factor", gguf.MODEL_TENSOR.ROPE_FACTORS_LONG),
+                        ("short_factor", gguf.MODEL_TENSOR.ROPE_FACTORS_SHORT)):
+        factors = np.asarray(scaling[key], dtype=np.float32)
+        if factors.shape != (n_pairs,):
+            raise UnsupportedModelError(f"rope_scaling.{key} has {factors.size} values; the heads rotate "
+                                        f"{n_pairs} pairs.", hint="The config is inconsistent.")
+        out.append((gguf.TENSOR_NAMES[tensor] + ".weight", factors))
+    return out
 
 
 def write_gguf(text: TextModel, path: Path, dtype: str = "f16") -> dict[str, Any]:
@@ -145,22 +120,24 @@ def write_gguf(text: TextModel, path: Path, dtype: str = "f16") -> dict[str, Any
         raise UnsupportedModelError(f"GGUF dtype '{dtype}' is not one of {DTYPES}.")
     cfg = text.config
     spec = arch_spec(text.model_type)
-    _check_config(cfg)
+    check_config(cfg, spec)
     arch_name = gguf.MODEL_ARCH_NAMES[spec.gguf_arch]
     writer = gguf.GGUFWriter(str(path), arch_name)
-    writer.add_name(text.name)
+    writer.add_name(gguf_name(text.name))
     writer.add_context_length(int(cfg.max_position_embeddings))
     writer.add_embedding_length(int(cfg.hidden_size))
     writer.add_block_count(int(cfg.num_hidden_layers))
     writer.add_feed_forward_length(int(cfg.intermediate_size))
     writer.add_head_count(int(cfg.num_attention_heads))
     writer.add_head_count_kv(int(cfg.num_key_value_heads))
-    writer.add_rope_dimension_count(text.head_dim)
+    writer.add_rope_dimension_count(rotary_dims(cfg, text.head_dim))
     writer.add_rope_freq_base(float(getattr(cfg, "rope_theta", 10000.0)))
     if spec.mrope:
         writer.add_rope_dimension_sections(mrope_sections(cfg, text.head_dim))
     if text.extra.get("n_deepstack_layers"):
         writer.add_num_deepstack_layers(int(text.extra["n_deepstack_layers"]))
+    for hook in spec.metadata:
+        hook(writer, cfg, text.head_dim)
     writer.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
     writer.add_vocab_size(int(cfg.vocab_size))
     if text.head_dim != cfg.hidden_size // cfg.num_attention_heads:
@@ -170,7 +147,7 @@ def write_gguf(text: TextModel, path: Path, dtype: str = "f16") -> dict[str, Any
     text.vocab.write(writer)
     types: dict[str, int] = {}
     n_params = 0
-    for name, data in _tensors(text, spec, dtype):
+    for name, data in (*_tensors(text, spec, dtype), *_rope_factor_tensors(cfg, text.head_dim)):
         writer.add_tensor(name, data)
         key = "f16" if data.dtype == np.float16 else "f32"
         types[key] = types.get(key, 0) + 1
