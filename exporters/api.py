@@ -22,6 +22,7 @@ from edgebridge.exporters.families import family_for
 from edgebridge.exporters.families.base import Family, Loaded, read_config
 from edgebridge.exporters.gguf.export import export_llm, import_gguf, validate_existing_gguf
 from edgebridge.exporters.prefill import FILE_NAME as PREFILL_FILE, PREFILL_PRECISIONS, export_prefill
+from edgebridge.exporters.prefill import check_supported as check_prefill_supported
 from edgebridge.exporters.quantize import QuantPlan, parse_budget, parse_quantize
 from edgebridge.exporters.tools import export_tool
 from edgebridge.formats import ENCODER_FORMATS
@@ -122,6 +123,8 @@ def export_bundle(
         gguf = options.llm_gguf if options.llm_gguf is not None else family.existing_gguf(loaded)
         if gguf is not None:  # refuse a wrong GGUF before the long encoder work (and before any C call)
             validate_existing_gguf(Path(gguf), n_embd)
+        if options.prefill:  # and a text model the prefill graph does not reproduce
+            check_prefill_supported(family.text_model(loaded).model_type)
         layout = family.prompt_layout(loaded)
         parts = _export_media(family, loaded, writer, Path(scratch), options, step)
         parts.components["llm"], text_type = _export_llm(family, loaded, layout, writer, gguf, options, n_embd, step)

@@ -199,6 +199,20 @@ def measure_handoff(graph: PrefillGraph, gguf_path: Path, cases: list[dict[str, 
     return logit_metrics(np.stack(ours), np.stack(theirs)), settings, speed
 
 
+def check_supported(model_type: str) -> None:
+    """Refuse, before any export work, a text model the prefill graph does not reproduce."""
+    spec = arch_spec(model_type)
+    if spec.mrope:
+        raise UnsupportedModelError(
+            f"the prefill graph numbers positions in order; {model_type} places media on (t, h, w) M-RoPE "
+            "positions.", hint="Export without --prefill: llama.cpp prefills these models.")
+    if not spec.prefill_graph:
+        raise UnsupportedModelError(
+            f"the prefill graph reproduces llama, mistral and qwen2 decoders; {model_type} has parts it does "
+            "not write (q/k norms, soft-capping, sliding windows, fused projections or scaled embeddings).",
+            hint="Export without --prefill: llama.cpp prefills these models.")
+
+
 def export_prefill(text: TextModel, reference_lm: torch.nn.Module, gguf_path: Path, dst: Path, precision: str,
                    budget: dict[str, float], *, step: Callable[[str], None] = lambda _: None) -> Artifact:
     """Write, gate and describe the prefill artifact for the bundle whose GGUF is ``gguf_path``."""
@@ -206,16 +220,7 @@ def export_prefill(text: TextModel, reference_lm: torch.nn.Module, gguf_path: Pa
     if precision not in PREFILL_PRECISIONS:
         raise ExportError(f"unknown prefill precision '{precision}'.",
                           hint=f"Choose from: {', '.join(PREFILL_PRECISIONS)}.")
-    spec = arch_spec(text.model_type)
-    if spec.mrope:
-        raise UnsupportedModelError(
-            f"the prefill graph numbers positions in order; {text.model_type} places media on (t, h, w) M-RoPE "
-            "positions.", hint="Export without --prefill: llama.cpp prefills these models.")
-    if not spec.prefill_graph:
-        raise UnsupportedModelError(
-            f"the prefill graph reproduces llama, mistral and qwen2 decoders; {text.model_type} has parts it does "
-            "not write (q/k norms, soft-capping, sliding windows, fused projections or scaled embeddings).",
-            hint="Export without --prefill: llama.cpp prefills these models.")
+    check_supported(text.model_type)
     vocab_rows = min(int(text.config.vocab_size), int(reference_lm.get_input_embeddings().weight.shape[0]))
     cases = _cases(reference_lm, vocab_rows)
     with tempfile.TemporaryDirectory(prefix="edgebridge-prefill-") as scratch:

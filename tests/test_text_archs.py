@@ -217,3 +217,16 @@ def test_gguf_name_keeps_llama_cpp_name_rules_out():
     assert gguf_name("llava-phi3-mini") == "llava--mini"
     assert gguf_name("Phi-3") == "edgebridge-llm"
     assert gguf_name("tiny-llama") == "tiny-llama"
+
+
+def test_prefill_graph_refused_before_any_export_work(tmp_path):
+    """--prefill on a text model the graph does not reproduce: refused right after loading, nothing written."""
+    from edgebridge.exporters.api import export_bundle
+    from edgebridge.testing import make_tiny
+
+    folder = make_tiny("llava", tmp_path / "model", vision="clip", text="gemma3")
+    steps: list[str] = []
+    with pytest.raises(UnsupportedModelError, match="gemma3_text has parts"):
+        export_bundle(folder, tmp_path / "bundle", prefill="int8", step=steps.append)
+    assert not (tmp_path / "bundle").exists()
+    assert not any("vision_encoder" in s for s in steps)  # no encoder work was done
