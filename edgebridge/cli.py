@@ -416,10 +416,20 @@ def _stdout_for_us():
     try:
         yield
     finally:
-        ours.flush()
         os.dup2(saved, 1)
         sys.stdout = previous
-        ours.close()
+        try:
+            ours.close()  # flushes what is left
+        except BrokenPipeError:  # the reader left (`edgebridge families | head`); main() exits quietly
+            _quiet_stdout()
+            raise
+
+
+def _quiet_stdout() -> None:
+    """stdout onto /dev/null, so the interpreter's own flush at exit cannot fail on a closed pipe again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
 
 
 def main() -> None:
@@ -434,6 +444,9 @@ def main() -> None:
     try:
         with _stdout_for_us():
             app()
+    except BrokenPipeError:  # whoever read our output stopped reading: no traceback, the shell's usual status
+        _quiet_stdout()
+        sys.exit(141)
     except EdgebridgeError as exc:
         err.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False, soft_wrap=True)
         if exc.hint:
