@@ -257,7 +257,10 @@ class Layout(ReadAsDict):
 
     ``wrap`` puts tokens around every placeholder, ``wrap_if_missing`` around those that have
     neither (Qwen2-Audio); ``template`` formats a tool's text; the grid kinds name their tokens;
-    ``collapse`` lists (doubled, single) text pairs merged after expansion (Idefics2's fake tokens).
+    ``collapse`` lists (doubled, single) text pairs merged after expansion (Idefics2's fake tokens);
+    ``keep_placeholder``: the placeholder is a token the model reads right before the media (Gemma 3's
+    ``<start_of_image>``); ``bidirectional``: the media's rows attend to each other both ways while the
+    LLM prefills them (Gemma 3), not only to earlier rows.
     """
 
     kind: LayoutKind = LayoutKind.REPEAT
@@ -269,6 +272,8 @@ class Layout(ReadAsDict):
     row_col_token: str = ""
     collapse: list[tuple[str, str]] = field(default_factory=list)
     positions: PositionKind = PositionKind.SEQUENTIAL
+    keep_placeholder: bool = False
+    bidirectional: bool = False
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> "Layout":
@@ -281,7 +286,9 @@ class Layout(ReadAsDict):
                    template=f.opt("template", str, "{text}"), fake_token=f.opt("fake_token", str, ""),
                    global_token=f.opt("global_token", str, ""), row_col_token=f.opt("row_col_token", str, ""),
                    collapse=[(a, b) for a, b in collapse],
-                   positions=_enum(PositionKind, f.opt("positions", str, "sequential"), f"{where}.positions"))
+                   positions=_enum(PositionKind, f.opt("positions", str, "sequential"), f"{where}.positions"),
+                   keep_placeholder=f.opt("keep_placeholder", bool, False),
+                   bidirectional=f.opt("bidirectional", bool, False))
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object, with only the keys that differ from the defaults (as exporters wrote them)."""
@@ -297,6 +304,9 @@ class Layout(ReadAsDict):
             out["collapse"] = [list(p) for p in self.collapse]
         if self.positions is not PositionKind.SEQUENTIAL:
             out["positions"] = self.positions.value
+        for name in ("keep_placeholder", "bidirectional"):
+            if getattr(self, name):
+                out[name] = True
         return out
 
     def __eq__(self, other: object) -> bool:

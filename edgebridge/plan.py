@@ -81,6 +81,7 @@ class MediaRun:
     index: int  # the modality's embedding run (an item, or one tile of an item), in prompt order
     n_positions: int
     positions: Positions
+    bidirectional: bool = False  # its rows attend to each other both ways during prefill (Gemma 3)
 
 
 Run = Union[TextRun, MediaRun]
@@ -357,6 +358,8 @@ def _expand(pieces: list[Piece], inputs: Mapping[str, ModalityInput], media: Map
                 strip_next = wrap.after
             out += GRID_LAYOUTS[spec.layout.kind](spec, piece, items.infos[piece.index])
         else:
+            if spec.layout.keep_placeholder:  # the placeholder is a real token before the media
+                out.append(spec.placeholder)
             out.append(piece)
     seen: dict[str, int] = {}
     for i, piece in enumerate(out):
@@ -429,7 +432,8 @@ def _number(ordered: Sequence[Piece | list[int]], inputs: Mapping[str, ModalityI
                 items = media[piece.modality]
                 t_index = items.t_index[piece.index] if items.t_index else None
                 positions = mrope_positions(at, items.grids[piece.index], n, t_index)
-            run: Run = MediaRun(piece.modality, piece.index, n, positions)
+            run: Run = MediaRun(piece.modality, piece.index, n, positions,
+                                bidirectional=inputs[piece.modality].layout.bidirectional)
         else:
             run = TextRun(tuple(int(t) for t in piece), Positions(at, len(piece)))
         runs.append(run)

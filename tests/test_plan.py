@@ -39,6 +39,8 @@ FAMILY_INPUTS = {
     "llava": {"image": spec("<image>")},
     "mobilevlm": {"image": spec("<image>")},
     "internvl": {"image": spec("<IMG_CONTEXT>", wrap={"before": "<img>", "after": "</img>"})},
+    "gemma3": {"image": spec("<start_of_image>", keep_placeholder=True, bidirectional=True,
+                             wrap={"before": "\n\n", "after": "<end_of_image>\n\n"})},
     "idefics3": {"image": spec("<image>", pre="idefics3-tiles", **{
         "kind": "idefics3-grid", "fake_token": "<fake>", "global_token": "<global>", "row_col_token": "<r{row}c{col}>"})},
     "idefics2": {"image": spec("<image>", pre="idefics2-resize", **{
@@ -123,6 +125,14 @@ def test_placeholder_and_media_counts_must_agree(prompt, n):
 
 def test_no_bos_when_the_model_adds_none():
     assert describe(plan_for("llava", "hi <image>", {"image": images(2)}, bos=None)) == ["hi ", ("image", 0, 2)]
+
+
+def test_gemma3_keeps_its_start_of_image_token_and_marks_the_image_bidirectional():
+    plan = plan_for("gemma3", "Compare <start_of_image> and <start_of_image>.", {"image": images(4, 4)})
+    assert describe(plan) == ["BOS", "Compare \n\n<start_of_image>", ("image", 0, 4),
+                              "<end_of_image>\n\n and \n\n<start_of_image>", ("image", 1, 4), "<end_of_image>\n\n."]
+    assert [run.bidirectional for run in plan.media_runs()] == [True, True]
+    assert not plan_for("llava", "<image>", {"image": images(4)}).media_runs()[0].bidirectional
 
 
 def test_internvl_wraps_every_placeholder():

@@ -77,12 +77,18 @@ def _qwen2_5_vl(out_dir: Path, seed: int = 0, size: str = "tiny", **_: Any) -> P
     return make_qwen2_5_vl(out_dir, seed=seed, size=size)
 
 
+def _gemma3(out_dir: Path, seed: int = 0, **_: Any) -> Path:
+    from edgebridge.testing.gemma3 import make_gemma3
+
+    return make_gemma3(out_dir, seed=seed)
+
+
 # kind -> builder(out_dir, **options); options a builder does not take are ignored
 BUILDERS: dict[str, Callable[..., Path]] = {"llava": _llava, "qwen2-audio": _qwen2_audio, "voxtral": _voxtral,
                                            "idefics3": _idefics3, "internvl": _internvl, "mobilevlm": _mobilevlm,
                                            "instructblip": _instructblip, "idefics2": _idefics2,
                                            "qwen2-vl": _qwen2_vl, "qwen2.5-vl": _qwen2_5_vl,
-                                           "qwen3-vl": _qwen3_vl}
+                                           "qwen3-vl": _qwen3_vl, "gemma3": _gemma3}
 
 
 def make_tiny(kind: str, out_dir: str | Path, **options: Any) -> Path:

@@ -72,8 +72,10 @@ def build_spm_tokenizer(extra_special: list[str], n_pieces: int = 360) -> Tokeni
     return tok
 
 
-def hf_spm_tokenizer(extra_special: list[str], chat_template: str = GEMMA_CHAT_TEMPLATE):
-    """Wrap it as transformers' ``GemmaTokenizerFast`` (what Gemma checkpoints load)."""
+def hf_spm_tokenizer(extra_special: list[str], chat_template: str = GEMMA_CHAT_TEMPLATE,
+                     named: dict[str, str] | None = None):
+    """Wrap it as transformers' ``GemmaTokenizerFast`` (what Gemma checkpoints load); ``named``: special
+    tokens the processor reads as tokenizer attributes (Gemma 3's ``boi_token``, ``image_token``...)."""
     from transformers import GemmaTokenizerFast
 
     return GemmaTokenizerFast(
@@ -82,4 +84,5 @@ def hf_spm_tokenizer(extra_special: list[str], chat_template: str = GEMMA_CHAT_T
         additional_special_tokens=TURN_TOKENS + list(extra_special),
         add_bos_token=True, add_eos_token=False,
         chat_template=chat_template, model_max_length=4096, clean_up_tokenization_spaces=False,
+        **({"extra_special_tokens": named} if named else {}),
     )

@@ -155,6 +155,7 @@ class LlamaCppLLM:
         # n_ctx asked for, even when the context holds more.
         self.n_ctx = min(s.n_ctx, int(self.lib.llama_n_ctx(self._ctx)))
         self.n_batch = int(self.lib.llama_n_batch(self._ctx))
+        self.n_ubatch = int(self.lib.llama_n_ubatch(self._ctx))
         self.n_past = 0  # cells in the KV cache
         self.next_pos = 0  # the position of the next token (past M-RoPE media: the largest + 1)
         self.mrope = int(self.lib.llama_model_rope_type(self._model)) in MROPE_TYPES
@@ -300,16 +301,33 @@ class LlamaCppLLM:
         return self._run_chunks(ids.size, logits, lambda lo, hi: batch.token.__setitem__(slice(0, hi - lo), ids[lo:hi]), batch)
 
     def eval_embeddings(self, embeds: np.ndarray, logits: Logits = "last",
-                        positions: np.ndarray | None = None) -> np.ndarray | None:
+                        positions: np.ndarray | None = None, *, causal: bool = True) -> np.ndarray | None:
         """Decode ``[N, D]`` embeddings (image/audio tokens) at the next positions, or, on an M-RoPE
-        model, at ``positions`` (``[3, N]`` t/h/w ids, none below ``next_pos``)."""
+        model, at ``positions`` (``[3, N]`` t/h/w ids, none below ``next_pos``). ``causal=False``: the rows
+        attend to each other both ways (llama.cpp's non-causal attention, as mtmd decodes a Gemma 3
+        image); they must then fit in one micro-batch, or a later chunk's rows would go unseen."""
         arr = self.validate_embeddings(embeds)
         self.check_room(arr.shape[0])
         if positions is not None:
             positions = self._validate_positions(positions, arr.shape[0])
         batch = self._embeds
-        return self._run_chunks(arr.shape[0], logits, lambda lo, hi: batch.embd.__setitem__(slice(0, hi - lo), arr[lo:hi]), batch,
-                                positions)
+
+        def run() -> np.ndarray | None:
+            return self._run_chunks(arr.shape[0], logits,
+                                    lambda lo, hi: batch.embd.__setitem__(slice(0, hi - lo), arr[lo:hi]), batch, positions)
+        if causal:
+            return run()
+        one_batch = min(self.n_batch, self.n_ubatch)
+        if arr.shape[0] > one_batch:
+            raise InputError(f"{arr.shape[0]} embeddings that attend to each other both ways must be decoded in one "
+                             f"batch; this context's batch holds {one_batch}.",
+                             hint="Raise the batch size (LlamaSettings n_batch and n_ubatch) to at least the "
+                                  "image's token count.")
+        self.lib.llama_set_causal_attn(self._ctx, False)
+        try:
+            return run()
+        finally:
+            self.lib.llama_set_causal_attn(self._ctx, True)
 
     def _validate_positions(self, positions: np.ndarray, n: int) -> np.ndarray:
         pos = np.asarray(positions)

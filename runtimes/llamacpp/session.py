@@ -190,7 +190,8 @@ class LLMSession:
                 logits = self.engine.eval_tokens(list(run.token_ids[offset:]), want)
             else:
                 axes = run.positions.axes[:, offset:] if run.positions.axes is not None else None
-                logits = self.engine.eval_embeddings(embeds[(run.modality, run.index)][offset:], want, axes)
+                logits = self.engine.eval_embeddings(embeds[(run.modality, run.index)][offset:], want, axes,
+                                                     causal=not run.bidirectional)
         return logits
 
     # --- lifetime -------------------------------------------------------------------------------
@@ -212,12 +213,15 @@ def _cut(plan: PromptPlan, keep: int) -> tuple[int, int]:
     """(cells to keep, the position of the first cell dropped) for keeping ``keep`` of ``plan``'s positions.
 
     llama.cpp drops cached cells by position. With one position per token they are the same number;
-    an M-RoPE media run's cells share positions, so a cut inside one keeps none of it.
+    an M-RoPE media run's cells share positions, so a cut inside one keeps none of it; nor inside a
+    bidirectional run (its rows saw each other, a re-fed tail could not be seen by the kept head).
     """
     at = 0
     for run in plan.runs:
         if keep < at + run.n_positions:
             offset = keep - at
+            if getattr(run, "bidirectional", False):
+                return at, run.positions.start
             if run.positions.axes is None:
                 return keep, run.positions.start + offset
             return at, int(run.positions.axes[0].min())
