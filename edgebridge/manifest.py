@@ -423,6 +423,9 @@ class PromptLayout:
 
     ``chat_content`` says how the chat template wants a user message: ``"string"`` (the prompt,
     placeholders included) or ``"parts"`` (a list of ``{"type": "image"}`` / ``{"type": "text"}``).
+    ``prompt_suffix``: text the processor puts after every prompt (PaliGemma's newline). ``prefix_lm``:
+    the whole prompt, media and text, attends both ways during prefill and only the answer is causal
+    (PaliGemma's prefix-LM attention).
     """
 
     add_bos: bool
@@ -430,6 +433,8 @@ class PromptLayout:
     chat_template: str | None = None
     chat_content: str = "string"
     special_tokens: dict[str, str] = field(default_factory=dict)
+    prompt_suffix: str = ""
+    prefix_lm: bool = False
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> "PromptLayout":
@@ -440,6 +445,8 @@ class PromptLayout:
             chat_template=f.opt("chat_template", str),
             chat_content=f.opt("chat_content", str, "string"),
             special_tokens=f.opt("special_tokens", dict, {}),
+            prompt_suffix=f.opt("prompt_suffix", str, ""),
+            prefix_lm=f.opt("prefix_lm", bool, False),
         )
 
 

@@ -156,6 +156,7 @@ def render_prompt(prompt: str, inputs: Mapping[str, ModalityInput], layout: Prom
     """Placeholders checked and placed, chat template applied, prefix media and wrappers added."""
     text = place_media(prompt, inputs, counts)
     text = render_chat(text, layout, inputs, system) if chat else text
+    text += layout.prompt_suffix  # PaliGemma's processor ends every prompt with a newline
     return RenderedPrompt(apply_wraps(prefix_media(text, inputs, counts), inputs), text)
 
 

@@ -39,6 +39,7 @@ FAMILY_INPUTS = {
     "llava": {"image": spec("<image>")},
     "mobilevlm": {"image": spec("<image>")},
     "internvl": {"image": spec("<IMG_CONTEXT>", wrap={"before": "<img>", "after": "</img>"})},
+    "paligemma": {"image": spec("<image>", **{"kind": "prefix"})},
     "gemma3": {"image": spec("<start_of_image>", keep_placeholder=True, bidirectional=True,
                              wrap={"before": "\n\n", "after": "<end_of_image>\n\n"})},
     "idefics3": {"image": spec("<image>", pre="idefics3-tiles", **{
@@ -133,6 +134,14 @@ def test_gemma3_keeps_its_start_of_image_token_and_marks_the_image_bidirectional
                               "<end_of_image>\n\n and \n\n<start_of_image>", ("image", 1, 4), "<end_of_image>\n\n."]
     assert [run.bidirectional for run in plan.media_runs()] == [True, True]
     assert not plan_for("llava", "<image>", {"image": images(4)}).media_runs()[0].bidirectional
+
+
+def test_paligemma_puts_the_image_before_bos_and_a_newline_after_the_prompt():
+    layout = PromptLayout(add_bos=True, stop_token_ids=[2], prompt_suffix="\n", prefix_lm=True)
+    inputs = FAMILY_INPUTS["paligemma"]
+    rendered = render_prompt("caption en", inputs, layout, {"image": 1})
+    plan = build_plan(rendered, inputs, {"image": images(4)}, chars, BOS)
+    assert describe(plan) == [("image", 0, 4), "BOS", "caption en\n"]
 
 
 def test_internvl_wraps_every_placeholder():

@@ -83,12 +83,19 @@ def _gemma3(out_dir: Path, seed: int = 0, **_: Any) -> Path:
     return make_gemma3(out_dir, seed=seed)
 
 
+def _paligemma(out_dir: Path, seed: int = 4, **_: Any) -> Path:  # seed 4: 16 greedy ids that vary
+    from edgebridge.testing.paligemma import make_paligemma
+
+    return make_paligemma(out_dir, seed=seed)
+
+
 # kind -> builder(out_dir, **options); options a builder does not take are ignored
 BUILDERS: dict[str, Callable[..., Path]] = {"llava": _llava, "qwen2-audio": _qwen2_audio, "voxtral": _voxtral,
                                            "idefics3": _idefics3, "internvl": _internvl, "mobilevlm": _mobilevlm,
                                            "instructblip": _instructblip, "idefics2": _idefics2,
                                            "qwen2-vl": _qwen2_vl, "qwen2.5-vl": _qwen2_5_vl,
-                                           "qwen3-vl": _qwen3_vl, "gemma3": _gemma3}
+                                           "qwen3-vl": _qwen3_vl, "gemma3": _gemma3,
+                                           "paligemma": _paligemma}
 
 
 def make_tiny(kind: str, out_dir: str | Path, **options: Any) -> Path:

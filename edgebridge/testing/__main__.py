@@ -20,10 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("--text", default="llama", choices=list(TEXT_MODELS), help="llava: text model")
     tiny.add_argument("--size", default="tiny", choices=["tiny", "bench"], help="llava: tiny (tests) or bench")
     tiny.add_argument("--projector", default="ldpv2", choices=["ldp", "ldpv2"], help="mobilevlm: LDP version")
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--seed", type=int, default=None, help="default: the builder's own (0 for most)")
     args = parser.parse_args(argv)
-    options = {"vision": args.vision, "text": args.text, "size": args.size, "seed": args.seed,
-               "projector": args.projector}
+    options = {"vision": args.vision, "text": args.text, "size": args.size, "projector": args.projector}
+    if args.seed is not None:
+        options["seed"] = args.seed
     path = make_tiny(args.kind, args.out_dir, **options)
     print(path)
     return 0

@@ -126,7 +126,12 @@ def _tokenizer_of(loaded: Loaded) -> Any:
 
 
 def _check_tokenizer(llm: LlamaCppLLM, loaded: Loaded, layout: PromptLayout, pre: str) -> None:
-    bad = tokenizer_mismatches(llm, _tokenizer_of(loaded), layout.add_bos)
+    """llama.cpp's tokenizer against the HF tokenizer, each adding BOS as the HF tokenizer does (a processor
+    that writes BOS itself, as PaliGemma's, has a tokenizer that adds none)."""
+    tokenizer = _tokenizer_of(loaded)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    adds_bos = bos is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]
+    bad = tokenizer_mismatches(llm, tokenizer, adds_bos)
     if bad:
         raise ParityError(
             "llm tokenizer", "texts tokenized differently", len(bad), 0,

@@ -31,6 +31,7 @@ from edgebridge.errors import BackendUnavailableError, EmbeddingShapeError, Inpu
 from edgebridge.plan import MediaRun, PromptPlan, TextRun
 from edgebridge.runtimes.llamacpp.kv_handoff import HandoffUnavailable, KVHandoff, PrefillGraph
 from edgebridge.runtimes.llamacpp.llm import LlamaCppLLM, LlamaSettings
+from edgebridge.runtimes.llamacpp.token_rows import TokenRows
 from edgebridge.runtimes.registry import DeviceReport
 
 LLAMACPP = "llama.cpp"
@@ -60,9 +61,11 @@ class LLMSession:
     """One llama.cpp context, the prefill strategy chosen at load, and the KV-prefix record."""
 
     def __init__(self, llm: LlamaCppLLM, handoff: KVHandoff | None, *, reuse_prefix: bool = True,
-                 warnings: list[str] | None = None) -> None:
+                 warnings: list[str] | None = None, token_rows: TokenRows | None = None) -> None:
         self.engine = llm
         self.handoff = handoff
+        # prefix-LM bundles (PaliGemma): the whole prompt is one non-causal batch of embeddings
+        self.token_rows = token_rows
         self.warnings = list(warnings or [])
         self._kv = KVPrefix() if reuse_prefix else None
         llm.report.details["prefill"] = handoff.describe() if handoff else {"engine": LLAMACPP}
@@ -70,12 +73,16 @@ class LLMSession:
     @classmethod
     def open(cls, gguf: Path, settings: LlamaSettings, *, expect_architecture: str | None = None,
              expect_n_embd: int | None = None, prefill_graph: PrefillGraphSpec | None = None,
-             reuse_prefix: bool = True) -> "LLMSession":
-        """Load the GGUF (validated first) and, when given, bind the prefill graph to its context."""
+             reuse_prefix: bool = True, prefix_lm: bool = False) -> "LLMSession":
+        """Load the GGUF (validated first) and, when given, bind the prefill graph to its context.
+        ``prefix_lm``: the prompt attends both ways (PaliGemma); no prefill graph, no KV-prefix reuse (a
+        changed prompt changes every prompt row)."""
         llm = LlamaCppLLM(gguf, settings, expect_architecture=expect_architecture, expect_n_embd=expect_n_embd)
         warnings = []
         if llm.report.fallback_reason:
             warnings.append(f"llm: {llm.report.fallback_reason}; ran on {llm.report.executed}.")
+        if prefix_lm:
+            return cls(llm, None, reuse_prefix=False, warnings=warnings, token_rows=TokenRows(gguf))
         handoff = None
         if prefill_graph is not None:
             graph = PrefillGraph(prefill_graph.path, threads=settings.threads, precision=prefill_graph.precision)
@@ -134,7 +141,9 @@ class LLMSession:
         reused = self.engine.n_past
         if self._kv is not None:
             self._kv.clear()  # until the prefill completes, the cache holds nothing we can vouch for
-        if self.handoff is not None and reused == 0 and not plan.multi_axis and self.handoff.takes(plan.n_positions):
+        if self.token_rows is not None:
+            logits, engine = self._prefill_prefix_lm(plan, embeds), LLAMACPP
+        elif self.handoff is not None and reused == 0 and not plan.multi_axis and self.handoff.takes(plan.n_positions):
             logits, engine = self._prefill_handoff(plan, embeds), HANDOFF
         else:
             logits, engine = self._prefill_llamacpp(plan, embeds, reused), LLAMACPP
@@ -194,6 +203,15 @@ class LLMSession:
                                                      causal=not run.bidirectional)
         return logits
 
+    def _prefill_prefix_lm(self, plan: PromptPlan, embeds: MediaEmbeddings) -> np.ndarray:
+        """The whole prompt as one batch of embeddings (text rows from the GGUF's own table), attending
+        both ways, as transformers' PaliGemma prefills it."""
+        if plan.multi_axis:
+            raise InputError("a prefix-LM prompt numbers its positions in order; this plan has M-RoPE positions.")
+        rows = [self.token_rows.rows(run.token_ids) if isinstance(run, TextRun) else embeds[(run.modality, run.index)]
+                for run in plan.runs]
+        return self.engine.eval_embeddings(np.concatenate(rows).astype(np.float32), "last", causal=False)
+
     # --- lifetime -------------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -243,6 +261,7 @@ def open_bundle_session(bundle: Bundle, settings: LlamaSettings, *, threads: int
     graph = llm.artifacts.get("prefill") if fast_prefill else None
     session = LLMSession.open(bundle.path(gguf.files[0]), settings, expect_architecture=gguf.details.get("architecture"),
                            expect_n_embd=int(llm.inputs[0].shape[-1]), reuse_prefix=reuse_prefix,
+                           prefix_lm=bundle.manifest.prompt.prefix_lm,
                            prefill_graph=PrefillGraphSpec(bundle.path(graph.files[0]), graph.precision) if graph
                            else None)
     if settings.n_ctx > ctx_train:

@@ -1,0 +1,82 @@
+"""PaliGemma end to end: the image before ``<bos>``, a newline after the prompt, prefix-LM attention.
+
+A tiny seeded PaliGemma 2 (``make-tiny paligemma``: 64 px SigLIP, 64 image tokens, a 2-layer gemma2 text
+model with soft-capped attention, PaliGemma's 1152 ``<loc>``/``<seg>`` tokens), f32 GGUF, strict llama.cpp
+settings. Through both encoder engines the 16 greedy ids equal transformers' ``generate`` for the
+processor's prompt (no placeholder: the processor puts the image first). The whole prompt attends both
+ways (one non-causal llama.cpp batch of embeddings, text rows from the GGUF's table); with the manifest's
+``prefix_lm`` switched off the answer changes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from edgebridge import Pipeline
+from edgebridge.errors import PromptError
+from edgebridge.manifest import MANIFEST_NAME
+from edgebridge.runtimes.llamacpp import LlamaSettings
+from tests.conftest import exported
+from tests.reference import hf_reference
+
+COVERS_FAMILIES = ["paligemma"]
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["caption en", "What is in this image?"]
+
+
+def run(bundle, prompt: str, image: np.ndarray, backend: str = "onnxruntime"):
+    with Pipeline.from_bundle(bundle, encoder_backend=backend, llm_settings=LlamaSettings.strict()) as pipe:
+        result = pipe.generate(prompt, images=[image], max_new_tokens=16)
+        logits = pipe.prefill_logits(prompt, images=[image])
+    return result, logits
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_greedy_tokens_match_transformers(workdir, photo, prompt, backend):
+    b = exported(workdir, "paligemma")
+    ref = hf_reference(b.model_dir, prompt, {"image": [Image.fromarray(photo)]})
+    result, logits = run(b.bundle, prompt, photo, backend)
+    assert result.token_ids == ref.token_ids
+    assert len(ref.token_ids) == 16 and len(set(ref.token_ids)) >= 3
+    assert result.prompt_tokens == len(ref.prompt_ids)
+    tolerance = b.manifest.components["llm"].artifacts["gguf"].parity.tolerance["max_abs"]
+    assert np.abs(logits - ref.first_logits).max() <= tolerance
+
+
+def test_causal_prompt_attention_changes_the_answer(workdir, photo, tmp_path):
+    b = exported(workdir, "paligemma")
+    causal = shutil.copytree(b.bundle, tmp_path / "causal")
+    manifest = json.loads((causal / MANIFEST_NAME).read_text())
+    assert manifest["prompt"]["prefix_lm"] is True
+    manifest["prompt"]["prefix_lm"] = False
+    (causal / MANIFEST_NAME).write_text(json.dumps(manifest))
+    both_ways, logits = run(b.bundle, PROMPTS[0], photo)
+    one_way, causal_logits = run(causal, PROMPTS[0], photo)
+    assert both_ways.token_ids != one_way.token_ids
+    assert np.abs(causal_logits - logits).max() > 0.1
+
+
+def test_a_second_call_equals_a_fresh_pipeline(workdir, photo):
+    """No KV-prefix reuse for prefix-LM prompts (every prompt row sees the whole prompt): a follow-up with
+    the same image answers as a fresh pipeline does."""
+    b = exported(workdir, "paligemma")
+    with Pipeline.from_bundle(b.bundle, llm_settings=LlamaSettings.strict()) as pipe:
+        pipe.generate(PROMPTS[0], images=[photo], max_new_tokens=4)
+        second = pipe.generate(PROMPTS[1], images=[photo], max_new_tokens=16)
+    fresh, _ = run(b.bundle, PROMPTS[1], photo)
+    assert second.token_ids == fresh.token_ids
+
+
+def test_a_placeholder_in_the_prompt_is_refused(workdir, photo):
+    b = exported(workdir, "paligemma")
+    with Pipeline.from_bundle(b.bundle) as pipe:
+        with pytest.raises(PromptError, match="before the whole prompt"):
+            pipe.generate("<image>caption en", images=[photo], max_new_tokens=2)
