@@ -449,6 +449,15 @@ class PromptLayout:
             prefix_lm=f.opt("prefix_lm", bool, False),
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object; the keys added for PaliGemma only where they are set (older manifests read and
+        write back unchanged)."""
+        out = fields_jsonable(self)
+        for name, default in (("prompt_suffix", ""), ("prefix_lm", False)):
+            if out.get(name) == default:
+                out.pop(name)
+        return out
+
 
 @dataclass
 class FileEntry:
