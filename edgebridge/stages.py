@@ -242,7 +242,7 @@ class EncoderStage:
             out = np.concatenate(outs)  # stacked as if batched
         else:
             out = self.session.run(prepared.inputs)[0]
-        return prepared.item_embeddings(self._finite(out), self.spec.tokens_per_item)
+        return prepared.item_embeddings(self._finite(out), self.spec.tokens_per_item, self.graph.bridge)
 
     def _split_runs(self, outs: list[np.ndarray], prepared: Prepared) -> list[np.ndarray]:
         """Each run's output rows cut into its items (``run_items`` each, default one), in order."""

@@ -38,6 +38,8 @@ LAYOUT = PromptLayout(add_bos=True, stop_token_ids=[2])
 FAMILY_INPUTS = {
     "llava": {"image": spec("<image>")},
     "mobilevlm": {"image": spec("<image>")},
+    "llava-next": {"image": spec("<image>", pre="llava-anyres")},  # counts per image from its grid
+    "llava-onevision": {"image": spec("<image>", pre="llava-anyres")},
     "internvl": {"image": spec("<IMG_CONTEXT>", wrap={"before": "<img>", "after": "</img>"})},
     "paligemma": {"image": spec("<image>", **{"kind": "prefix"})},
     "gemma3": {"image": spec("<start_of_image>", keep_placeholder=True, bidirectional=True,
@@ -98,7 +100,7 @@ def test_every_registered_family_has_a_plan_test():
     assert names == set(FAMILY_INPUTS)
 
 
-@pytest.mark.parametrize("family", ["llava", "mobilevlm"])
+@pytest.mark.parametrize("family", ["llava", "mobilevlm", "llava-next", "llava-onevision"])
 def test_repeat_layout_puts_embeddings_where_the_placeholder_stands(family):
     plan = plan_for(family, "USER: <image>\nWhat? ASSISTANT:", {"image": images(4)})
     assert describe(plan) == ["BOS", "USER: ", ("image", 0, 4), "\nWhat? ASSISTANT:"]

@@ -8,7 +8,7 @@ items (images, audio clips) into the encoder graph's input arrays.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -26,11 +26,22 @@ class Prepared:
     item_rows: list[slice] | None = None  # encoder batch rows of each item (None: item i is row i)
     runs: list[dict[str, np.ndarray]] | None = None  # inputs too different to batch: one encoder run each
     run_items: list[int] | None = None  # with runs: how many items each run's output holds (default one)
+    # the host side of a bridge (LLaVA-NeXT's unpad + newlines): (item's output rows, its info, the
+    # component's bridge record) -> its embeddings
+    pack: Callable[[np.ndarray, dict[str, Any], Mapping[str, Any]], np.ndarray] | None = None
 
-    def item_embeddings(self, out: np.ndarray, fixed_tokens: int) -> list[np.ndarray]:
+    def item_embeddings(self, out: np.ndarray, fixed_tokens: int,
+                        bridge: Mapping[str, Any] | None = None) -> list[np.ndarray]:
         """Split the encoder output ``[rows, N, D]`` into one ``[n_i, D]`` array per item."""
         rows = self.item_rows or [slice(i, i + 1) for i in range(out.shape[0])]
         counts = self.tokens_per_item or [fixed_tokens] * len(rows)
+        if self.pack is not None:
+            items = [self.pack(out[r], info, bridge or {}) for r, info in zip(rows, self.info)]
+            for item, n in zip(items, counts):
+                if item.shape[0] != n:  # the plan numbered n positions for it
+                    raise ManifestError(f"the packed image has {item.shape[0]} embeddings, the prompt plan {n}.",
+                                        hint="The bundle's anyres settings disagree with its graph; re-export it.")
+            return items
         return [out[r].reshape(-1, out.shape[-1])[:n] for r, n in zip(rows, counts)]
 
 

@@ -89,13 +89,26 @@ def _paligemma(out_dir: Path, seed: int = 4, **_: Any) -> Path:  # seed 4: 16 gr
     return make_paligemma(out_dir, seed=seed)
 
 
+def _llava_next(out_dir: Path, seed: int = 7, **_: Any) -> Path:  # seed 7: 16 greedy ids that vary
+    from edgebridge.testing.anyres import make_llava_next
+
+    return make_llava_next(out_dir, seed=seed)
+
+
+def _llava_onevision(out_dir: Path, seed: int = 0, **_: Any) -> Path:
+    from edgebridge.testing.anyres import make_llava_onevision
+
+    return make_llava_onevision(out_dir, seed=seed)
+
+
 # kind -> builder(out_dir, **options); options a builder does not take are ignored
 BUILDERS: dict[str, Callable[..., Path]] = {"llava": _llava, "qwen2-audio": _qwen2_audio, "voxtral": _voxtral,
                                            "idefics3": _idefics3, "internvl": _internvl, "mobilevlm": _mobilevlm,
                                            "instructblip": _instructblip, "idefics2": _idefics2,
                                            "qwen2-vl": _qwen2_vl, "qwen2.5-vl": _qwen2_5_vl,
                                            "qwen3-vl": _qwen3_vl, "gemma3": _gemma3,
-                                           "paligemma": _paligemma}
+                                           "paligemma": _paligemma, "llava-next": _llava_next,
+                                           "llava-onevision": _llava_onevision}
 
 
 def make_tiny(kind: str, out_dir: str | Path, **options: Any) -> Path:
