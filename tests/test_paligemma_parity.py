@@ -80,3 +80,15 @@ def test_a_placeholder_in_the_prompt_is_refused(workdir, photo):
     with Pipeline.from_bundle(b.bundle) as pipe:
         with pytest.raises(PromptError, match="before the whole prompt"):
             pipe.generate("<image>caption en", images=[photo], max_new_tokens=2)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_two_photos_of_different_sizes_match_transformers(workdir, photo, backend):
+    """Both images before ``<bos>``, in order, the whole prompt attending both ways."""
+    b = exported(workdir, "paligemma")
+    images = [photo, data.astronaut()[::2, ::3]]
+    ref = hf_reference(b.model_dir, PROMPTS[0], {"image": [Image.fromarray(im) for im in images]})
+    with Pipeline.from_bundle(b.bundle, encoder_backend=backend, llm_settings=LlamaSettings.strict()) as pipe:
+        result = pipe.generate(PROMPTS[0], images=images, max_new_tokens=16)
+    assert result.prompt_tokens == len(ref.prompt_ids) == 2 * 64 + 9
+    assert result.token_ids == ref.token_ids and len(set(ref.token_ids)) >= 3

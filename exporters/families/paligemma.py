@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 
@@ -100,6 +101,13 @@ class PaliGemmaFamily(HFFamily):
             description=f"{cfg.vision_config.model_type} vision tower + linear projection",
             bridge_scopes=("projector",),
         )]
+
+    def reference_inputs(self, loaded: Loaded, prompt: str, media: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
+        """Several images of one prompt go to the processor as one sample (a flat list means one per prompt)."""
+        images = media.get("image") or None
+        if images and len(images) > 1:
+            images = [images]
+        return dict(loaded.processor(images=images, text=prompt, return_tensors="pt"))
 
     def prompt_layout(self, loaded: Loaded) -> PromptLayout:
         """The processor writes ``<bos>`` itself (after the images) and ends the prompt with a newline."""
