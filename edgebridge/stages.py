@@ -223,7 +223,9 @@ class EncoderStage:
         key = None
         if self.cache is not None:
             runs = prepared.runs or [prepared.inputs]
-            key = digest({f"{i}:{k}": v for i, run in enumerate(runs) for k, v in run.items()}, salt=self.component)
+            # host-side packing also reads each item's info (its original size): part of the key then
+            salt = self.component + (repr(prepared.info) if prepared.pack is not None else "")
+            key = digest({f"{i}:{k}": v for i, run in enumerate(runs) for k, v in run.items()}, salt=salt)
             hit = self.cache.get(key)
             if hit is not None:
                 return StageOutput(embeddings=hit)

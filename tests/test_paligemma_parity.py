@@ -92,3 +92,19 @@ def test_two_photos_of_different_sizes_match_transformers(workdir, photo, backen
         result = pipe.generate(PROMPTS[0], images=images, max_new_tokens=16)
     assert result.prompt_tokens == len(ref.prompt_ids) == 2 * 64 + 9
     assert result.token_ids == ref.token_ids and len(set(ref.token_ids)) >= 3
+
+
+def test_token_rows_read_quantized_tables(workdir, tmp_path):
+    """The prefix-LM path reads text rows from the GGUF itself: f32 rows exactly, q8_0 rows dequantized
+    (within q8_0's step of the f32 ones)."""
+    from edgebridge.exporters.quantize.gguf_quant import quantize_gguf
+    from edgebridge.runtimes.llamacpp.token_rows import TokenRows
+
+    b = exported(workdir, "paligemma")
+    f32 = b.bundle / b.manifest.llm.artifacts["gguf"].files[0]
+    quantize_gguf(f32, tmp_path / "q8.gguf", "q8_0")
+    ids = [0, 2, 5, 100, 1500]
+    exact, q8 = TokenRows(f32).rows(ids), TokenRows(tmp_path / "q8.gguf").rows(ids)
+    assert exact.dtype == q8.dtype == np.float32 and exact.shape == q8.shape == (5, 64)
+    step = np.abs(exact).max(axis=1, keepdims=True) / 127  # q8_0: 32-value blocks, one scale each
+    assert (np.abs(q8 - exact) <= step).all() and not np.array_equal(q8, exact)

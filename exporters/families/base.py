@@ -205,6 +205,9 @@ class HFFamily(Family):
     lm_head: str = "lm_head.weight"
     modality: str = "image"
     processor_template: bool = True  # the processor's chat template first (else the tokenizer's)
+    # The processor reads several images of one prompt only as a nested list (one list per prompt):
+    # PaliGemma, LLaVA-OneVision (a flat list means one image per prompt)
+    nest_images: bool = False
     # The composite's generate() hands over to ``language_model.generate()`` (InstructBLIP, MobileVLM):
     # then the language model's generation config holds the stop tokens the reference uses.
     delegates_generate: bool = False
@@ -242,4 +245,24 @@ class HFFamily(Family):
         )
 
     def reference_inputs(self, loaded: Loaded, prompt: str, media: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
-        return dict(loaded.processor(images=media.get("image") or None, text=prompt, return_tensors="pt"))
+        images = media.get("image") or None
+        if self.nest_images and images and len(images) > 1:
+            images = [images]
+        return dict(loaded.processor(images=images, text=prompt, return_tensors="pt"))
+
+
+def image_features_export(model: torch.nn.Module, module: torch.nn.Module, **fields: Any) -> EncoderExport:
+    """The ``vision_encoder`` of a model whose tower takes one fixed-size square image, held to HF's own
+    ``model.model.get_image_features`` (Gemma 3, PaliGemma); ``fields``: the rest of the EncoderExport."""
+    size = model.config.vision_config.image_size
+
+    def make_inputs(batch: int, seed: int) -> dict[str, torch.Tensor]:
+        return {"pixel_values": seeded_normal((batch, 3, size, size), seed)}
+
+    def reference(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model.model.get_image_features(pixel_values=inputs["pixel_values"])
+
+    return EncoderExport(component="vision_encoder", modality="image", module=module.eval(),
+                         input_names=["pixel_values"], output_name="image_embeds",
+                         dynamic_axes={"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"}},
+                         make_inputs=make_inputs, reference=reference, bridge_scopes=("projector",), **fields)

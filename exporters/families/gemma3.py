@@ -22,7 +22,7 @@ import torch
 
 from edgebridge.errors import UnsupportedModelError
 from edgebridge.exporters.families import register_family
-from edgebridge.exporters.families.base import EncoderExport, HFFamily, Loaded, load_float32, seeded_normal
+from edgebridge.exporters.families.base import EncoderExport, HFFamily, Loaded, image_features_export, load_float32
 from edgebridge.exporters.image_spec import image_spec
 
 
@@ -62,32 +62,15 @@ class Gemma3Family(HFFamily):
         return loaded.processor.boi_token
 
     def encoders(self, loaded: Loaded) -> list[EncoderExport]:
-        cfg, model, proc = loaded.config, loaded.model, loaded.processor
-        size = cfg.vision_config.image_size
-
-        def make_inputs(batch: int, seed: int) -> dict[str, torch.Tensor]:
-            return {"pixel_values": seeded_normal((batch, 3, size, size), seed)}
-
-        def reference(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-            return model.model.get_image_features(pixel_values=inputs["pixel_values"])
-
-        tok = proc.tokenizer
-        return [EncoderExport(
-            component="vision_encoder",
-            modality="image",
-            module=Gemma3ImageGraph(model).eval(),
-            input_names=["pixel_values"],
-            output_name="image_embeds",
-            dynamic_axes={"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"}},
-            make_inputs=make_inputs,
-            reference=reference,
+        cfg, proc = loaded.config, loaded.processor
+        return [image_features_export(
+            loaded.model, Gemma3ImageGraph(loaded.model),
             preprocessing=image_spec(proc.image_processor),
             placeholder=proc.boi_token,
             tokens_per_item=int(cfg.mm_tokens_per_image),
             bridge={**self.bridge_info(), "tokens_per_image": int(cfg.mm_tokens_per_image)},
-            layout=self._layout(proc.full_image_sequence, proc.boi_token, tok.image_token),
+            layout=self._layout(proc.full_image_sequence, proc.boi_token, proc.tokenizer.image_token),
             description=f"{cfg.vision_config.model_type} vision tower + pooled RMSNorm/linear projection",
-            bridge_scopes=("projector",),
         )]
 
     @staticmethod

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
-
-import torch
-
 from edgebridge.errors import UnsupportedModelError
 from edgebridge.exporters.families import register_family
 from edgebridge.exporters.families._anyres import AnyresFamily
@@ -24,6 +20,7 @@ class LlavaOnevisionFamily(AnyresFamily):
     name = "llava-onevision"
     model_types = ("llava_onevision",)
     multi_image = "square"
+    nest_images = True
     description = "SigLIP on anyres tiles + MLP projector, unpadded grid pooled to 9 tiles + image_newline " \
                   "(LLaVA-OneVision)"
 
@@ -48,10 +45,3 @@ class LlavaOnevisionFamily(AnyresFamily):
 
     def tile_size(self, loaded: Loaded) -> int:
         return int(loaded.processor.image_processor.size["height"])
-
-    def reference_inputs(self, loaded: Loaded, prompt: str, media: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
-        """Several images of one prompt go to the processor as one sample (its multi-image form)."""
-        images = media.get("image") or None
-        if images and len(images) > 1:
-            images = [images]
-        return dict(loaded.processor(images=images, text=prompt, return_tensors="pt"))

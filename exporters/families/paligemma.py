@@ -15,12 +15,11 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import torch
 
 from edgebridge.exporters.families import register_family
-from edgebridge.exporters.families.base import EncoderExport, HFFamily, Loaded, load_float32, seeded_normal
+from edgebridge.exporters.families.base import EncoderExport, HFFamily, Loaded, image_features_export, load_float32
 from edgebridge.exporters.image_spec import image_spec
 from edgebridge.manifest import PromptLayout
 
@@ -58,6 +57,7 @@ class CausalText(torch.nn.Module):
 @register_family
 class PaliGemmaFamily(HFFamily):
     name = "paligemma"
+    nest_images = True
     model_types = ("paligemma",)
     bridge_type = "linear"
     survey_group = "converter"
@@ -75,39 +75,16 @@ class PaliGemmaFamily(HFFamily):
         return CausalText(loaded.model).eval()
 
     def encoders(self, loaded: Loaded) -> list[EncoderExport]:
-        cfg, model, proc = loaded.config, loaded.model, loaded.processor
-        size = cfg.vision_config.image_size
-
-        def make_inputs(batch: int, seed: int) -> dict[str, torch.Tensor]:
-            return {"pixel_values": seeded_normal((batch, 3, size, size), seed)}
-
-        def reference(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-            return model.model.get_image_features(pixel_values=inputs["pixel_values"])
-
-        return [EncoderExport(
-            component="vision_encoder",
-            modality="image",
-            module=PaliGemmaImageGraph(model).eval(),
-            input_names=["pixel_values"],
-            output_name="image_embeds",
-            dynamic_axes={"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"}},
-            make_inputs=make_inputs,
-            reference=reference,
+        cfg, proc = loaded.config, loaded.processor
+        return [image_features_export(
+            loaded.model, PaliGemmaImageGraph(loaded.model),
             preprocessing=image_spec(proc.image_processor),
             placeholder=proc.image_token,
             tokens_per_item=int(proc.image_seq_length),
             bridge={**self.bridge_info(), "scale": "1/sqrt(hidden)"},
             layout={"kind": "prefix"},
             description=f"{cfg.vision_config.model_type} vision tower + linear projection",
-            bridge_scopes=("projector",),
         )]
-
-    def reference_inputs(self, loaded: Loaded, prompt: str, media: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
-        """Several images of one prompt go to the processor as one sample (a flat list means one per prompt)."""
-        images = media.get("image") or None
-        if images and len(images) > 1:
-            images = [images]
-        return dict(loaded.processor(images=images, text=prompt, return_tensors="pt"))
 
     def prompt_layout(self, loaded: Loaded) -> PromptLayout:
         """The processor writes ``<bos>`` itself (after the images) and ends the prompt with a newline."""

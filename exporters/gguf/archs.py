@@ -98,7 +98,7 @@ def _phi3_rope(writer: gguf.GGUFWriter, cfg: Any, head_dim: int) -> None:
     original = int(cfg.original_max_position_embeddings)
     scale = cfg.max_position_embeddings / original
     factor = 1.0 if scale <= 1.0 else math.sqrt(1 + math.log(scale) / math.log(original))
-    writer.add_rope_scaling_attn_factors(factor)
+    writer.add_rope_scaling_attn_factors(float(scaling.get("attention_factor") or factor))  # as transformers
     writer.add_rope_scaling_orig_ctx_len(original)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from edgebridge.errors import UnsupportedModelError
-from edgebridge.exporters.gguf.archs import (ArchSpec, arch_spec, check_config, mrope_sections,  # noqa: F401
+from edgebridge.exporters.gguf.archs import (ArchSpec, arch_spec, check_config, mrope_sections,
                                              rotary_dims)
 from edgebridge.exporters.gguf.vocab import GgufVocab
 
@@ -114,16 +114,9 @@ def _rope_factor_tensors(cfg: Any, head_dim: int) -> list[tuple[str, np.ndarray]
     return out
 
 
-def write_gguf(text: TextModel, path: Path, dtype: str = "f16") -> dict[str, Any]:
-    """Write ``text`` to ``path``; returns details for the manifest (architecture, sizes, types)."""
-    if dtype not in DTYPES:
-        raise UnsupportedModelError(f"GGUF dtype '{dtype}' is not one of {DTYPES}.")
+def _write_hparams(writer: gguf.GGUFWriter, text: TextModel, spec: ArchSpec) -> None:
+    """The model's hyper-parameters: the common ones, then the architecture's own (``spec.metadata``)."""
     cfg = text.config
-    spec = arch_spec(text.model_type)
-    check_config(cfg, spec)
-    arch_name = gguf.MODEL_ARCH_NAMES[spec.gguf_arch]
-    writer = gguf.GGUFWriter(str(path), arch_name)
-    writer.add_name(gguf_name(text.name))
     writer.add_context_length(int(cfg.max_position_embeddings))
     writer.add_embedding_length(int(cfg.hidden_size))
     writer.add_block_count(int(cfg.num_hidden_layers))
@@ -143,6 +136,19 @@ def write_gguf(text: TextModel, path: Path, dtype: str = "f16") -> dict[str, Any
     if text.head_dim != cfg.hidden_size // cfg.num_attention_heads:
         writer.add_key_length(text.head_dim)
         writer.add_value_length(text.head_dim)
+
+
+def write_gguf(text: TextModel, path: Path, dtype: str = "f16") -> dict[str, Any]:
+    """Write ``text`` to ``path``; returns details for the manifest (architecture, sizes, types)."""
+    if dtype not in DTYPES:
+        raise UnsupportedModelError(f"GGUF dtype '{dtype}' is not one of {DTYPES}.")
+    cfg = text.config
+    spec = arch_spec(text.model_type)
+    check_config(cfg, spec)
+    arch_name = gguf.MODEL_ARCH_NAMES[spec.gguf_arch]
+    writer = gguf.GGUFWriter(str(path), arch_name)
+    writer.add_name(gguf_name(text.name))
+    _write_hparams(writer, text, spec)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
     text.vocab.write(writer)
     types: dict[str, int] = {}
