@@ -214,10 +214,13 @@ def test_profile_report_names_the_prefill_engine(qwen2_int8, photo):
     assert "(prefill: onnxruntime int8)" in render_html(report)
 
 
-MROPE_KINDS = {"qwen2-vl", "qwen2.5-vl", "qwen3-vl"}  # M-RoPE text models: the graph declines them (test below)
+# Text models the graph declines (test below), with the words of the reason: M-RoPE positions, and the
+# gemma decoders (scaled embeddings, soft-capping, sliding windows the graph does not write)
+DECLINED = {"qwen2-vl": "M-RoPE", "qwen2.5-vl": "M-RoPE", "qwen3-vl": "M-RoPE",
+            "gemma3": "gemma3_text has parts", "paligemma": "gemma2 has parts"}
 
 
-@pytest.mark.parametrize("kind", sorted(set(BUILDERS) - MROPE_KINDS))
+@pytest.mark.parametrize("kind", sorted(set(BUILDERS) - set(DECLINED)))
 def test_every_family_gets_a_gated_prefill_graph(workdir, kind, tmp_path):
     """Each family's text model (llama, mistral, qwen2 behind every bridge) as a prefill graph that passes
     both gates against an f32 GGUF of the same weights."""
@@ -237,8 +240,8 @@ def test_every_family_gets_a_gated_prefill_graph(workdir, kind, tmp_path):
     assert art.quantization["rotary_permuted"] == (text.model_type in ("llama", "mistral"))
 
 
-@pytest.mark.parametrize("kind", sorted(MROPE_KINDS))
-def test_mrope_text_models_decline_the_prefill_graph_with_the_reason(workdir, kind, tmp_path):
+@pytest.mark.parametrize("kind", sorted(DECLINED))
+def test_other_text_models_decline_the_prefill_graph_with_the_reason(workdir, kind, tmp_path):
     from edgebridge.errors import UnsupportedModelError
     from edgebridge.exporters.families import family_for
     from edgebridge.exporters.prefill import export_prefill
@@ -247,6 +250,6 @@ def test_mrope_text_models_decline_the_prefill_graph_with_the_reason(workdir, ki
     model_dir = tiny_model(workdir, kind)
     family = family_for(model_dir)
     loaded = family.load(model_dir)
-    with pytest.raises(UnsupportedModelError, match="M-RoPE"):
+    with pytest.raises(UnsupportedModelError, match=DECLINED[kind]):
         export_prefill(family.text_model(loaded), family.causal_lm(loaded), tmp_path / "llm.gguf",
                        tmp_path / "llm_prefill.onnx", "f32", DEFAULT_BUDGET["llm"])
