@@ -70,7 +70,7 @@ class Decoder(Protocol):
 
     def step(self, token: int) -> np.ndarray: ...
 
-    def token_bytes(self, token: int) -> bytes: ...
+    def token_bytes(self, token: int, *, first: bool = False) -> bytes: ...
 
 
 @dataclass
@@ -101,7 +101,7 @@ def decode(llm: Decoder, logits: np.ndarray, config: GenerationConfig, stop_ids:
             finish = "stop"
             break
         tokens.append(token)
-        piece = stops.feed(utf8.decode(llm.token_bytes(token)))
+        piece = stops.feed(utf8.decode(llm.token_bytes(token, first=len(tokens) == 1)))
         if piece:
             text.append(piece)
             yield piece

@@ -28,8 +28,9 @@ LLAVA_COMBOS = [("clip", "llama"), ("clip", "qwen2"), ("siglip", "llama"), ("sig
 # The text architectures the GGUF writer gained with issue 16, each behind a tiny LLaVA. Seeds picked so
 # that transformers' 16 greedy ids are not one token repeated and hit no stop token (seed 0 gives
 # 113 x13 for qwen3, 361 x14 for gemma2, and a stop after 8 ids for gemma3).
-TEXT_ARCH_COMBOS = [("siglip", "qwen3"), ("clip", "phi3"), ("clip", "gemma2"), ("siglip", "gemma3")]
-TEXT_ARCH_SEEDS = {"qwen3": 1, "phi3": 5, "gemma2": 11, "gemma3": 3}
+# llama2: a llama with Llama 2's legacy SentencePiece tokenizer (LLaVA-1.5 / Vicuna style).
+TEXT_ARCH_COMBOS = [("siglip", "qwen3"), ("clip", "phi3"), ("clip", "gemma2"), ("siglip", "gemma3"), ("clip", "llama2")]
+TEXT_ARCH_SEEDS = {"qwen3": 1, "phi3": 5, "gemma2": 11, "gemma3": 3, "llama2": 2}
 PROMPT = "USER: <image>\nWhat is in this image? ASSISTANT:"
 
 

@@ -16,6 +16,7 @@ class Reference:
     token_ids: list[int]
     first_logits: np.ndarray
     prompt_ids: list[int]
+    text: str = ""  # the answer as the HF tokenizer decodes it (special tokens skipped)
 
 
 @lru_cache(maxsize=8)
@@ -43,4 +44,6 @@ def hf_reference(model_dir: Path, prompt: str, media: dict[str, list[Any]], max_
         logits = model(**inputs).logits[0, -1].float().numpy()
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     n = inputs["input_ids"].shape[1]
-    return Reference(token_ids=out[0, n:].tolist(), first_logits=logits, prompt_ids=inputs["input_ids"][0].tolist())
+    tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
+    return Reference(token_ids=out[0, n:].tolist(), first_logits=logits, prompt_ids=inputs["input_ids"][0].tolist(),
+                     text=tokenizer.decode(out[0, n:], skip_special_tokens=True))

@@ -27,6 +27,7 @@ from edgebridge.testing.llava import SIZES, _text_config, text_tokenizer
 from edgebridge.testing.weights import reinit_
 
 ARCH_KINDS = ["qwen3", "phi3", "gemma2", "gemma3"]
+TOKENIZER_KINDS = ARCH_KINDS + ["llama2"]  # llama2: a llama with Llama 2's legacy SentencePiece tokenizer
 N_TOKENS = 40  # longer than the sliding windows below
 
 
@@ -165,7 +166,7 @@ def _specials(tokenizer) -> list[str]:
     return [t for t in tokenizer.all_special_tokens if t not in (tokenizer.pad_token, tokenizer.unk_token)]
 
 
-@pytest.mark.parametrize("kind", ARCH_KINDS)
+@pytest.mark.parametrize("kind", TOKENIZER_KINDS)
 def test_tokenizer_matches_hf_on_200_mixed_strings(kind, tmp_path_factory):
     b = built(kind, tmp_path_factory)
     tok = b.tokenizer
@@ -178,21 +179,25 @@ def test_tokenizer_matches_hf_on_200_mixed_strings(kind, tmp_path_factory):
         for text in texts:
             ref = tok(text, add_special_tokens=True)["input_ids"]
             got = llm.tokenize(text, add_bos=add_bos)
-            back = b"".join(llm.token_bytes(t, special=True) for t in got[int(add_bos):]).decode("utf-8", "replace")
+            strip = int(llm.info.space_prefix)  # the first piece's space, which the HF decoder strips too
+            back = b"".join(llm.token_bytes(t, special=True, lstrip=strip if i == 0 else 0)
+                            for i, t in enumerate(got[int(add_bos):])).decode("utf-8", "replace")
             if got != ref or back != tok.decode(ref[int(add_bos):]):
                 bad.append(text)
     assert len(texts) >= 200
     assert bad == []
 
 
-def test_gemma_vocabulary_is_sentencepiece(tmp_path_factory):
-    b = built("gemma3", tmp_path_factory)
+@pytest.mark.parametrize("kind, prefix", [("gemma3", False), ("llama2", True)])
+def test_sentencepiece_vocabularies_are_written_as_spm(kind, prefix, tmp_path_factory):
+    b = built(kind, tmp_path_factory)
     from gguf import GGUFReader
 
     fields = GGUFReader(b.gguf).fields
     model = bytes(fields["tokenizer.ggml.model"].parts[-1]).decode()
     assert model == "llama"  # llama.cpp's SPM tokenizer, scores recovered from the merges
     assert "tokenizer.ggml.scores" in fields and "tokenizer.ggml.merges" not in fields
+    assert bool(fields["tokenizer.ggml.add_space_prefix"].parts[-1][0]) is prefix  # Llama's legacy form prepends
 
 
 def test_refusals_name_the_reason():

@@ -65,7 +65,16 @@ def _vision_config(kind: str, s: LlavaSize):
     raise ValueError(f"unknown vision tower {kind!r} (clip or siglip)")
 
 
-TEXT_MODELS = ("llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3")
+TEXT_MODELS = ("llama", "llama2", "qwen2", "qwen3", "phi3", "gemma2", "gemma3")  # llama2: Llama 2's SPM tokenizer
+# LLaVA-1.5's conversation form, for the Llama 2 (Vicuna) tokenizer
+VICUNA_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'].upper() + ': ' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<image>\n' }}{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{{ ' ' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
 TIED = ("qwen2", "qwen3", "gemma2", "gemma3")  # as the real small checkpoints
 
 
@@ -87,7 +96,7 @@ def _text_config(kind: str, s: LlavaSize, vocab_size: int, tokenizer):
     layer_types = ["sliding_attention", "full_attention"] * (s.text_layers // 2) + ["sliding_attention"] * (s.text_layers % 2)
     gemma = dict(head_dim=head_dim, query_pre_attn_scalar=head_dim, sliding_window=32 if tiny else 4096,
                  layer_types=layer_types)
-    if kind == "llama":
+    if kind in ("llama", "llama2"):
         return LlamaConfig(**common)
     if kind == "qwen2":
         return Qwen2Config(**common, use_sliding_window=False)
@@ -111,6 +120,10 @@ def text_tokenizer(kind: str, extra_special: list[str]):
         from edgebridge.testing.spm_tokenizer import hf_spm_tokenizer
 
         return hf_spm_tokenizer(extra_special), "<end_of_turn>"
+    if kind == "llama2":
+        from edgebridge.testing.spm_tokenizer import hf_llama_spm_tokenizer
+
+        return hf_llama_spm_tokenizer(extra_special, chat_template=VICUNA_TEMPLATE), "</s>"
     flavour = "llama-bpe" if kind in ("llama", "phi3") else "qwen2"
     return hf_tokenizer(flavour, extra_special=extra_special), "<|end_of_text|>"
 

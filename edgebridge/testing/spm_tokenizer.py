@@ -1,10 +1,12 @@
-"""An offline Gemma-style SentencePiece BPE tokenizer for tiny test models.
+"""Offline SentencePiece BPE tokenizers for tiny test models: Gemma's form and the legacy Llama form.
 
 Gemma's real tokenizer is a SentencePiece BPE model that transformers converts to a ``tokenizer.json``
 (``GemmaConverter``): spaces normalized to U+2581 (nothing prepended), byte fallback to ``<0xNN>``
 pieces, merges generated from the piece scores by transformers' own ``generate_merges``. We train a
 small piece vocabulary on the shared corpus and convert it the same way, so the GGUF writer's SPM path
 (scores recovered from merges, llama.cpp's ``llama`` tokenizer) is exercised as for a real checkpoint.
+The legacy Llama form (``LlamaConverter``, Llama 2 / Mistral / Phi-3 / Vicuna): ``<unk> <s> </s>`` first,
+U+2581 prepended to every piece of text between special tokens, then spaces replaced.
 """
 
 from __future__ import annotations
@@ -48,12 +50,17 @@ def _trained_pieces(n_pieces: int) -> list[str]:
     return sorted(vocab, key=vocab.get)
 
 
-def build_spm_tokenizer(extra_special: list[str], n_pieces: int = 360) -> Tokenizer:
+LLAMA_SPECIALS = ["<unk>", "<s>", "</s>"]
+
+
+def build_spm_tokenizer(extra_special: list[str], n_pieces: int = 360, form: str = "gemma") -> Tokenizer:
     """The converted tokenizer: specials, 256 byte pieces, trained pieces; merges as transformers makes them."""
     from transformers.convert_slow_tokenizer import generate_merges
 
     pieces = [p for p in _trained_pieces(n_pieces) if p not in ("\t",)]
-    table = SPECIALS + TURN_TOKENS + list(extra_special) + [f"<0x{b:02X}>" for b in range(256)]
+    specials = LLAMA_SPECIALS if form == "llama" else SPECIALS + TURN_TOKENS
+    bos = "<s>" if form == "llama" else "<bos>"
+    table = specials + list(extra_special) + [f"<0x{b:02X}>" for b in range(256)]
     vocab = {t: i for i, t in enumerate(table)}
     scores = {}
     for rank, piece in enumerate(pieces):
@@ -62,14 +69,29 @@ def build_spm_tokenizer(extra_special: list[str], n_pieces: int = 360) -> Tokeni
             scores[piece] = -float(rank)
     merges = generate_merges(vocab, scores)
     tok = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True))
-    tok.normalizer = normalizers.Replace(" ", SPACE)
-    tok.pre_tokenizer = pre_tokenizers.Split(" ", "merged_with_previous")
-    tok.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()])
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                            for t in SPECIALS + TURN_TOKENS + list(extra_special)])
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A <bos> $B",
-                                                       special_tokens=[("<bos>", vocab["<bos>"])])
+    decode = [decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+    if form == "llama":
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend(SPACE), normalizers.Replace(" ", SPACE)])
+        tok.decoder = decoders.Sequence([*decode, decoders.Strip(" ", 1, 0)])
+    else:
+        tok.normalizer = normalizers.Replace(" ", SPACE)
+        tok.pre_tokenizer = pre_tokenizers.Split(" ", "merged_with_previous")
+        tok.decoder = decoders.Sequence(decode)
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials + list(extra_special)])
+    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                       special_tokens=[(bos, vocab[bos])])
     return tok
+
+
+def hf_llama_spm_tokenizer(extra_special: list[str], chat_template: str | None = None):
+    """The legacy Llama form as transformers' ``LlamaTokenizerFast``."""
+    from transformers import LlamaTokenizerFast
+
+    return LlamaTokenizerFast(tokenizer_object=build_spm_tokenizer(extra_special, form="llama"),
+                              bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>",
+                              additional_special_tokens=list(extra_special), add_bos_token=True,
+                              add_eos_token=False, legacy=True, chat_template=chat_template,
+                              model_max_length=4096, clean_up_tokenization_spaces=False)
 
 
 def hf_spm_tokenizer(extra_special: list[str], chat_template: str = GEMMA_CHAT_TEMPLATE,

@@ -1,5 +1,6 @@
 """A Hugging Face ``tokenizer.json`` as GGUF tokenizer metadata: byte-level BPE (``gpt2`` in llama.cpp)
-or SentencePiece-style BPE with byte fallback (Gemma; ``llama`` = SPM in llama.cpp).
+or SentencePiece BPE with byte fallback (Gemma's form, and the legacy Llama / Mistral / Phi-3 form;
+``llama`` = SPM in llama.cpp).
 
 llama.cpp re-implements each family's pre-tokenizer and picks it by the ``tokenizer.ggml.pre``
 name, so the exporter must name it right: a wrong name tokenizes differently without any error.
@@ -61,6 +62,7 @@ class GgufVocab:
     special_ids: dict[str, int] = field(default_factory=dict)
     scores: list[float] | None = None  # SPM only: merge priority per token
     unk_id: int | None = None
+    add_space_prefix: bool = False  # SPM only: U+2581 before each text piece (the legacy Llama form)
 
     @property
     def model(self) -> str:
@@ -73,7 +75,7 @@ class GgufVocab:
         writer.add_token_types(self.token_types)
         if self.scores is not None:
             writer.add_token_scores(self.scores)
-            writer.add_add_space_prefix(False)  # the normalizer only replaces spaces; nothing is prepended
+            writer.add_add_space_prefix(self.add_space_prefix)
             if self.unk_id is not None:
                 writer.add_unk_token_id(self.unk_id)
         else:
@@ -157,15 +159,32 @@ def vocab_from_folder(folder: Path, vocab_size: int, eos_id: int | None) -> Gguf
         special_ids=special_ids,
         scores=spm_scores(tokens, merges) if spm else None,
         unk_id=model["vocab"].get(model.get("unk_token")) if spm and model.get("unk_token") else None,
+        add_space_prefix=spm_form(tok_json) == "llama",
     )
 
 
+def spm_form(tok_json: dict[str, Any]) -> str | None:
+    """How transformers converted a SentencePiece BPE model, or None for another tokenizer: ``"gemma"``
+    (spaces replaced by U+2581, nothing prepended) or ``"llama"`` (the legacy Llama / Mistral / Phi-3
+    form: U+2581 prepended to every piece of text between special tokens, as llama.cpp's
+    ``add_space_prefix`` does)."""
+    model, norm, pre = tok_json["model"], tok_json.get("normalizer") or {}, tok_json.get("pre_tokenizer")
+    # Gemma's converter adds a split at spaces, which its normalizer has already replaced: a no-op
+    if pre is not None and (pre.get("type"), pre.get("pattern")) != ("Split", {"String": " "}):
+        return None
+    if model.get("type") != "BPE" or not model.get("byte_fallback"):
+        return None
+    steps = norm.get("normalizers", [norm]) if norm.get("type") == "Sequence" else [norm]
+    replace = {"type": "Replace", "pattern": {"String": " "}, "content": SPM_SPACE}
+    if steps == [replace]:
+        return "gemma"
+    if steps == [{"type": "Prepend", "prepend": SPM_SPACE}, replace]:
+        return "llama"
+    return None
+
+
 def is_spm_bpe(tok_json: dict[str, Any]) -> bool:
-    """A SentencePiece BPE model as transformers converts Gemma's: byte fallback, spaces replaced by U+2581,
-    nothing prepended."""
-    model, norm = tok_json["model"], tok_json.get("normalizer") or {}
-    return (model.get("type") == "BPE" and bool(model.get("byte_fallback")) and norm.get("type") == "Replace"
-            and (norm.get("pattern") or {}).get("String") == " " and norm.get("content") == SPM_SPACE)
+    return spm_form(tok_json) is not None
 
 
 def spm_scores(tokens: list[str], merges: list[str]) -> list[float]:
@@ -194,7 +213,7 @@ def _read_tokenizer_files(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]
     if model.get("type") != "BPE" or (model.get("byte_fallback") and not is_spm_bpe(tok_json)):
         raise UnsupportedModelError(
             f"tokenizer model type {model.get('type')} (byte_fallback={model.get('byte_fallback')}) is not supported; "
-            "edgebridge converts byte-level BPE and Gemma-style SentencePiece BPE tokenizers.",
+            "edgebridge converts byte-level BPE and SentencePiece BPE tokenizers (Gemma's, and Llama's legacy form).",
             hint="Pass an existing GGUF of this model with --llm-gguf.",
         )
     return tok_json, tok_config

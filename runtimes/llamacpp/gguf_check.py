@@ -39,6 +39,9 @@ class GgufInfo:
     token_embd_bytes: int = 0
     output_tied: bool = False  # no output.weight: token_embd doubles as the output matrix
     n_deepstack: int = 0  # qwen3vl: input rows carry this many more n_embd-wide slices
+    # SentencePiece vocabulary that prepends U+2581 to text (llama.cpp's default for SPM): the first piece
+    # of an answer then starts with a space that transformers' decoder strips
+    space_prefix: bool = False
 
     @property
     def n_embd_inp(self) -> int:
@@ -136,6 +139,8 @@ def _describe(reader: Any, size: int) -> tuple[GgufInfo, set[str]]:
         token_embd_bytes=embd_bytes,
         output_tied="output.weight" not in names,
         n_deepstack=int(_field(reader, f"{arch}.n_deepstack_layers") or 0),
+        space_prefix=_field(reader, "tokenizer.ggml.model") == "llama"
+        and bool(_field(reader, "tokenizer.ggml.add_space_prefix") in (None, True, 1)),
     )
     return info, names
 

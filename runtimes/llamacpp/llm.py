@@ -256,11 +256,13 @@ class LlamaCppLLM:
             raise BackendError("llama.cpp failed to tokenize the prompt.")
         return list(buf[:n])
 
-    def token_bytes(self, token: int, *, special: bool = False) -> bytes:
-        n = self.lib.llama_token_to_piece(self._vocab, token, self._piece_buf, len(self._piece_buf), 0, special)
+    def token_bytes(self, token: int, *, special: bool = False, lstrip: int = 0) -> bytes:
+        """The token's text; ``lstrip``: leading spaces to drop (an answer's first piece on a vocabulary
+        that prefixes spaces, as transformers' decoder drops it)."""
+        n = self.lib.llama_token_to_piece(self._vocab, token, self._piece_buf, len(self._piece_buf), lstrip, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
-            n = self.lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+            n = self.lib.llama_token_to_piece(self._vocab, token, buf, len(buf), lstrip, special)
             return buf.raw[:n]
         return self._piece_buf.raw[:n]
 

@@ -119,8 +119,10 @@ class LLMSession:
         """Text -> ids with the GGUF's tokenizer, special tokens recognised, no BOS (the plan adds it)."""
         return self.engine.tokenize(text, add_bos=False)
 
-    def token_bytes(self, token: int) -> bytes:
-        return self.engine.token_bytes(token)
+    def token_bytes(self, token: int, *, first: bool = False) -> bytes:
+        """A generated token's text; the answer's ``first`` piece loses the space a SentencePiece vocabulary
+        prefixes (transformers' Llama decoder strips it too)."""
+        return self.engine.token_bytes(token, lstrip=int(first and self.engine.info.space_prefix))
 
     def check_fits(self, n_positions: int) -> None:
         self.engine.check_fits(n_positions)
