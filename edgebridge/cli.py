@@ -182,6 +182,7 @@ def run(
                                                               "(native-resolution models; default: the model's)."),
     max_image_tokens: Optional[int] = typer.Option(None, help="Most LLM positions one image may cost "
                                                               "(native-resolution models; default: the model's)."),
+    pan_and_scan: bool = typer.Option(False, "--pan-and-scan", help="Gemma 3: add crops of elongated images."),
     temperature: float = typer.Option(0.0, help="0: greedy; above 0 samples with llama.cpp's sampler chain."),
     top_k: int = typer.Option(0, help="Keep the k most likely tokens (0: off)."),
     top_p: float = typer.Option(1.0, help="Keep the most likely tokens up to this probability mass (1: off)."),
@@ -205,7 +206,8 @@ def run(
             err.print(f"[yellow]warning:[/yellow] {escape(warning)}")
         stream = pipe.generate(prompt, images=image, audio=audio, videos=video, chat=chat, stream=True,
                                min_image_tokens=min_image_tokens, max_image_tokens=max_image_tokens,
-                               video_fps=video_fps, max_frames=max_frames, config=config)
+                               video_fps=video_fps, max_frames=max_frames, pan_and_scan=pan_and_scan or None,
+                               config=config)
         for piece in stream:
             if not as_json:
                 sys.stdout.write(piece)

@@ -54,6 +54,7 @@ class LayoutKind(str, Enum):
     IDEFICS2_CROPS = "idefics2-crops"  # every crop between fake tokens
     IDEFICS3_GRID = "idefics3-grid"  # tiles behind row/column tokens, then the global image
     TIMESTAMPED_FRAMES = "timestamped-frames"  # each temporal patch behind its time, in its own wrap (Qwen3-VL)
+    PAN_AND_SCAN = "pan-and-scan"  # the image in its wrap, then its crops (if any) in theirs (Gemma 3)
 
 
 class PositionKind(str, Enum):
@@ -258,9 +259,8 @@ class Layout(ReadAsDict):
     ``wrap`` puts tokens around every placeholder, ``wrap_if_missing`` around those that have
     neither (Qwen2-Audio); ``template`` formats a tool's text; the grid kinds name their tokens;
     ``collapse`` lists (doubled, single) text pairs merged after expansion (Idefics2's fake tokens);
-    ``keep_placeholder``: the placeholder is a token the model reads right before the media (Gemma 3's
-    ``<start_of_image>``); ``bidirectional``: the media's rows attend to each other both ways while the
-    LLM prefills them (Gemma 3), not only to earlier rows.
+    ``bidirectional``: the media's rows attend to each other both ways while the LLM prefills them
+    (Gemma 3), not only to earlier rows.
     """
 
     kind: LayoutKind = LayoutKind.REPEAT
@@ -272,7 +272,6 @@ class Layout(ReadAsDict):
     row_col_token: str = ""
     collapse: list[tuple[str, str]] = field(default_factory=list)
     positions: PositionKind = PositionKind.SEQUENTIAL
-    keep_placeholder: bool = False
     bidirectional: bool = False
 
     @classmethod
@@ -287,7 +286,6 @@ class Layout(ReadAsDict):
                    global_token=f.opt("global_token", str, ""), row_col_token=f.opt("row_col_token", str, ""),
                    collapse=[(a, b) for a, b in collapse],
                    positions=_enum(PositionKind, f.opt("positions", str, "sequential"), f"{where}.positions"),
-                   keep_placeholder=f.opt("keep_placeholder", bool, False),
                    bidirectional=f.opt("bidirectional", bool, False))
 
     def to_dict(self) -> dict[str, Any]:
@@ -304,9 +302,8 @@ class Layout(ReadAsDict):
             out["collapse"] = [list(p) for p in self.collapse]
         if self.positions is not PositionKind.SEQUENTIAL:
             out["positions"] = self.positions.value
-        for name in ("keep_placeholder", "bidirectional"):
-            if getattr(self, name):
-                out[name] = True
+        if self.bidirectional:
+            out["bidirectional"] = True
         return out
 
     def __eq__(self, other: object) -> bool:

@@ -117,18 +117,19 @@ class Pipeline:
                  videos: Sequence[Any] | None = None, max_new_tokens: int = 64, stream: bool = False,
                  chat: bool = False, system: str | None = None, stop_at_eos: bool = True,
                  min_image_tokens: int | None = None, max_image_tokens: int | None = None,
-                 video_fps: float | None = None, max_frames: int | None = None,
+                 video_fps: float | None = None, max_frames: int | None = None, pan_and_scan: bool | None = None,
                  config: GenerationConfig | None = None) -> GenerationResult | GenerationStream:
         """Generate; ``stream=True`` returns a ``GenerationStream`` of text pieces. ``config`` chooses the
         tokens (temperature, top-k/p, min-p, penalties, seed, stop strings; default greedy) and, when
         given, its ``max_new_tokens`` / ``stop_at_eos`` are the ones used.
         ``min_image_tokens`` / ``max_image_tokens``: the positions one image (or video frame) may cost
         (native-resolution models; default from the model's processor config); ``video_fps`` /
-        ``max_frames``: how videos are sampled. The result's ``media`` says what each item got."""
+        ``max_frames``: how videos are sampled; ``pan_and_scan``: Gemma 3's extra crops of elongated images.
+        The result's ``media`` says what each item got."""
         config = (config or GenerationConfig(max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos)).check()
         check_call(prompt, config.max_new_tokens, system)
         options = MediaOptions(min_image_tokens=min_image_tokens, max_image_tokens=max_image_tokens,
-                               video_fps=video_fps, max_frames=max_frames).check()
+                               video_fps=video_fps, max_frames=max_frames, pan_and_scan=pan_and_scan).check()
         steps = self._steps(prompt, media_lists(images, audio, videos), config, chat, system, options)
         if stream:
             return GenerationStream(steps)
@@ -139,10 +140,11 @@ class Pipeline:
                 return done.value
 
     def prefill_logits(self, prompt: str, images: Sequence[Any] | None = None, audio: Sequence[Any] | None = None,
-                       *, chat: bool = False, system: str | None = None) -> np.ndarray:
+                       *, chat: bool = False, system: str | None = None, pan_and_scan: bool | None = None) -> np.ndarray:
         """Next-token logits ``[V]`` after the prompt and media (first generation step)."""
+        options = MediaOptions(pan_and_scan=pan_and_scan).check()
         with self._guard.call():
-            return self._prompt(prompt, media_lists(images, audio), chat, system, StageTimes(), MediaOptions()).prefill.logits
+            return self._prompt(prompt, media_lists(images, audio), chat, system, StageTimes(), options).prefill.logits
 
     def _steps(self, prompt: str, media: dict[str, list[Any]], config: GenerationConfig, chat: bool,
                system: str | None, options: MediaOptions):

@@ -334,9 +334,23 @@ def _timestamped_frames(spec: ModalityInput, slot: Slot, info: Mapping[str, Any]
     return pieces
 
 
+def _pan_and_scan(spec: ModalityInput, slot: Slot, info: Mapping[str, Any]) -> list[Piece]:
+    """Gemma 3: the image in its wrap; with pan-and-scan crops, ``Gemma3Processor``'s sentence around the
+    image and its crops, each crop in a wrap of its own (the placeholder kept before each)."""
+    wrap = spec.layout.wrap
+    image: list[Piece] = [wrap.before + spec.placeholder, slot, wrap.after]
+    crops = int(info.get("crops", 0))
+    if not crops:
+        return image
+    pieces: list[Piece] = ["Here is the original image ", *image, " and here are some crops to help you see better "]
+    for i in range(crops):
+        pieces += [" "] * bool(i) + image
+    return pieces
+
+
 GRID_LAYOUTS = {LayoutKind.IDEFICS3_GRID: _idefics3_grid, LayoutKind.IDEFICS2_CROPS: _idefics2_crops,
-                LayoutKind.TIMESTAMPED_FRAMES: _timestamped_frames}
-UNWRAPPED = {LayoutKind.TIMESTAMPED_FRAMES}  # kinds whose expansion brings its own wrappers
+                LayoutKind.TIMESTAMPED_FRAMES: _timestamped_frames, LayoutKind.PAN_AND_SCAN: _pan_and_scan}
+UNWRAPPED = {LayoutKind.TIMESTAMPED_FRAMES, LayoutKind.PAN_AND_SCAN}  # kinds whose expansion brings its own wrappers
 
 
 def _expand(pieces: list[Piece], inputs: Mapping[str, ModalityInput], media: Mapping[str, MediaItems]) -> list[Piece]:
@@ -353,14 +367,12 @@ def _expand(pieces: list[Piece], inputs: Mapping[str, ModalityInput], media: Map
             out.append(spec.layout.template.format(text=items.texts[piece.index]))
         elif spec.layout.kind in GRID_LAYOUTS:
             if spec.layout.kind in UNWRAPPED:  # the expansion wraps each part itself
-                wrap = spec.layout.wrap_if_missing
+                wrap = spec.layout.wrap or spec.layout.wrap_if_missing
                 if out and isinstance(out[-1], str) and out[-1].endswith(wrap.before):
                     out[-1] = out[-1][:len(out[-1]) - len(wrap.before)]
                 strip_next = wrap.after
             out += GRID_LAYOUTS[spec.layout.kind](spec, piece, items.infos[piece.index])
         else:
-            if spec.layout.keep_placeholder:  # the placeholder is a real token before the media
-                out.append(spec.placeholder)
             out.append(piece)
     seen: dict[str, int] = {}
     for i, piece in enumerate(out):

@@ -28,17 +28,18 @@ def _loaded(model_dir: str):
 
 
 def hf_reference(model_dir: Path, prompt: str, media: dict[str, list[Any]], max_new_tokens: int = 16,
-                 chat_parts: list[dict[str, Any]] | None = None) -> Reference:
+                 chat_parts: list[dict[str, Any]] | None = None, **processor_options: Any) -> Reference:
     """Greedy ``generate`` and first-step logits of the HF model on the processor's inputs.
 
     With ``chat_parts`` the prompt is the processor's chat template applied to one user turn
-    holding those parts (``{"type": "image"}``, ``{"type": "text", "text": ...}``).
+    holding those parts (``{"type": "image"}``, ``{"type": "text", "text": ...}``). ``processor_options``
+    go to the processor call (Gemma 3's ``do_pan_and_scan=True``).
     """
     family, loaded = _loaded(str(model_dir))
     if chat_parts is not None:
         prompt = loaded.processor.apply_chat_template([{"role": "user", "content": chat_parts}],
                                                       add_generation_prompt=True, tokenize=False)
-    inputs = family.reference_inputs(loaded, prompt, media)
+    inputs = family.reference_inputs(loaded, prompt, media, **processor_options)
     model = loaded.model
     with torch.no_grad():
         logits = model(**inputs).logits[0, -1].float().numpy()

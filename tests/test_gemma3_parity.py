@@ -2,8 +2,9 @@
 
 A tiny seeded Gemma 3 (``make-tiny gemma3``: 64 px SigLIP, 16 pooled tokens per image, a 2-layer gemma3
 text model with a 32-token sliding window), f32 GGUF, strict llama.cpp settings. Through both encoder
-engines, the 16 greedy ids equal transformers' ``generate`` on the processor's prompt for one photo and
-for two photos of different sizes; with the manifest's ``bidirectional`` switched off (causal image
+engines, the 16 greedy ids equal transformers' ``generate`` on the processor's prompt for one photo, for
+two photos of different sizes, and with pan-and-scan for a wide and a tall image (3 and 2 crops, the
+processor's sentence around them); with the manifest's ``bidirectional`` switched off (causal image
 attention) the answer changes, so the attention rule is what makes them equal.
 """
 
@@ -20,7 +21,7 @@ from skimage import data
 from edgebridge import Pipeline
 from edgebridge.manifest import MANIFEST_NAME
 from edgebridge.runtimes.llamacpp import LlamaSettings
-from tests.conftest import exported
+from tests.conftest import exported, run_cli
 from tests.reference import hf_reference
 
 COVERS_FAMILIES = ["gemma3"]
@@ -84,3 +85,34 @@ def test_an_image_larger_than_one_batch_is_refused(workdir):
     with Pipeline.from_bundle(b.bundle, llm_settings=settings) as pipe:
         with pytest.raises(InputError, match="one batch"):
             pipe.generate(ONE, images=photos(["chelsea"]), max_new_tokens=2)
+
+
+def pan_and_scan_images() -> dict[str, np.ndarray]:
+    """Shapes that Gemma 3's processor call defaults crop (256 px crops at least): 3 side by side, 2 stacked."""
+    cat = data.chelsea()
+    return {"wide": np.concatenate([cat, cat], axis=1), "tall": np.concatenate([cat, cat], axis=0)[:, :280].copy()}
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("shape, crops", [("wide", 3), ("tall", 2)])
+def test_pan_and_scan_matches_transformers(workdir, shape, crops, backend):
+    b = exported(workdir, "gemma3")
+    image = pan_and_scan_images()[shape]
+    ref = hf_reference(b.model_dir, ONE, {"image": [Image.fromarray(image)]}, do_pan_and_scan=True)
+    with Pipeline.from_bundle(b.bundle, encoder_backend=backend, llm_settings=LlamaSettings.strict()) as pipe:
+        result = pipe.generate(ONE, images=[image], max_new_tokens=16, pan_and_scan=True)
+        plain = pipe.generate(ONE, images=[image], max_new_tokens=1)
+    assert result.prompt_tokens == len(ref.prompt_ids) > plain.prompt_tokens + crops * 16
+    assert result.token_ids == ref.token_ids and len(set(ref.token_ids)) >= 3
+
+
+def test_pan_and_scan_from_the_cli(workdir, tmp_path):
+    b = exported(workdir, "gemma3")
+    path = tmp_path / "wide.png"
+    Image.fromarray(pan_and_scan_images()["wide"]).save(path)
+    counts = []
+    for extra in ([], ["--pan-and-scan"]):
+        proc = run_cli("run", str(b.bundle), "-i", str(path), "-p", ONE, "-n", "2", "--json", *extra)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        counts.append(json.loads(proc.stdout)["prompt_tokens"])
+    assert counts[1] - counts[0] > 3 * 16  # three crops, each in its wrap, and the processor's sentence

@@ -42,8 +42,8 @@ FAMILY_INPUTS = {
     "llava-onevision": {"image": spec("<image>", pre="llava-anyres")},
     "internvl": {"image": spec("<IMG_CONTEXT>", wrap={"before": "<img>", "after": "</img>"})},
     "paligemma": {"image": spec("<image>", **{"kind": "prefix"})},
-    "gemma3": {"image": spec("<start_of_image>", keep_placeholder=True, bidirectional=True,
-                             wrap={"before": "\n\n", "after": "<end_of_image>\n\n"})},
+    "gemma3": {"image": spec("<start_of_image>", pre="gemma3-images", bidirectional=True, **{
+        "kind": "pan-and-scan", "wrap": {"before": "\n\n", "after": "<end_of_image>\n\n"}})},
     "idefics3": {"image": spec("<image>", pre="idefics3-tiles", **{
         "kind": "idefics3-grid", "fake_token": "<fake>", "global_token": "<global>", "row_col_token": "<r{row}c{col}>"})},
     "idefics2": {"image": spec("<image>", pre="idefics2-resize", **{
@@ -131,10 +131,20 @@ def test_no_bos_when_the_model_adds_none():
 
 
 def test_gemma3_keeps_its_start_of_image_token_and_marks_the_image_bidirectional():
-    plan = plan_for("gemma3", "Compare <start_of_image> and <start_of_image>.", {"image": images(4, 4)})
+    plan = plan_for("gemma3", "Compare <start_of_image> and <start_of_image>.", {"image": images(4, 4, crops=0)})
     assert describe(plan) == ["BOS", "Compare \n\n<start_of_image>", ("image", 0, 4),
                               "<end_of_image>\n\n and \n\n<start_of_image>", ("image", 1, 4), "<end_of_image>\n\n."]
     assert [run.bidirectional for run in plan.media_runs()] == [True, True]
+
+
+def test_gemma3_pan_and_scan_writes_the_processors_sentence_around_the_crops():
+    media = {"image": MediaItems(run_lengths=(4, 4, 4), infos=({"crops": 2},))}
+    plan = plan_for("gemma3", "<start_of_image>Describe.", media)
+    image = "\n\n<start_of_image>"
+    assert describe(plan) == [
+        "BOS", f"Here is the original image {image}", ("image", 0, 4),
+        f"<end_of_image>\n\n and here are some crops to help you see better {image}", ("image", 1, 4),
+        f"<end_of_image>\n\n {image}", ("image", 2, 4), "<end_of_image>\n\nDescribe."]
     assert not plan_for("llava", "<image>", {"image": images(4)}).media_runs()[0].bidirectional
 
 

@@ -51,12 +51,14 @@ class MediaOptions:
 
     ``min_image_tokens`` / ``max_image_tokens``: the LLM positions one image may cost (native-resolution
     models; default: the model's processor config). ``video_fps`` / ``max_frames``: how a video is sampled.
+    ``pan_and_scan``: Gemma 3's extra crops of an elongated image (off unless asked, as its processor).
     """
 
     min_image_tokens: int | None = None
     max_image_tokens: int | None = None
     video_fps: float | None = None
     max_frames: int | None = None
+    pan_and_scan: bool | None = None
 
     def given(self) -> list[str]:
         return [name for name, value in self.__dict__.items() if value is not None]
@@ -64,7 +66,10 @@ class MediaOptions:
     def check(self) -> "MediaOptions":
         for name in self.given():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value != value:
+            if name == "pan_and_scan":
+                if not isinstance(value, bool):
+                    raise InputError(f"pan_and_scan must be true or false, got {value!r}.")
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value != value:
                 raise InputError(f"{name} must be a positive number, got {value!r}.")
         if self.min_image_tokens and self.max_image_tokens and self.min_image_tokens > self.max_image_tokens:
             raise InputError(f"min_image_tokens ({self.min_image_tokens}) is above max_image_tokens "
@@ -102,8 +107,8 @@ def preprocess(kind: str, items: list[Any], spec: dict[str, Any], options: Media
     given = (options or MediaOptions()).check().given()
     refused = [name for name in given if name not in _OPTIONS[kind]]
     if refused:
-        raise InputError(f"{', '.join(refused)} does not apply to this bundle: its '{kind}' preprocessing "
-                         "gives every item a fixed size.", hint="Leave the option out for this bundle.")
+        raise InputError(f"{', '.join(refused)} does not apply to this bundle: its '{kind}' preprocessing does "
+                         "not take it.", hint="Leave the option out for this bundle.")
     try:
         return fn(items, spec, options) if _OPTIONS[kind] else fn(items, spec)
     except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError) as exc:  # not ours: the bundle's numbers

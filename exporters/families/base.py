@@ -244,11 +244,13 @@ class HFFamily(Family):
             special_tokens={k: v for k, v in {"bos": tok.bos_token, "eos": tok.eos_token}.items() if v},
         )
 
-    def reference_inputs(self, loaded: Loaded, prompt: str, media: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
+    def reference_inputs(self, loaded: Loaded, prompt: str, media: dict[str, list[Any]],
+                         **processor_options: Any) -> dict[str, torch.Tensor]:
+        """``processor_options``: per-call processor switches (Gemma 3's ``do_pan_and_scan``)."""
         images = media.get("image") or None
         if self.nest_images and images and len(images) > 1:
             images = [images]
-        return dict(loaded.processor(images=images, text=prompt, return_tensors="pt"))
+        return dict(loaded.processor(images=images, text=prompt, return_tensors="pt", **processor_options))
 
 
 def image_features_export(model: torch.nn.Module, module: torch.nn.Module, **fields: Any) -> EncoderExport:

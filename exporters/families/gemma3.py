@@ -4,13 +4,14 @@ projection (``Gemma3MultiModalProjector``), a gemma3 text model.
 Survey group: converter. What differs from LLaVA, all read from transformers 4.57:
 - the prompt names an image with ``<start_of_image>``, a real token the model reads; the processor
   writes ``\\n\\n<start_of_image>`` + the image's soft tokens + ``<end_of_image>\\n\\n`` in its place
-  (layout ``keep_placeholder`` + ``wrap``);
+  (layout ``pan-and-scan`` with that ``wrap``); asked for pan-and-scan (a per-call option, off by default
+  as in the processor), an elongated image also gives crops, each its own run, in the processor's
+  sentence ("Here is the original image ... and here are some crops ...");
 - during prefill an image's rows attend to each other both ways (``token_type_ids`` -> an ``or`` mask
   per image); llama.cpp does it by switching causal attention off for the image's batch, as its mtmd
   tool does (layout ``bidirectional``; the runtime then decodes the whole image in one batch);
 - the text model scales token embeddings by sqrt(hidden) but not injected ones (llama.cpp's gemma3
   graph scales token batches only).
-Pan-and-scan crops are refused for now (``do_pan_and_scan``): the processor's default is off.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from edgebridge.errors import UnsupportedModelError
 from edgebridge.exporters.families import register_family
 from edgebridge.exporters.families.base import EncoderExport, HFFamily, Loaded, image_features_export, load_float32
-from edgebridge.exporters.image_spec import image_spec
+from edgebridge.exporters.image_spec import pixel_steps
 
 
 class Gemma3ImageGraph(torch.nn.Module):
@@ -52,10 +53,6 @@ class Gemma3Family(HFFamily):
 
         model = load_float32(Gemma3ForConditionalGeneration, folder)
         processor = AutoProcessor.from_pretrained(folder, local_files_only=True, use_fast=False)
-        if getattr(processor.image_processor, "do_pan_and_scan", False):
-            raise UnsupportedModelError(
-                "Gemma 3 with do_pan_and_scan=True (extra crops per image) is not supported yet.",
-                hint="Set do_pan_and_scan to false in preprocessor_config.json (the processor's default).")
         return Loaded(folder=Path(folder), config=model.config, model=model, processor=processor)
 
     def placeholder_token(self, loaded: Loaded) -> str:
@@ -65,7 +62,7 @@ class Gemma3Family(HFFamily):
         cfg, proc = loaded.config, loaded.processor
         return [image_features_export(
             loaded.model, Gemma3ImageGraph(loaded.model),
-            preprocessing=image_spec(proc.image_processor),
+            preprocessing=self._preprocessing(proc.image_processor),
             placeholder=proc.boi_token,
             tokens_per_item=int(cfg.mm_tokens_per_image),
             bridge={**self.bridge_info(), "tokens_per_image": int(cfg.mm_tokens_per_image)},
@@ -78,5 +75,20 @@ class Gemma3Family(HFFamily):
         """The processor's own replacement text, split around the soft tokens it repeats."""
         before, _, rest = full_sequence.partition(boi)
         after = rest.replace(image_token, "")
-        return {"kind": "repeat", "keep_placeholder": True, "bidirectional": True,
-                "wrap": {"before": before, "after": after}}
+        return {"kind": "pan-and-scan", "bidirectional": True, "wrap": {"before": before, "after": after}}
+
+    @staticmethod
+    def _preprocessing(ip: Any) -> dict[str, Any]:
+        """The image steps, and the pan-and-scan settings a ``Gemma3Processor`` call uses: its own call
+        defaults (``Gemma3ProcessorKwargs``), which win over the image processor's config."""
+        from transformers.models.gemma3.processing_gemma3 import Gemma3ProcessorKwargs
+
+        if not getattr(ip, "do_resize", True) or set(ip.size) != {"height", "width"}:
+            raise UnsupportedModelError(f"Gemma 3 image processor size {ip.size} is not supported (height/width is).")
+        call = {k: v for k, v in Gemma3ProcessorKwargs._defaults["images_kwargs"].items() if k.startswith("pan_")}
+        pas = {key: call.get(f"pan_and_scan_{key}", getattr(ip, f"pan_and_scan_{key}"))
+               for key in ("min_crop_size", "max_num_crops", "min_ratio_to_activate")}
+        return {"kind": "gemma3-images", "processor": type(ip).__name__,
+                "resize": {"height": int(ip.size["height"]), "width": int(ip.size["width"])}, **pixel_steps(ip),
+                "pan_and_scan": {"min_crop_size": int(pas["min_crop_size"]), "max_num_crops": int(pas["max_num_crops"]),
+                                 "min_ratio_to_activate": float(pas["min_ratio_to_activate"])}}
