@@ -65,10 +65,15 @@ class Job:
             loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
 
         def work() -> None:
+            outcome: tuple[str, Any] = ("error", internal())
             try:
-                put(*self._run(put))
+                outcome = self._run(put)
             finally:
-                loop.call_soon_threadsafe(on_end)
+                def finish() -> None:  # one loop callback: the pipeline is free before anyone hears the outcome
+                    on_end()
+                    self.events.put_nowait(outcome)
+
+                loop.call_soon_threadsafe(finish)
 
         threading.Thread(target=work, name="edgebridge-generate", daemon=True).start()
 
