@@ -145,7 +145,7 @@ class LLMSession:
             self._kv.clear()  # until the prefill completes, the cache holds nothing we can vouch for
         if self.token_rows is not None:
             logits, engine = self._prefill_prefix_lm(plan, embeds), LLAMACPP
-        elif self.handoff is not None and reused == 0 and not plan.multi_axis and self.handoff.takes(plan.n_positions):
+        elif self.handoff is not None and reused == 0 and self._handoff_takes(plan):
             logits, engine = self._prefill_handoff(plan, embeds), HANDOFF
         else:
             logits, engine = self._prefill_llamacpp(plan, embeds, reused), LLAMACPP
@@ -204,6 +204,12 @@ class LLMSession:
                 logits = self.engine.eval_embeddings(embeds[(run.modality, run.index)][offset:], want, axes,
                                                      causal=not run.bidirectional)
         return logits
+
+    def _handoff_takes(self, plan: PromptPlan) -> bool:
+        """The prefill graph numbers positions in order and attends causally: not for M-RoPE or bidirectional
+        media runs."""
+        plain = not plan.multi_axis and not any(getattr(r, "bidirectional", False) for r in plan.runs)
+        return plain and self.handoff.takes(plan.n_positions)
 
     def _prefill_prefix_lm(self, plan: PromptPlan, embeds: MediaEmbeddings) -> np.ndarray:
         """The whole prompt as one batch of embeddings (text rows from the GGUF's own table), attending
