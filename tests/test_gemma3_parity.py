@@ -76,15 +76,20 @@ def test_causal_image_attention_changes_the_answer(workdir, tmp_path):
     assert np.abs(causal_logits - logits).max() > 0.1
 
 
-def test_an_image_larger_than_one_batch_is_refused(workdir):
-    """Both-ways attention needs the image in one micro-batch: a smaller batch is a clear error."""
+def test_two_way_rows_share_one_batch(workdir):
+    """Both-ways attention needs the image in one micro-batch: the engine refuses more rows than its batch
+    holds (a clear error, not a silently split image), and the session sizes the batch for the image."""
     from edgebridge.errors import InputError
+    from edgebridge.runtimes.llamacpp import LlamaCppLLM
 
     b = exported(workdir, "gemma3")
-    settings = LlamaSettings.strict(n_batch=8, n_ubatch=8)
-    with Pipeline.from_bundle(b.bundle, llm_settings=settings) as pipe:
+    gguf = b.bundle / b.manifest.llm.artifacts["gguf"].files[0]
+    with LlamaCppLLM(gguf, LlamaSettings.strict(n_ctx=256, n_batch=8, n_ubatch=8)) as llm:
         with pytest.raises(InputError, match="one batch"):
-            pipe.generate(ONE, images=photos(["chelsea"]), max_new_tokens=2)
+            llm.eval_embeddings(np.zeros((16, llm.n_embd), np.float32), causal=False)
+    with Pipeline.from_bundle(b.bundle, llm_settings=LlamaSettings.strict(n_batch=8, n_ubatch=8)) as pipe:
+        small = pipe.generate(ONE, images=photos(["chelsea"]), max_new_tokens=16)
+    assert small.token_ids == run(b.bundle, ONE, photos(["chelsea"]))[0].token_ids
 
 
 def pan_and_scan_images() -> dict[str, np.ndarray]:

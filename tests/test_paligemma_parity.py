@@ -108,3 +108,18 @@ def test_token_rows_read_quantized_tables(workdir, tmp_path):
     assert exact.dtype == q8.dtype == np.float32 and exact.shape == q8.shape == (5, 64)
     step = np.abs(exact).max(axis=1, keepdims=True) / 127  # q8_0: 32-value blocks, one scale each
     assert (np.abs(q8 - exact) <= step).all() and not np.array_equal(q8, exact)
+
+
+def test_the_batch_holds_two_images_of_a_two_way_prompt(workdir):
+    """Rows that attend both ways share one micro-batch: the session makes room for two images' tokens
+    (and text) within the context, whatever smaller batch was asked."""
+    from edgebridge.bundle import Bundle
+    from edgebridge.runtimes.llamacpp.session import _batch_for_two_way_attention
+
+    bundle = Bundle.open(exported(workdir, "paligemma").bundle)
+    small = LlamaSettings(n_ctx=1024, n_batch=64, n_ubatch=32)
+    sized = _batch_for_two_way_attention(bundle, small)
+    assert (sized.n_batch, sized.n_ubatch) == (128, 128)  # 2 x 64 image tokens
+    assert _batch_for_two_way_attention(bundle, LlamaSettings()) == LlamaSettings()  # 512 already holds them
+    with Pipeline.from_bundle(exported(workdir, "paligemma").bundle, llm_settings=small) as pipe:
+        assert pipe.generate(PROMPTS[0], images=[data.chelsea()], max_new_tokens=2).prompt_tokens == 73

@@ -323,8 +323,8 @@ class LlamaCppLLM:
         if arr.shape[0] > one_batch:
             raise InputError(f"{arr.shape[0]} embeddings that attend to each other both ways must be decoded in one "
                              f"batch; this context's batch holds {one_batch}.",
-                             hint="Raise the batch size (LlamaSettings n_batch and n_ubatch) to at least the "
-                                  "image's token count.")
+                             hint="Use fewer images in one prompt, or (Python API) raise LlamaSettings n_batch and "
+                                  "n_ubatch to at least that many rows.")
         self.lib.llama_set_causal_attn(self._ctx, False)
         try:
             return run()

@@ -255,6 +255,18 @@ def _cut(plan: PromptPlan, keep: int) -> tuple[int, int]:
     return keep, plan.next_position
 
 
+def _batch_for_two_way_attention(bundle: Bundle, settings: LlamaSettings) -> LlamaSettings:
+    """Rows that attend to each other both ways must share one micro-batch: room for a bidirectional run
+    (a Gemma 3 image), or for a prefix-LM prompt of two images' tokens and text (PaliGemma 448 px: 1024
+    per image), within the context. Larger prompts are refused with a hint, not split."""
+    runs = [spec.tokens_per_item for spec in bundle.manifest.inputs.values()
+            if spec.layout.bidirectional or bundle.manifest.prompt.prefix_lm]
+    need = min(settings.n_ctx, 2 * max(runs, default=0))
+    if need <= min(settings.n_batch, settings.n_ubatch):
+        return settings
+    return settings.with_(n_batch=max(settings.n_batch, need), n_ubatch=max(settings.n_ubatch, need))
+
+
 def open_bundle_session(bundle: Bundle, settings: LlamaSettings, *, threads: int | None = None,
                         n_ctx: int | None = None, reuse_prefix: bool = True, fast_prefill: bool = True) -> LLMSession:
     """The LLM session: context size within the GGUF's trained context, the prefill graph if wanted."""
@@ -266,6 +278,7 @@ def open_bundle_session(bundle: Bundle, settings: LlamaSettings, *, threads: int
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise InputError(f"threads must be a whole number of at least 1, got {threads!r}.")
     settings = settings.with_(n_ctx=n_ctx or min(settings.n_ctx, ctx_train), threads=threads or settings.threads)
+    settings = _batch_for_two_way_attention(bundle, settings)
     graph = llm.artifacts.get("prefill") if fast_prefill else None
     session = LLMSession.open(bundle.path(gguf.files[0]), settings, expect_architecture=gguf.details.get("architecture"),
                            expect_n_embd=int(llm.inputs[0].shape[-1]), reuse_prefix=reuse_prefix,
