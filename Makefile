@@ -97,6 +97,7 @@ demo: setup
 
 # All four benchmarks (about 22 minutes on 2 cores; they print ratio tables, write bench-out/).
 bench: setup
+	$(PIP) install -q -c constraints.txt -e '.[bench]'
 	$(PY) benchmarks/spine.py
 	$(PY) benchmarks/quantization.py
 	$(PY) benchmarks/peers.py

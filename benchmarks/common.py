@@ -57,6 +57,22 @@ def optimum_export(model: Path) -> Path:
     return target
 
 
+def genai_export(model: Path, weights: str) -> Path:
+    """``model`` as OpenVINO GenAI reads it, once: ``optimum-cli export openvino --task image-text-to-text
+    --weight-format fp16|int8`` plus the tokenizer and detokenizer IRs from ``convert_tokenizer``."""
+    import subprocess
+
+    target = BENCH_DIR / f"genai-ov-{weights}-{model.name}"
+    if not (target / "openvino_detokenizer.xml").is_file():
+        bin_dir = Path(sys.executable).parent
+        subprocess.run([str(bin_dir / "optimum-cli"), "export", "openvino", "-m", str(model), "--task",
+                        "image-text-to-text", "--weight-format", weights, str(target)], check=True,
+                       capture_output=True)
+        subprocess.run([str(bin_dir / "convert_tokenizer"), str(model), "--with-detokenizer", "-o", str(target)],
+                       check=True, capture_output=True)
+    return target
+
+
 def sample_image() -> Path:
     """The photo every benchmark asks about (scikit-image's ``chelsea``, a real photo shipped on PyPI)."""
     path = BENCH_DIR / "chelsea.png"

@@ -1,4 +1,4 @@
-"""Peers benchmark: edgebridge vs optimum-intel's OpenVINO VLM pipeline, transformers eager and bare llama.cpp.
+"""Peers benchmark: edgebridge vs OpenVINO GenAI's VLMPipeline, optimum-intel, transformers eager and bare llama.cpp.
 
     .venv/bin/python benchmarks/peers.py [--model llava|qwen2.5-vl] [--runs 4] [--rounds 3] [--warmup 1]
                                          [--tokens 32] [--threads 2]
@@ -16,6 +16,10 @@ for every system:
   onnxruntime and OpenVINO, each *cold* (caches off: every run encodes and prefills everything) and
   *warm* (embedding cache and KV-prefix reuse on; each run asks a different question about the
   same photo, as a chat follow-up does);
+- OpenVINO GenAI's C++ ``VLMPipeline`` (the `bench` extra), fp16 and int8 weights, each exported by
+  optimum-cli from the same folder: cold = a different image every call (a block changed at the centre,
+  where preprocessing keeps it), warm = the same image and alternating questions; TTFT = wall time of a
+  one-token generate with the image decoded inside it (its own ``perf_metrics`` recorded beside);
 - optimum-intel ``OVModelForVisualCausalLM`` (fp16 weights, latency hint) and transformers eager;
 - the pipeline vs a bare ``llama_cpp.Llama`` decoding each GGUF (runs alternating in one child, the
   same text prompt as long as the image prompt), for the decode-overhead ratio.
@@ -43,8 +47,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import (BENCH_DIR, ROOT, BareLlama, bench_bundle, bench_model, machine, optimum_export, print_table,
-                    sample_image)
+from common import (BENCH_DIR, ROOT, BareLlama, bench_bundle, bench_model, genai_export, machine, optimum_export,
+                    print_table, sample_image)
 
 QWEN_IMAGE = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
 PROMPTS_BY_MODEL = {  # warm runs alternate: follow-up questions about the same photo
@@ -75,6 +79,8 @@ BUNDLES = {  # key -> export options
 PAIRED = ("f16", "q8_0", "q4_0")  # bundles whose GGUF also runs bare (the prefill bundles share theirs)
 MROPE_MODELS = {"qwen2.5-vl"}  # no prefill-graph rows (the graph declines M-RoPE text models)
 OPTIMUM, TRANSFORMERS = "optimum-intel OpenVINO (fp16)", "transformers eager (fp32)"
+# OpenVINO GenAI's C++ VLMPipeline, the strongest CPU peer (the `bench` extra): name -> weight format
+GENAI = {"OpenVINO GenAI VLMPipeline (fp16)": "fp16", "OpenVINO GenAI VLMPipeline (int8 weights)": "int8"}
 
 
 # --- children: one system each ---------------------------------------------------------------
@@ -170,7 +176,69 @@ def child_pair(spec: dict[str, Any]) -> dict[str, Any]:
             "pipeline_samples": ours, "samples": theirs, "prompt_tokens": result.prompt_tokens}
 
 
-CHILDREN = {"edgebridge": child_edgebridge, "peer": child_peer, "pair": child_pair}
+def varied_images(photo: Path, n: int, work: Path) -> list[Path]:
+    """``n`` copies of the photo, each with a different block at the centre, where every processor keeps it
+    (a changed corner is cropped away by CLIP-style preprocessing and VLMPipeline's image cache answers)."""
+    import numpy as np
+    from PIL import Image
+
+    base = np.asarray(Image.open(photo).convert("RGB"))
+    h, w = base.shape[:2]
+    paths = []
+    for i in range(n):
+        img = base.copy()
+        img[h // 2 - 16:h // 2 + 16, w // 2 - 16:w // 2 + 16] = (37 * i) % 256
+        paths.append(work / f"varied-{i}.png")
+        Image.fromarray(img).save(paths[-1])
+    return paths
+
+
+def child_genai(spec: dict[str, Any]) -> dict[str, Any]:
+    """VLMPipeline, 2 threads: cold = a different image every call, warm = the same image and alternating
+    questions (its own image cache and prefix cache on); TTFT = wall time of a one-token generate with the
+    image decoded inside it; decode rate from its own TPOT over ``tokens`` tokens."""
+    import numpy as np
+    import openvino as ov
+    import openvino_genai as og
+    from PIL import Image
+
+    from edgebridge.profiling import Configuration
+    from edgebridge.profiling.system import reset_peak_rss
+
+    reset_peak_rss()
+    pipe = og.VLMPipeline(spec["genai_dir"], "CPU", PERFORMANCE_HINT="LATENCY", INFERENCE_NUM_THREADS=spec["threads"])
+    one, many = og.GenerationConfig(), og.GenerationConfig()
+    one.max_new_tokens = 1
+    many.max_new_tokens = many.min_new_tokens = spec["tokens"]
+    one.apply_chat_template = many.apply_chat_template = False  # the same prompt text as every other system
+    n = spec["warmup"] + spec["runs"]
+    cold_images = varied_images(Path(spec["image"]), n, BENCH_DIR)
+    out = {}
+    for mode in ("cold", "warm"):
+        conf = Configuration(name=spec["system"], kind="baseline", settings={"engine": "openvino_genai.VLMPipeline",
+                                                                              "weights": spec["weights"]})
+        for i in range(n):
+            path, prompt = (cold_images[i], spec["prompts"][0]) if mode == "cold" else \
+                (Path(spec["image"]), spec["prompts"][i % 2])
+            start = time.perf_counter()
+            image = ov.Tensor(np.asarray(Image.open(path).convert("RGB"))[None])
+            result = pipe.generate(prompt, images=[image], generation_config=one)
+            ttft = (time.perf_counter() - start) * 1000
+            if i < spec["warmup"]:
+                conf.warmup_dropped += 1
+                continue
+            conf.runs += 1
+            conf.add("ttft_ms", ttft)
+            conf.add("genai_ttft_ms", result.perf_metrics.get_ttft().mean)
+            conf.add("encode_bridge_ms", result.perf_metrics.get_prepare_embeddings_duration().mean)
+            if mode == "cold":
+                decode = pipe.generate(prompt, images=[image], generation_config=many).perf_metrics
+                conf.add("decode_tokens_per_s", 1000.0 / decode.get_tpot().mean)
+        out[mode] = {**conf.to_dict(), "prompt_tokens": int(result.perf_metrics.get_num_input_tokens())}
+    return out
+
+
+CHILDREN = {"edgebridge": child_edgebridge, "peer": child_peer, "pair": child_pair, "genai": child_genai}
 
 
 def merge(into: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
@@ -311,6 +379,46 @@ def report(results: dict[str, dict[str, Any]], bundles: dict[str, dict[str, Any]
                 pair_rows)
     print("targets: TTFT cold <= 0.7x optimum and <= 0.15x transformers; decode >= 1.5x optimum (q8_0) and "
           ">= 0.97x bare; encoder + bridge >= 10x eager at cosine >= 0.999.")
+    report_genai(results)
+
+
+def report_genai(results: dict[str, dict[str, Any]]) -> None:
+    """Every system against OpenVINO GenAI's fastest form per measure (fp16 or int8 weights)."""
+    genai = [results[name] for name in GENAI if name in results and "error" not in results[name]]
+    if not genai:
+        print("OpenVINO GenAI: not measured (install the `bench` extra: pip install -e '.[bench]').")
+        return
+
+    def best(mode: str, stage: str, pick) -> float | None:
+        values = [v for v in (p50(r.get(mode), stage) for r in genai) if v]
+        return pick(values) if values else None
+
+    cold, warm = best("cold", "ttft_ms", min), best("warm", "ttft_ms", min)
+    decode = best("cold", "decode_tokens_per_s", max)
+    rss = min((r.get("peak_rss_bytes") or 0) for r in genai) / 2**20
+    rows = []
+    for name, res in results.items():
+        if name.startswith("bare ") or "error" in res:
+            continue
+        mine_rss = (res.get("peak_rss_bytes") or 0) / 2**20
+        rows.append([name, ratio(p50(res.get("cold"), "ttft_ms"), cold),
+                     ratio(p50(res.get("warm"), "ttft_ms"), warm) if res.get("warm") else "-",
+                     ratio(p50(res.get("cold"), "decode_tokens_per_s"), decode), ratio(mine_rss, rss)])
+    print_table(f"vs OpenVINO GenAI's fastest form (cold TTFT {cold:.0f} ms, warm {warm:.0f} ms, decode "
+                f"{decode:.0f} tok/s, peak RSS {rss:.0f} MB)",
+                ["system", "TTFT cold / GenAI", "TTFT warm / GenAI", "decode / GenAI", "peak RSS / GenAI"], rows)
+    print("issue 18 targets for the default export: cold <= 0.7, warm <= 0.5, decode >= 1.5, RSS <= 1.0")
+
+
+def genai_specs(model: Path, common: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The VLMPipeline rows, when the `bench` extra is installed (its exports made once)."""
+    try:
+        import openvino_genai  # noqa: F401
+    except ImportError:
+        print("  OpenVINO GenAI: not installed (pip install -e '.[bench]'); its rows are skipped")
+        return {}
+    return {name: {**common, "kind": "genai", "system": name, "weights": weights,
+                   "genai_dir": str(genai_export(model, weights))} for name, weights in GENAI.items()}
 
 
 def main() -> None:
@@ -337,6 +445,7 @@ def main() -> None:
               "image": str(sample_image()), "model": str(model), "prompts": PROMPTS_BY_MODEL[args.model]}
     specs = {system: {**common, "kind": "peer", "system": system, "optimum_dir": str(optimum_dir)}
              for system in (TRANSFORMERS, OPTIMUM)}
+    specs.update(genai_specs(model, common))
     specs.update({system: {**common, "kind": "edgebridge", "system": system, "bundle": str(bundles[key]["path"]),
                            "backend": backend} for system, (key, backend) in EDGEBRIDGE.items() if key in bundles})
     results: dict[str, dict[str, Any]] = {}
