@@ -23,7 +23,7 @@ from edgebridge.exporters.gguf.export import strict_tolerance
 from edgebridge.exporters.gguf.vocab import vocab_from_folder
 from edgebridge.exporters.gguf.writer import TextModel, gguf_name, write_gguf
 from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
-from edgebridge.testing.llava import SIZES, _text_config, text_tokenizer
+from edgebridge.testing.llava import SIZES, llm_config, text_tokenizer
 from edgebridge.testing.weights import reinit_
 
 ARCH_KINDS = ["qwen3", "phi3", "gemma2", "gemma3"]
@@ -58,7 +58,7 @@ def _causal_lm(kind: str, folder: Path, **overrides) -> tuple[torch.nn.Module, o
 
     tokenizer, _ = text_tokenizer(kind, ["<image>"])
     vocab_size = len(tokenizer) + (-len(tokenizer)) % 16
-    config = _text_config(kind, SIZES["tiny"], vocab_size, tokenizer)
+    config = llm_config(kind, SIZES["tiny"], vocab_size, tokenizer)
     for key, value in {**_features(kind), **overrides}.items():
         setattr(config, key, value)
     if kind == "gemma2":

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from edgebridge.testing.llava import CLIP_MEAN, CLIP_STD, SIZES, _text_config, _vision_config
+from edgebridge.testing.llava import CLIP_MEAN, CLIP_STD, SIZES, llm_config, tower_config
 from edgebridge.testing.tokenizer import hf_tokenizer
 from edgebridge.testing.weights import save_seeded
 
@@ -56,8 +56,8 @@ def _model(kind: str, vision: str, text: str, pinpoints, seed: int):
     tokenizer = hf_tokenizer("llama-bpe" if text == "llama" else "qwen2", extra_special=["<image>", "<video>"])
     vocab_size = len(tokenizer) + (-len(tokenizer)) % 16
     select, layer = ("default", -2) if vision == "clip" else ("full", -1)
-    common = dict(vision_config=_vision_config(vision, s).to_dict(),
-                  text_config=_text_config(text, s, vocab_size, tokenizer).to_dict(),
+    common = dict(vision_config=tower_config(vision, s).to_dict(),
+                  text_config=llm_config(text, s, vocab_size, tokenizer).to_dict(),
                   image_token_index=tokenizer.convert_tokens_to_ids("<image>"), image_grid_pinpoints=pinpoints,
                   vision_feature_select_strategy=select, vision_feature_layer=layer, tie_word_embeddings=text == "qwen2")
     if kind == "next":

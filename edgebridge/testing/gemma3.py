@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from edgebridge.testing.llava import SIZES, _text_config
+from edgebridge.testing.llava import SIZES, llm_config
 from edgebridge.testing.spm_tokenizer import GEMMA_CHAT_TEMPLATE, hf_spm_tokenizer
 from edgebridge.testing.weights import save_seeded
 
@@ -27,7 +27,7 @@ def build_gemma3(seed: int = 0):
     tokenizer = hf_spm_tokenizer([BOI, EOI, IMAGE], chat_template=CHAT_TEMPLATE,
                                  named={"boi_token": BOI, "eoi_token": EOI, "image_token": IMAGE})
     vocab_size = len(tokenizer) + (-len(tokenizer)) % 16
-    text = _text_config("gemma3", SIZES["tiny"], vocab_size, tokenizer)
+    text = llm_config("gemma3", SIZES["tiny"], vocab_size, tokenizer)
     vision = SiglipVisionConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
                                 image_size=IMAGE_SIZE, patch_size=PATCH, hidden_act="gelu_pytorch_tanh",
                                 vision_use_head=False)

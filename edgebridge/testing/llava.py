@@ -47,7 +47,7 @@ SIZES = {
 }
 
 
-def _vision_config(kind: str, s: LlavaSize):
+def tower_config(kind: str, s: LlavaSize):
     from transformers import CLIPVisionConfig, SiglipVisionConfig
 
     common = dict(
@@ -78,7 +78,7 @@ VICUNA_TEMPLATE = (
 TIED = ("qwen2", "qwen3", "gemma2", "gemma3")  # as the real small checkpoints
 
 
-def _text_config(kind: str, s: LlavaSize, vocab_size: int, tokenizer):
+def llm_config(kind: str, s: LlavaSize, vocab_size: int, tokenizer):
     """The text config of ``kind``; the tiny size sets the features that set the architectures apart (an
     explicit head_dim unlike hidden/heads, partial rotary, sliding windows shorter than the test prompts,
     soft-capping that bites) so the parity checks exercise them."""
@@ -158,8 +158,8 @@ def build_llava(vision: str = "clip", text: str = "llama", size: str = "tiny", s
     strategy, layer, additional = ("default", -2, 1) if vision == "clip" else ("full", -1, 0)
     n_image_tokens = (s.image_size // s.patch_size) ** 2
     config = LlavaConfig(
-        vision_config=_vision_config(vision, s).to_dict(),
-        text_config=_text_config(text, s, vocab_size, tokenizer).to_dict(),
+        vision_config=tower_config(vision, s).to_dict(),
+        text_config=llm_config(text, s, vocab_size, tokenizer).to_dict(),
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         projector_hidden_act="gelu",
         vision_feature_select_strategy=strategy,

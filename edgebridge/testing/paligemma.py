@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from edgebridge.testing.llava import SIZES, _text_config
+from edgebridge.testing.llava import SIZES, llm_config
 from edgebridge.testing.spm_tokenizer import hf_spm_tokenizer
 from edgebridge.testing.weights import save_seeded
 
@@ -27,7 +27,7 @@ def build_paligemma(seed: int = 0):
     image_processor.image_seq_length = (IMAGE_SIZE // PATCH) ** 2
     processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)  # adds loc/seg tokens
     vocab_size = len(tokenizer) + (-len(tokenizer)) % 16
-    text = _text_config("gemma2", SIZES["tiny"], vocab_size, tokenizer)
+    text = llm_config("gemma2", SIZES["tiny"], vocab_size, tokenizer)
     text.final_logit_softcapping = None  # PaliGemma's own lm_head applies none (transformers 4.57)
     # transformers' PaliGemma hands its text model a ready 4-D mask, which the sliding-window layers use
     # as is (no window); llama.cpp keeps the window. Equal while prompts fit in it (4096 in PaliGemma 2)
