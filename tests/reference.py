@@ -48,3 +48,16 @@ def hf_reference(model_dir: Path, prompt: str, media: dict[str, list[Any]], max_
     tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
     return Reference(token_ids=out[0, n:].tolist(), first_logits=logits, prompt_ids=inputs["input_ids"][0].tolist(),
                      text=tokenizer.decode(out[0, n:], skip_special_tokens=True))
+
+
+def strict_run(bundle: Path, prompt: str, images: list[Any], backend: str = "onnxruntime",
+               max_new_tokens: int = 16, **options: Any) -> tuple[Any, np.ndarray]:
+    """The bundle's greedy answer and first-step logits under strict llama.cpp settings (f32-exact), through
+    ``backend``; ``options`` go to both calls (``pan_and_scan=True``)."""
+    from edgebridge import Pipeline
+    from edgebridge.runtimes.llamacpp import LlamaSettings
+
+    with Pipeline.from_bundle(bundle, encoder_backend=backend, llm_settings=LlamaSettings.strict()) as pipe:
+        result = pipe.generate(prompt, images=images, max_new_tokens=max_new_tokens, **options)
+        logits = pipe.prefill_logits(prompt, images=images, **options)
+    return result, logits

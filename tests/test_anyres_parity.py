@@ -14,10 +14,8 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from edgebridge import Pipeline
-from edgebridge.runtimes.llamacpp import LlamaSettings
 from tests.conftest import exported
-from tests.reference import hf_reference
+from tests.reference import hf_reference, strict_run
 
 COVERS_FAMILIES = ["llava-next", "llava-onevision"]
 pytestmark = pytest.mark.slow
@@ -39,9 +37,7 @@ def test_greedy_tokens_match_transformers(workdir, kind, case, backend):
     prompt, names = CASES[case]
     images = photos(names)
     ref = hf_reference(b.model_dir, prompt, {"image": [Image.fromarray(im) for im in images]})
-    with Pipeline.from_bundle(b.bundle, encoder_backend=backend, llm_settings=LlamaSettings.strict()) as pipe:
-        result = pipe.generate(prompt, images=images, max_new_tokens=16)
-        logits = pipe.prefill_logits(prompt, images=images)
+    result, logits = strict_run(b.bundle, prompt, images, backend)
     assert result.prompt_tokens == len(ref.prompt_ids)
     assert result.token_ids == ref.token_ids and len(ref.token_ids) == 16
     assert np.abs(logits - ref.first_logits).max() <= 1e-3

@@ -22,7 +22,7 @@ from edgebridge import Pipeline
 from edgebridge.manifest import MANIFEST_NAME
 from edgebridge.runtimes.llamacpp import LlamaSettings
 from tests.conftest import exported, run_cli
-from tests.reference import hf_reference
+from tests.reference import hf_reference, strict_run
 
 COVERS_FAMILIES = ["gemma3"]
 pytestmark = pytest.mark.slow
@@ -37,13 +37,6 @@ def photos(names: list[str]) -> list[np.ndarray]:
     return [p if p.ndim == 3 else np.stack([p] * 3, -1) for p in out]
 
 
-def run(bundle, prompt: str, images: list[np.ndarray], backend: str = "onnxruntime"):
-    with Pipeline.from_bundle(bundle, encoder_backend=backend, llm_settings=LlamaSettings.strict()) as pipe:
-        result = pipe.generate(prompt, images=images, max_new_tokens=16)
-        logits = pipe.prefill_logits(prompt, images=images)
-    return result, logits
-
-
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_greedy_tokens_match_transformers(workdir, case, backend):
@@ -52,7 +45,7 @@ def test_greedy_tokens_match_transformers(workdir, case, backend):
     images = photos(names)
     assert len({im.shape for im in images}) == len(images)  # different sizes when there are two
     ref = hf_reference(b.model_dir, prompt, {"image": [Image.fromarray(im) for im in images]})
-    result, logits = run(b.bundle, prompt, images, backend)
+    result, logits = strict_run(b.bundle, prompt, images, backend)
     assert result.token_ids == ref.token_ids
     assert len(ref.token_ids) == 16 and len(set(ref.token_ids)) >= 3
     assert result.prompt_tokens == len(ref.prompt_ids)
@@ -69,8 +62,8 @@ def test_causal_image_attention_changes_the_answer(workdir, tmp_path):
     (causal / MANIFEST_NAME).write_text(json.dumps(manifest))
     images = photos(["chelsea"])
     ref = hf_reference(b.model_dir, ONE, {"image": [Image.fromarray(im) for im in images]})
-    both_ways, logits = run(b.bundle, ONE, images)
-    one_way, causal_logits = run(causal, ONE, images)
+    both_ways, logits = strict_run(b.bundle, ONE, images)
+    one_way, causal_logits = strict_run(causal, ONE, images)
     assert both_ways.token_ids == ref.token_ids
     assert one_way.token_ids != ref.token_ids
     assert np.abs(causal_logits - logits).max() > 0.1
@@ -89,7 +82,7 @@ def test_two_way_rows_share_one_batch(workdir):
             llm.eval_embeddings(np.zeros((16, llm.n_embd), np.float32), causal=False)
     with Pipeline.from_bundle(b.bundle, llm_settings=LlamaSettings.strict(n_batch=8, n_ubatch=8)) as pipe:
         small = pipe.generate(ONE, images=photos(["chelsea"]), max_new_tokens=16)
-    assert small.token_ids == run(b.bundle, ONE, photos(["chelsea"]))[0].token_ids
+    assert small.token_ids == strict_run(b.bundle, ONE, photos(["chelsea"]))[0].token_ids
 
 
 def pan_and_scan_images() -> dict[str, np.ndarray]:

@@ -23,7 +23,7 @@ from edgebridge.errors import PromptError
 from edgebridge.manifest import MANIFEST_NAME
 from edgebridge.runtimes.llamacpp import LlamaSettings
 from tests.conftest import exported
-from tests.reference import hf_reference
+from tests.reference import hf_reference, strict_run
 
 COVERS_FAMILIES = ["paligemma"]
 pytestmark = pytest.mark.slow
@@ -31,19 +31,12 @@ pytestmark = pytest.mark.slow
 PROMPTS = ["caption en", "What is in this image?"]
 
 
-def run(bundle, prompt: str, image: np.ndarray, backend: str = "onnxruntime"):
-    with Pipeline.from_bundle(bundle, encoder_backend=backend, llm_settings=LlamaSettings.strict()) as pipe:
-        result = pipe.generate(prompt, images=[image], max_new_tokens=16)
-        logits = pipe.prefill_logits(prompt, images=[image])
-    return result, logits
-
-
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_greedy_tokens_match_transformers(workdir, photo, prompt, backend):
     b = exported(workdir, "paligemma")
     ref = hf_reference(b.model_dir, prompt, {"image": [Image.fromarray(photo)]})
-    result, logits = run(b.bundle, prompt, photo, backend)
+    result, logits = strict_run(b.bundle, prompt, [photo], backend)
     assert result.token_ids == ref.token_ids
     assert len(ref.token_ids) == 16 and len(set(ref.token_ids)) >= 3
     assert result.prompt_tokens == len(ref.prompt_ids)
@@ -58,8 +51,8 @@ def test_causal_prompt_attention_changes_the_answer(workdir, photo, tmp_path):
     assert manifest["prompt"]["prefix_lm"] is True
     manifest["prompt"]["prefix_lm"] = False
     (causal / MANIFEST_NAME).write_text(json.dumps(manifest))
-    both_ways, logits = run(b.bundle, PROMPTS[0], photo)
-    one_way, causal_logits = run(causal, PROMPTS[0], photo)
+    both_ways, logits = strict_run(b.bundle, PROMPTS[0], [photo])
+    one_way, causal_logits = strict_run(causal, PROMPTS[0], [photo])
     assert both_ways.token_ids != one_way.token_ids
     assert np.abs(causal_logits - logits).max() > 0.1
 
@@ -71,7 +64,7 @@ def test_a_second_call_equals_a_fresh_pipeline(workdir, photo):
     with Pipeline.from_bundle(b.bundle, llm_settings=LlamaSettings.strict()) as pipe:
         pipe.generate(PROMPTS[0], images=[photo], max_new_tokens=4)
         second = pipe.generate(PROMPTS[1], images=[photo], max_new_tokens=16)
-    fresh, _ = run(b.bundle, PROMPTS[1], photo)
+    fresh, _ = strict_run(b.bundle, PROMPTS[1], [photo])
     assert second.token_ids == fresh.token_ids
 
 

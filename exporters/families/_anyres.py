@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from edgebridge.errors import UnsupportedModelError
-from edgebridge.exporters.families.base import EncoderExport, HFFamily, Loaded, seeded_normal
+from edgebridge.exporters.families.base import EncoderExport, HFFamily, Loaded, image_features_export
 from edgebridge.exporters.families.llava import LlavaImageGraph
 from edgebridge.exporters.image_spec import pixel_steps
 
@@ -42,29 +42,18 @@ class AnyresFamily(HFFamily):
 
     def encoders(self, loaded: Loaded) -> list[EncoderExport]:
         cfg, model = loaded.config, loaded.model
-        size = cfg.vision_config.image_size
-        graph = LlavaImageGraph(model).eval()
-        side = size // cfg.vision_config.patch_size
-
-        def make_inputs(batch: int, seed: int) -> dict[str, torch.Tensor]:
-            return {"pixel_values": seeded_normal((batch, 3, size, size), seed)}
+        side = cfg.vision_config.image_size // cfg.vision_config.patch_size
 
         def reference(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+            """HF's tower, layer pick and projector per tile (``get_image_features`` wants image sizes)."""
             hidden = model.model.vision_tower(inputs["pixel_values"], output_hidden_states=True).hidden_states
             feats = hidden[cfg.vision_feature_layer]
             feats = feats[:, 1:] if cfg.vision_feature_select_strategy == "default" else feats
             return model.model.multi_modal_projector(feats)
 
         newline = model.model.image_newline.detach().float().numpy()
-        return [EncoderExport(
-            component="vision_encoder",
-            modality="image",
-            module=graph,
-            input_names=["pixel_values"],
-            output_name="image_embeds",
-            dynamic_axes={"pixel_values": {0: "tiles"}, "image_embeds": {0: "tiles"}},
-            make_inputs=make_inputs,
-            reference=reference,
+        return [image_features_export(
+            model, LlavaImageGraph(model), axis="tiles", reference=reference,
             preprocessing=self._preprocessing(loaded),
             placeholder=loaded.processor.image_token,
             tokens_per_item=side * side,  # per tile; an image's count comes from its grid
@@ -72,5 +61,4 @@ class AnyresFamily(HFFamily):
                     "select_strategy": cfg.vision_feature_select_strategy,
                     "image_newline": [float(x) for x in newline]},
             description=f"{cfg.vision_config.model_type} vision tower + MLP projector, per tile",
-            bridge_scopes=("projector",),
         )]

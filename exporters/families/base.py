@@ -253,18 +253,22 @@ class HFFamily(Family):
         return dict(loaded.processor(images=images, text=prompt, return_tensors="pt", **processor_options))
 
 
-def image_features_export(model: torch.nn.Module, module: torch.nn.Module, **fields: Any) -> EncoderExport:
-    """The ``vision_encoder`` of a model whose tower takes one fixed-size square image, held to HF's own
-    ``model.model.get_image_features`` (Gemma 3, PaliGemma); ``fields``: the rest of the EncoderExport."""
+def image_features_export(model: torch.nn.Module, module: torch.nn.Module, *, axis: str = "batch",
+                          reference: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
+                          **fields: Any) -> EncoderExport:
+    """The ``vision_encoder`` of a model whose tower takes fixed-size square images (or tiles, ``axis``),
+    held by default to HF's own ``model.model.get_image_features`` (Gemma 3, PaliGemma); ``fields``: the
+    rest of the EncoderExport."""
     size = model.config.vision_config.image_size
 
     def make_inputs(batch: int, seed: int) -> dict[str, torch.Tensor]:
         return {"pixel_values": seeded_normal((batch, 3, size, size), seed)}
 
-    def reference(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def get_image_features(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return model.model.get_image_features(pixel_values=inputs["pixel_values"])
 
     return EncoderExport(component="vision_encoder", modality="image", module=module.eval(),
                          input_names=["pixel_values"], output_name="image_embeds",
-                         dynamic_axes={"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"}},
-                         make_inputs=make_inputs, reference=reference, bridge_scopes=("projector",), **fields)
+                         dynamic_axes={"pixel_values": {0: axis}, "image_embeds": {0: axis}},
+                         make_inputs=make_inputs, reference=reference or get_image_features,
+                         bridge_scopes=("projector",), **fields)
