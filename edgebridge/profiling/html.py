@@ -151,7 +151,7 @@ def _summary_table(report: dict[str, Any]) -> str:
             st = s.get(stage) or {}
             return f"{_fmt(st.get('p50'))} / {_fmt(st.get('p95'))} ms" if st.get("n") else "–"
 
-        devices = "; ".join(f"{k}: {v.get('executed')} {v.get('precision')}" + _prefill_note(v)
+        devices = "; ".join(f"{k}: {v.get('executed')} {v.get('precision')}" + _gpu_note(v) + _prefill_note(v)
                             for k, v in (c.get("devices") or {}).items())
         status = _esc(c["status"]) + (f'<div class="err">{_esc(c["error"])}</div>' if c.get("error") else "")
         rows.append("<tr>" + "".join(f"<td>{x}</td>" for x in [
@@ -217,13 +217,34 @@ def _traffic(report: dict[str, Any]) -> str:
                    if rows else "")
 
 
+def _gpu_note(device: dict[str, Any]) -> str:
+    """`` (Vulkan0: llvmpipe ..., 13/13 layers)`` for a component on a llama.cpp GPU device."""
+    if not device.get("device"):
+        return ""
+    return f" ({device['device']}: {device.get('device_description', '')}, {device.get('gpu_layers')} layers)"
+
+
+def _devices_line(devices: dict[str, Any]) -> str:
+    """Each engine's reachable devices, in one line per engine."""
+    parts = []
+    for engine, found in devices.items():
+        if isinstance(found, list):
+            found = ", ".join(f"{d.get('name')} ({d.get('description')})" if isinstance(d, dict) else str(d)
+                              for d in found)
+        elif isinstance(found, dict):
+            found = ", ".join(f"{k} ({v})" for k, v in found.items())
+        parts.append(f"{engine}: {found}")
+    return "; ".join(parts)
+
+
 def _environment(report: dict[str, Any]) -> str:
     env = report.get("environment") or {}
     libs = ", ".join(f"{k} {v}" for k, v in (env.get("libraries") or {}).items() if v)
     items = [("CPU", env.get("cpu_model")), ("CPU flags", " ".join(env.get("cpu_flags") or [])),
              ("cores (available / logical)", f"{env.get('cores_available')} / {env.get('cores_logical')}"),
              ("threads", env.get("threads")), ("memory", _mb(env.get("memory_bytes"))), ("OS", env.get("os")),
-             ("Python", env.get("python")), ("libraries", libs)]
+             ("Python", env.get("python")), ("libraries", libs),
+             ("compute devices", _devices_line(env.get("devices") or {}))]
     return "<dl>" + "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in items) + "</dl>"
 
 

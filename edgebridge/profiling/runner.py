@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from edgebridge.device_spec import DevicePlacement, parse_placement
 from edgebridge.errors import EdgebridgeError, InputError
 from edgebridge.manifest import Manifest
 from edgebridge.plan import place_media
 from edgebridge.preprocess import MediaOptions
 from edgebridge.profiling import Configuration, Profiler
 from edgebridge.profiling.system import environment, memory_bandwidth, peak_rss_bytes, reset_peak_rss
+from edgebridge.runtimes.llamacpp.devices import check_request
 from edgebridge.stages import StageOptions
 from edgebridge.timing import now_ms
 
@@ -96,6 +98,8 @@ def profile_bundle(
     warmup: int = 1,
     backends: Sequence[str] = ("onnxruntime",),
     devices: Sequence[str] = ("CPU",),
+    llm_devices: Sequence[str] = ("CPU",),
+    gpu_layers: int | str | None = None,
     threads: int | None = None,
     precision: str | None = "f32",
     baselines: Sequence[str] = (),
@@ -105,7 +109,7 @@ def profile_bundle(
     max_image_tokens: int | None = None,
     step: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    """Profile ``bundle`` for every backend x device, plus the named baselines; returns the report.
+    """Profile ``bundle`` for every backend x device x LLM device, plus the named baselines; returns the report.
 
     Runs are cold by default: the embedding cache and KV-prefix reuse are off, so every run encodes
     and prefills everything. ``warm_cache`` turns them on (repeated requests, multi-turn chat).
@@ -119,9 +123,12 @@ def profile_bundle(
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise InputError(f"unknown baseline(s) {', '.join(unknown)}.", hint=f"Choose from: {', '.join(BASELINES)}.")
+    placements = [parse_placement(d, None if "=" in d else ld) for d in devices for ld in llm_devices]
+    placements = list(dict.fromkeys(placements))  # "llm=GPU" in --device repeats over --llm-device
     for backend in backends:  # a bogus backend, device or setting fails the profile at once, not as a row
-        for device in devices:
-            StageOptions(backend, device, threads, precision).check()
+        for placement in placements:
+            StageOptions(backend, placement.encoder, threads, precision).check()
+            check_request(placement.llm, gpu_layers)
     manifest = Bundle.open(bundle).manifest  # verify once, up front
     from edgebridge.preprocess.image import load_image
 
@@ -134,8 +141,9 @@ def profile_bundle(
     bandwidth = memory_bandwidth(threads=threads)
     profiler = Profiler(warmup=warmup)
     for backend in backends:
-        for device in devices:
-            _profile_configuration(profiler, Path(bundle), backend, device, work, bandwidth["bytes_per_s"], step)
+        for placement in placements:
+            _profile_configuration(profiler, Path(bundle), backend, placement, gpu_layers, work,
+                                   bandwidth["bytes_per_s"], step)
     # The baselines read the prompt through the HF processor, which needs the placeholders the pipeline
     # adds itself when the prompt has none (the items first, each on its own line).
     baseline_prompt = place_media(prompt, manifest.inputs, {m: len(items) for m, items in work.media.items()})
@@ -147,19 +155,21 @@ def profile_bundle(
                            environment=environment(threads), memory_bandwidth=bandwidth)
 
 
-def _profile_configuration(profiler: Profiler, bundle: Path, backend: str, device: str, work: Workload,
-                           bandwidth: float | None, step: Callable[[str], None]) -> None:
-    """Load the bundle for one backend x device, run the workload, record every run; errors are recorded."""
+def _profile_configuration(profiler: Profiler, bundle: Path, backend: str, placement: DevicePlacement,
+                           gpu_layers: int | str | None, work: Workload, bandwidth: float | None,
+                           step: Callable[[str], None]) -> None:
+    """Load the bundle for one backend x placement, run the workload, record every run; errors are recorded."""
     from edgebridge.pipeline import Pipeline
 
-    name = f"{backend}/{device}"
-    conf = profiler.configuration(name, backend=backend, device=device, threads=work.threads,
-                                  precision=work.precision)
+    name = f"{backend}/{placement.encoder}" + ("" if placement.llm == "CPU" else f"/llm={placement.llm}")
+    conf = profiler.configuration(name, backend=backend, device=placement.encoder, llm_device=placement.llm,
+                                  threads=work.threads, precision=work.precision)
     step(f"{name}: loading")
     conf.peak_rss_method = "VmHWM since reset" if reset_peak_rss() else "process peak (not resettable)"
     try:
         start = now_ms()
-        with Pipeline.from_bundle(bundle, encoder_backend=backend, device=device, threads=work.threads,
+        with Pipeline.from_bundle(bundle, encoder_backend=backend, device=placement.encoder,
+                                  llm_device=placement.llm, gpu_layers=gpu_layers, threads=work.threads,
                                   precision=work.precision, verify=False, cache_embeddings=work.warm_cache,
                                   reuse_prefix=work.warm_cache) as pipe:
             conf.add("load_ms", now_ms() - start)

@@ -71,7 +71,34 @@ def environment(threads: int | None = None) -> dict[str, Any]:
         "machine": platform.machine(),
         "python": platform.python_version(),
         "libraries": versions,
+        "devices": compute_devices(),
     }
+
+
+def compute_devices() -> dict[str, Any]:
+    """The devices each engine can reach here, by the engine's own names (llama.cpp's ggml devices,
+    onnxruntime's execution providers, OpenVINO's devices); an engine that fails to load says why."""
+    found: dict[str, Any] = {}
+    try:
+        from edgebridge.runtimes.llamacpp.devices import list_devices
+
+        found["llama.cpp"] = [d.as_dict() for d in list_devices()]
+    except Exception as exc:  # noqa: BLE001 - reported, the profile goes on
+        found["llama.cpp"] = f"unavailable: {exc}"
+    try:
+        import onnxruntime
+
+        found["onnxruntime"] = onnxruntime.get_available_providers()
+    except Exception as exc:  # noqa: BLE001
+        found["onnxruntime"] = f"unavailable: {exc}"
+    try:
+        import openvino
+
+        core = openvino.Core()
+        found["openvino"] = {d: core.get_property(d, "FULL_DEVICE_NAME") for d in core.available_devices}
+    except Exception as exc:  # noqa: BLE001
+        found["openvino"] = f"unavailable: {exc}"
+    return found
 
 
 def memory_bandwidth(mib: int = 256, repeats: int = 5, threads: int | None = None) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import ctypes
 import re
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from edgebridge.errors import BackendUnavailableError
 
@@ -71,9 +71,9 @@ def _load_cpu_variants(lib_dir: Path) -> list[str]:
     return names
 
 
-def _cpu_variant(lib_dir: Path) -> str:
+def _cpu_variant(lib_dir: Path, startup: Sequence[str]) -> str:
     """Which CPU variant ggml picked: the best-scoring libggml-cpu-*.so that this CPU runs."""
-    for line in LOG_TAIL:
+    for line in startup:
         if "loaded CPU backend from" in line:
             return Path(line.strip().split()[-1]).stem.replace("libggml-cpu-", "")
     return "native" if not any(lib_dir.glob("libggml-cpu-*.so")) else "unknown"
@@ -93,15 +93,18 @@ def llama() -> Any:
             ) from None
         lib_dir = Path(llama_cpp.__file__).parent / "lib"
         _install_log_sink(llama_cpp)
-        backends = _load_cpu_variants(lib_dir) if lib_dir.is_dir() else []
-        llama_cpp.llama_backend_init()
+        with captured_log() as startup:
+            backends = _load_cpu_variants(lib_dir) if lib_dir.is_dir() else []
+            llama_cpp.llama_backend_init()
+        _state["startup_log"] = tuple(startup)  # the backends' own lines (devices found, CPU variant)
         if not backends:
             raise BackendUnavailableError(
                 "llama.cpp has no compute backend registered.",
                 hint="Reinstall llama-cpp-python with `make setup`.",
             )
         _state["backends"] = backends
-        _state["cpu_variant"] = _cpu_variant(lib_dir)
+        _state["lib_dir"] = lib_dir if lib_dir.is_dir() else None
+        _state["cpu_variant"] = _cpu_variant(lib_dir, startup)
         _state["module"] = llama_cpp
         return llama_cpp
 
@@ -109,6 +112,25 @@ def llama() -> Any:
 def backend_info() -> dict[str, Any]:
     llama()
     return {"backends": list(_state["backends"]), "cpu_variant": _state["cpu_variant"]}
+
+
+def library_dir() -> Path | None:
+    """The folder of llama.cpp's shared libraries (the dynamically loaded backends live there)."""
+    llama()
+    return _state["lib_dir"]
+
+
+def startup_log() -> tuple[str, ...]:
+    """What the backends logged while loading (ggml-vulkan's device lines among them)."""
+    llama()
+    return _state["startup_log"]
+
+
+def ggml_library() -> Any | None:
+    """``libggml`` (the backend registry) after ``llama()`` loaded the backends; None for a build with
+    the CPU code linked in (no dynamically loaded backends, so no other device either)."""
+    llama()
+    return _state.get("ggml")
 
 
 def last_log(n: int = 3) -> str:

@@ -20,6 +20,7 @@ Shapes: ``T`` tokens, ``N`` embeddings, ``D`` = ``n_embd_inp``, ``V`` vocabulary
 from __future__ import annotations
 
 import ctypes
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -35,6 +36,7 @@ from edgebridge.errors import (
     NonFiniteError,
 )
 from edgebridge.runtimes.llamacpp._lib import backend_info, captured_log, last_log, llama, weight_buffers
+from edgebridge.runtimes.llamacpp.devices import DeviceChoice, choose_device
 from edgebridge.runtimes.llamacpp.gguf_check import GgufInfo, check_expected, read_gguf_info
 from edgebridge.runtimes.registry import DeviceReport, default_threads
 
@@ -65,8 +67,8 @@ class LlamaSettings:
     flash_attn: bool | None = False
     kv_type: str = "f16"
     use_extra_bufts: bool = True  # AMX / repacked weight buffers; needs the crash-free build
-    n_gpu_layers: int = 0
-    device: str = "CPU"
+    device: str = "CPU"  # CPU | GPU | AUTO (devices.py: a GPU ggml backend registered, e.g. Vulkan)
+    gpu_layers: int | str | None = None  # on a GPU: blocks to offload (None / "all": every one + the output)
 
     @classmethod
     def strict(cls, **kw: Any) -> "LlamaSettings":
@@ -143,6 +145,7 @@ class LlamaCppLLM:
         self.lib = llama()
         self._model = self._ctx = None
         self._batches: list[_Batch] = []
+        self.device = choose_device(s.device, s.gpu_layers)
         load_log = self._load_model()
         threads = s.threads or default_threads()
         self._create_context(threads)
@@ -168,7 +171,10 @@ class LlamaCppLLM:
     def _load_model(self) -> list[str]:
         """Load the GGUF into llama.cpp; returns llama.cpp's load log (weight buffer sizes)."""
         mparams = self.lib.llama_model_default_params()
-        mparams.n_gpu_layers = self.settings.n_gpu_layers
+        mparams.n_gpu_layers = self.device.gpu_layers
+        # an explicit list (empty for the CPU): NULL would mean every GPU llama.cpp registered
+        devices = self.device.devices_array()
+        mparams.devices = ctypes.cast(devices, ctypes.c_void_p)
         mparams.use_extra_bufts = self.settings.use_extra_bufts
         with captured_log() as load_log:
             self._model = self.lib.llama_model_load_from_file(str(self.path).encode(), mparams)
@@ -199,18 +205,13 @@ class LlamaCppLLM:
     def _device_report(self, threads: int, load_log: list[str]) -> DeviceReport:
         s = self.settings
         info = backend_info()
-        requested = s.device.upper()
-        gpu_backends = [b for b in info["backends"] if b.upper() not in ("CPU", "BLAS")]
         return DeviceReport(
-            requested=requested,
-            executed="CPU" if not (s.n_gpu_layers and gpu_backends) else gpu_backends[0],
+            requested=self.device.requested,
+            executed=_executed(self.device, load_log),
             precision=self.precision,
-            fallback_reason=(
-                f"this llama.cpp build has no {requested} backend (has: {', '.join(info['backends'])})"
-                if requested not in ("CPU", "AUTO") and not gpu_backends else None
-            ),
-            details={"tensor_types": dict(self.info.tensor_types), "cpu_variant": info["cpu_variant"],
-                     "threads": threads, "flash_attn": s.flash_attn,
+            fallback_reason=self.device.fallback_reason,
+            details={**_placement(self.device, load_log), "tensor_types": dict(self.info.tensor_types),
+                     "cpu_variant": info["cpu_variant"], "threads": threads, "flash_attn": s.flash_attn,
                      "kv_type": s.kv_type, "n_ctx": self.n_ctx, "n_batch": self.n_batch,
                      "extra_bufts": s.use_extra_bufts, "weight_buffers_mib": weight_buffers(load_log)},
         )
@@ -457,3 +458,33 @@ class LlamaCppLLM:
             self.close()
         except Exception:
             pass
+
+
+_OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+
+
+def _offloaded(load_log: list[str]) -> tuple[int, int] | None:
+    """(layers offloaded, layers offloadable) from llama.cpp's load log."""
+    for line in load_log:
+        match = _OFFLOADED.search(line)
+        if match:
+            return int(match.group(1)), int(match.group(2))
+    return None
+
+
+def _executed(device: DeviceChoice, load_log: list[str]) -> str:
+    """CPU; GPU when every layer is on the device; CPU+GPU when some are (or none: llama.cpp then still
+    sends large prefill batches' matrix products to the GPU)."""
+    if device.device is None:
+        return "CPU"
+    done = _offloaded(load_log)
+    return "GPU" if done and done[0] == done[1] else "CPU+GPU"
+
+
+def _placement(device: DeviceChoice, load_log: list[str]) -> dict[str, Any]:
+    if device.device is None:
+        return {"backend": "CPU"}
+    done = _offloaded(load_log)
+    return {"backend": device.device.backend, "device": device.device.name,
+            "device_description": device.device.description, "device_features": dict(device.device.features),
+            "gpu_layers": f"{done[0]}/{done[1]}" if done else "unknown"}
