@@ -35,6 +35,12 @@ class EncoderFormat(str, Enum):
     both = "both"
 
 
+class ProfileTarget(str, Enum):
+    latency = "latency"
+    size = "size"
+    none = "none"
+
+
 class LlmDtype(str, Enum):
     f32 = "f32"
     f16 = "f16"
@@ -77,7 +83,14 @@ def export(
     model_dir: Path = typer.Argument(..., help="Local Hugging Face model folder (config.json, weights, tokenizer)."),
     output: Path = typer.Option(..., "-o", "--output", help="Bundle folder to write."),
     encoder_format: EncoderFormat = typer.Option(EncoderFormat.both, help="Encoder + bridge format(s)."),
-    llm_dtype: LlmDtype = typer.Option(LlmDtype.f16, help="GGUF weight type of the LLM (without --quantize llm=)."),
+    llm_dtype: Optional[LlmDtype] = typer.Option(None, help="GGUF weight type of the LLM (without --quantize "
+                                                            "llm=); default: the profile target's pick, or f16."),
+    profile_target: ProfileTarget = typer.Option(
+        ProfileTarget.latency, help="What the precisions you do not fix are chosen for, each candidate measured on "
+                                    "this machine within the drift and memory budgets: latency (fastest), size "
+                                    "(smallest), or none (f32 encoders, f16 GGUF)."),
+    max_memory: Optional[float] = typer.Option(None, min=1, help="Memory budget in MB for the weights one run "
+                                                                 "loads (an encoder format per component + GGUF)."),
     quantize: Optional[str] = typer.Option(
         None, help="auto, or COMPONENT=PRECISION pairs: encoder[.onnx|.openvino]=f16|int8|int8-static|int4, "
                    "llm=f16|q8_0|q6_k|q5_k_m|q4_k_m|q4_0 (each may be auto)."),
@@ -104,7 +117,9 @@ def export(
     progress, step, finish = _progress_step()
     with progress:
         try:
-            manifest = export_bundle(model_dir, output, encoder_formats=formats, llm_dtype=llm_dtype.value,
+            manifest = export_bundle(model_dir, output, encoder_formats=formats,
+                                     llm_dtype=llm_dtype.value if llm_dtype else None,
+                                     profile_target=profile_target.value, max_memory_mb=max_memory,
                                      quantize=quantize, max_drift=max_drift, calibration=calibration,
                                      llm_gguf=llm_gguf, int4_mode=int4_mode, int4_group_size=int4_group_size,
                                      static=static, static_batch=static_batch, static_tokens=static_tokens,
@@ -117,13 +132,16 @@ def export(
 
 
 def _print_trials(manifest) -> None:
-    """The candidates ``--quantize auto`` tried per component: size, speed, drift, verdict."""
+    """The candidates ``--quantize auto`` or a profile target tried per component: size, speed, drift,
+    verdict, and why the kept one was kept."""
     for name, comp in manifest.components.items():
         for fmt, art in comp.artifacts.items():
             trials = (art.quantization or {}).get("trials")
             if not trials:
                 continue
-            table = Table(title=f"auto: {name} ({fmt}), kept {art.precision}")
+            selection = (art.quantization or {}).get("selection")
+            table = Table(title=f"auto: {name} ({fmt}), kept {art.precision}",
+                          caption=escape(selection["reason"]) if selection else None)
             for col in ("precision", "MB", "speed", "drift", "budget", "verdict"):
                 table.add_column(col)
             for t in trials:

@@ -7,6 +7,7 @@ target stays as it was).
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -23,7 +24,8 @@ from edgebridge.exporters.families.base import Family, Loaded, read_config
 from edgebridge.exporters.gguf.export import export_llm, import_gguf, validate_existing_gguf
 from edgebridge.exporters.prefill import FILE_NAME as PREFILL_FILE, PREFILL_PRECISIONS, export_prefill
 from edgebridge.exporters.prefill import check_supported as check_prefill_supported
-from edgebridge.exporters.quantize import QuantPlan, parse_budget, parse_quantize
+from edgebridge.exporters.quantize import QuantPlan, parse_budget, parse_quantize, target_defaults
+from edgebridge.exporters.quantize.targets import PROFILE_TARGETS
 from edgebridge.exporters.tools import export_tool
 from edgebridge.formats import ENCODER_FORMATS
 from edgebridge.manifest import (
@@ -81,8 +83,10 @@ def export_bundle(
     out_dir: str | Path,
     *,
     encoder_formats: Iterable[str] = ENCODER_FORMATS,
-    llm_dtype: str = "f16",
+    llm_dtype: str | None = None,
     quantize: str | None = None,
+    profile_target: str | None = None,
+    max_memory_mb: float | None = None,
     max_drift: list[str] | dict[str, dict[str, float]] | None = None,
     calibration: str | Path | None = None,
     llm_gguf: str | Path | None = None,
@@ -98,6 +102,10 @@ def export_bundle(
 ) -> Manifest:
     """Export ``model_dir`` (a local HF folder) into the bundle folder ``out_dir``.
 
+    ``llm_dtype`` is the GGUF type without ``quantize`` (default f16). ``profile_target`` (``latency`` or
+    ``size``; ``edgebridge export`` defaults to ``latency``) makes every precision not given explicitly
+    ``auto``, measures each candidate on this machine and keeps the best within the drift budget and
+    ``max_memory_mb`` of weights, recording why (``exporters/quantize/targets.py``).
     ``quantize`` is the ``--quantize`` text (``auto``, or ``encoder=int8,llm=q4_k_m`` ...);
     ``max_drift`` the ``--max-drift`` items (or a ready budget dict); ``llm_gguf`` an existing
     GGUF to use as the LLM. ``static`` fixes every encoder shape (``static_batch`` rows, token axes
@@ -111,7 +119,7 @@ def export_bundle(
     options = export_options(encoder_formats, llm_dtype, quantize, max_drift, calibration, llm_gguf,
                              {"int4_mode": int4_mode, "int4_group_size": int4_group_size},
                              {"batch": static_batch, "tokens": static_tokens} if static else None, prefill,
-                             encoder_tolerance)
+                             encoder_tolerance, profile_target, max_memory_mb)
     family = family_for(model_dir)
     started = time.perf_counter()
     protect = [model_dir, options.llm_gguf, options.plan.calibration]
@@ -127,7 +135,8 @@ def export_bundle(
             check_prefill_supported(family.text_model(loaded).model_type)
         layout = family.prompt_layout(loaded)
         parts = _export_media(family, loaded, writer, Path(scratch), options, step)
-        parts.components["llm"], text_type = _export_llm(family, loaded, layout, writer, gguf, options, n_embd, step)
+        parts.components["llm"], text_type = _export_llm(family, loaded, layout, writer, gguf, options, n_embd, step,
+                                                         _run_weights(writer, parts))
         manifest = _manifest(family, model_dir, layout, parts, text_type, time.perf_counter() - started)
         _check_widths(manifest, n_embd)
         step("writing manifest and moving the bundle into place")
@@ -135,20 +144,25 @@ def export_bundle(
     return manifest
 
 
-def export_options(encoder_formats: Iterable[str], llm_dtype: str, quantize: str | None,
+def export_options(encoder_formats: Iterable[str], llm_dtype: str | None, quantize: str | None,
                    max_drift: list[str] | dict[str, dict[str, float]] | None, calibration: str | Path | None,
                    llm_gguf: str | Path | None, quant_options: dict[str, Any], static: dict[str, int] | None,
-                   prefill: str | None, encoder_tolerance: dict[str, float] | None) -> ExportOptions:
+                   prefill: str | None, encoder_tolerance: dict[str, float] | None,
+                   profile_target: str | None = None, max_memory_mb: float | None = None) -> ExportOptions:
     """The arguments checked and parsed; a bad one raises ``ExportError`` before any work."""
     formats = tuple(dict.fromkeys(encoder_formats))
     unknown = set(formats) - set(ENCODER_FORMATS)
     if unknown or not formats:
         raise ExportError(f"unknown encoder format(s) {sorted(unknown) or formats}.",
                           hint=f"Choose from: {', '.join(ENCODER_FORMATS)}.")
-    llm_dtype = canonical_precision(llm_dtype)
+    target = _check_target(profile_target, max_memory_mb)
+    given_dtype = llm_dtype is not None
+    llm_dtype = canonical_precision(llm_dtype or "f16")
     if llm_dtype not in LLM_DTYPES:
         raise ExportError(f"unknown LLM dtype '{llm_dtype}'.", hint=f"Choose from: {', '.join(LLM_DTYPES)}.")
     parsed = parse_quantize(quantize, formats, llm_dtype)
+    if target is not None:  # what the user did not fix is the target's to choose
+        parsed = target_defaults(parsed, quantize, formats, given_dtype)
     if llm_gguf is not None and quantize and "llm" in quantize and parsed["llm"] != llm_dtype:
         raise ExportError("--llm-gguf uses the GGUF as it is; it cannot be combined with --quantize llm=...")
     prefill = None if prefill in (None, "none") else canonical_precision(prefill)
@@ -161,9 +175,21 @@ def export_options(encoder_formats: Iterable[str], llm_dtype: str, quantize: str
         raise ExportError(f"the drift budget holds a value that is not a finite number: {budget}.",
                           hint="Give every bound as a finite number, e.g. --max-drift encoder.cosine_min=0.99.")
     plan = QuantPlan(encoder=parsed["encoder"], llm=parsed["llm"], budget=budget,
-                     calibration=Path(calibration) if calibration else None, options=quant_options)
+                     calibration=Path(calibration) if calibration else None, options=quant_options,
+                     target=target, max_memory_mb=max_memory_mb)
     return ExportOptions(formats, plan, Path(llm_gguf) if llm_gguf is not None else None, static, prefill,
                          dict(encoder_tolerance or ENCODER_TOLERANCE))
+
+
+def _check_target(profile_target: str | None, max_memory_mb: float | None) -> str | None:
+    target = None if profile_target in (None, "none") else str(profile_target).lower()
+    if target is not None and target not in PROFILE_TARGETS:
+        raise ExportError(f"unknown profile target '{profile_target}'.",
+                          hint=f"Choose from: {', '.join(PROFILE_TARGETS)}, none.")
+    if max_memory_mb is not None and (isinstance(max_memory_mb, bool) or not isinstance(max_memory_mb, (int, float))
+                                      or not math.isfinite(max_memory_mb) or max_memory_mb <= 0):
+        raise ExportError(f"--max-memory must be a positive number of MB, got {max_memory_mb!r}.")
+    return target
 
 
 def _export_media(family: Family, loaded: Loaded, writer: BundleWriter, scratch: Path, options: ExportOptions,
@@ -186,8 +212,14 @@ def _export_media(family: Family, loaded: Loaded, writer: BundleWriter, scratch:
     return parts
 
 
+def _run_weights(writer: BundleWriter, parts: _Parts) -> int:
+    """Bytes of the media components one run loads: per component, its largest format (a run loads one)."""
+    return sum(max((sum(writer.path(f).stat().st_size for f in art.files) for art in comp.artifacts.values()),
+                   default=0) for comp in parts.components.values())
+
+
 def _export_llm(family: Family, loaded: Loaded, layout: PromptLayout, writer: BundleWriter, gguf: Path | None,
-                options: ExportOptions, n_embd: int, step: Step) -> tuple[Component, str]:
+                options: ExportOptions, n_embd: int, step: Step, used_bytes: int = 0) -> tuple[Component, str]:
     """The LLM component (a converted or an existing GGUF, and the prefill graph if asked); its text type."""
     if gguf is not None:
         art = import_gguf(Path(gguf), family, loaded, layout, writer.path("llm.gguf"), options.plan, n_embd, step=step)
@@ -195,7 +227,8 @@ def _export_llm(family: Family, loaded: Loaded, layout: PromptLayout, writer: Bu
         description = f"existing GGUF {Path(gguf).name} ({text_type})"
         text = family.text_model(loaded) if options.prefill else None
     else:
-        art, text = export_llm(family, loaded, layout, writer.path("llm.gguf"), options.plan, step=step)
+        art, text = export_llm(family, loaded, layout, writer.path("llm.gguf"), options.plan, step=step,
+                               used_bytes=used_bytes)
         text_type, n_vocab = text.model_type, int(text.config.vocab_size)
         description = f"{text.model_type} decoder, {art.details['n_params'] / 1e6:.1f}M parameters"
     artifacts: dict[str, Artifact] = {"gguf": art}

@@ -27,7 +27,7 @@ from edgebridge.exporters.encoder import (
     tensor_specs,
 )
 from edgebridge.exporters.families.base import EncoderExport
-from edgebridge.exporters.quantize import QuantPlan, Trial, choose_within_budget, verdict
+from edgebridge.exporters.quantize import QuantPlan, Trial, choose, verdict
 from edgebridge.exporters.quantize.calibration import CalibrationSet, calibration_for
 from edgebridge.exporters.quantize.onnx_quant import quantize_onnx
 from edgebridge.exporters.quantize.openvino_quant import quantize_openvino
@@ -109,7 +109,8 @@ def _export_format(prep: _Prepared, fmt: str, writer: BundleWriter, scratch: Pat
     candidates = plan.candidates(fmt)
     hint = None if candidates[-1] == "f32" else ("Raise the budget (--max-drift encoder.cosine_min=...) or choose a "
                                                  "larger precision (--quantize encoder=f16).")
-    kept, trials = choose_within_budget(f"{enc.component} ({fmt} {{precision}})", candidates, evaluate, hint)
+    kept, trials, selection = choose(f"{enc.component} ({fmt} {{precision}})", candidates, evaluate, hint, plan,
+                                     "encoder")
     chosen = tried[kept.precision]
     rel_files = []
     for f in chosen.files:
@@ -123,6 +124,8 @@ def _export_format(prep: _Prepared, fmt: str, writer: BundleWriter, scratch: Pat
             quantization["calibration"] = prep.calib.description
         if len(candidates) > 1:
             quantization["trials"] = [t.as_dict() for t in trials]
+        if selection is not None:
+            quantization["selection"] = selection
     return Artifact(format=fmt, files=rel_files, precision=kept.precision, parity=chosen.parity,
                     quantization=quantization, details={"opset": OPSET} if fmt == "onnx" else {})
 

@@ -30,7 +30,7 @@ from edgebridge.errors import ExportError, ParityError
 from edgebridge.exporters.families.base import Family, Loaded
 from edgebridge.exporters.gguf.archs import arch_spec
 from edgebridge.exporters.gguf.writer import TextModel, write_gguf
-from edgebridge.exporters.quantize import QuantPlan, Trial, choose_within_budget, verdict
+from edgebridge.exporters.quantize import QuantPlan, Trial, check_memory, choose, verdict
 from edgebridge.exporters.quantize.gguf_quant import quantize_gguf, tensor_types
 from edgebridge.manifest import Artifact, Parity, PromptLayout
 from edgebridge.parity import enforce, logit_metrics, violations
@@ -180,7 +180,7 @@ class _Candidate:
 
 
 def export_llm(family: Family, loaded: Loaded, layout: PromptLayout, out_path: Path, plan: QuantPlan, *,
-               step: Callable[[str], None] = lambda _: None) -> tuple[Artifact, TextModel]:
+               step: Callable[[str], None] = lambda _: None, used_bytes: int = 0) -> tuple[Artifact, TextModel]:
     """Write the gated LLM GGUF at ``out_path`` at the plan's precision (or the one ``auto`` picks)."""
     text = family.text_model(loaded)
     with tempfile.TemporaryDirectory(prefix="edgebridge-gguf-") as scratch:
@@ -188,10 +188,11 @@ def export_llm(family: Family, loaded: Loaded, layout: PromptLayout, out_path: P
         details, strict = _write_strict_f32(family, loaded, layout, text, f32_path, step)
         details["checks"] = {"strict_f32": strict.__dict__, "tokenizer_texts_matched": len(TOKENIZER_TEXTS)}
         if plan.candidates("llm") == ["f32"]:
+            check_memory(plan, "llm (GGUF f32)", f32_path.stat().st_size, used_bytes)
             shutil.copyfile(f32_path, out_path)
             return Artifact(format="gguf", files=[out_path.name], precision="f32", parity=strict,
                             details=details), text
-        chosen, quantization = _choose_precision(text, f32_path, layout, plan, Path(scratch), step)
+        chosen, quantization = _choose_precision(text, f32_path, layout, plan, Path(scratch), step, used_bytes)
         shutil.copyfile(chosen.path, out_path)
     details["tensor_types"] = _type_counts(chosen.method.get("tensor_types") or tensor_types(out_path))
     artifact = Artifact(format="gguf", files=[out_path.name], precision=chosen.trial.precision,
@@ -226,8 +227,9 @@ def strict_tolerance(model_type: str) -> tuple[dict[str, float], str]:
 
 
 def _choose_precision(text: TextModel, f32_path: Path, layout: PromptLayout, plan: QuantPlan, scratch: Path,
-                      step: Callable[[str], None]) -> tuple[_Candidate, dict[str, Any]]:
-    """Try the plan's GGUF types against the f32 GGUF on the reference texts; (kept, its quantization record)."""
+                      step: Callable[[str], None], used_bytes: int = 0) -> tuple[_Candidate, dict[str, Any]]:
+    """Try the plan's GGUF types against the f32 GGUF on the reference texts; (kept, its quantization record).
+    ``used_bytes``: the encoders' weights, already counted against the memory budget."""
     text_cases = reference_text_cases(f32_path, layout.add_bos)
     with LlamaCppLLM(f32_path, LlamaSettings(n_ctx=N_CTX)) as llm:
         ref_logits = run_llamacpp(llm, text_cases)
@@ -236,14 +238,14 @@ def _choose_precision(text: TextModel, f32_path: Path, layout: PromptLayout, pla
 
     def evaluate(precision: str) -> Trial:
         step(f"LLM {precision}: writing and measuring drift against the f32 GGUF")
-        tried[precision] = _gguf_trial(text, f32_path, scratch / f"llm-{precision}.gguf", precision, text_cases,
+        tried[precision] = _gguf_trial(text, f32_path, scratch / f"candidate-{precision}.gguf", precision, text_cases,
                                        ref_logits, budget)
         return tried[precision].trial
 
     candidates = plan.candidates("llm")
-    kept, trials = choose_within_budget("llm (GGUF {precision})", candidates, evaluate,
-                                        hint="Raise the budget (--max-drift llm.kl_mean=..., llm.top1_agreement=...) "
-                                             "or choose a larger precision (--quantize llm=q8_0).")
+    kept, trials, selection = choose("llm (GGUF {precision})", candidates, evaluate,
+                                     "Raise the budget (--max-drift llm.kl_mean=..., llm.top1_agreement=...) "
+                                     "or choose a larger precision (--quantize llm=q8_0).", plan, "llm", used_bytes)
     chosen = tried[kept.precision]
     quantization = {
         "precision": kept.precision,
@@ -255,6 +257,8 @@ def _choose_precision(text: TextModel, f32_path: Path, layout: PromptLayout, pla
     }
     if len(candidates) > 1:
         quantization["trials"] = [t.as_dict() for t in trials]
+    if selection is not None:
+        quantization["selection"] = selection
     return chosen, quantization
 
 

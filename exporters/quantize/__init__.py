@@ -12,7 +12,9 @@ is ``encoder`` (every encoder + bridge graph, both formats), ``encoder.onnx`` /
   text set (next-token distributions at every position).
 
 ``auto`` tries each component's candidates from smallest/fastest to largest (``AUTO_ORDER``)
-and keeps the first within budget; every trial (size, latency, drift, verdict) is recorded.
+and keeps the first within budget; every trial (size, latency, drift, verdict) is recorded. A
+profile target (``targets.py``: ``latency`` or ``size``) measures every candidate instead and keeps
+the best within the drift and memory budgets, recording why (``choose``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from edgebridge.errors import ExportError
 from edgebridge.exporters.quantize.gguf_quant import LLM_FTYPES
 from edgebridge.exporters.quantize.onnx_quant import PRECISIONS as ONNX_PRECISIONS
 from edgebridge.exporters.quantize.openvino_quant import PRECISIONS as OPENVINO_PRECISIONS
+from edgebridge.exporters.quantize.targets import ranking
 from edgebridge.manifest import canonical_precision
 from edgebridge.parity import LOWER_BOUNDS, UPPER_BOUNDS, enforce, violations
 
@@ -37,6 +40,7 @@ AUTO_ORDER = {
     "openvino": ["int4", "int8-static", "int8", "f16", "f32"],
     "llm": ["q4_0", "q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16", "f32"],
 }
+TIE = 0.05  # a profile target's measures closer than this to the best count as equal (timing noise)
 DEFAULT_BUDGET: dict[str, dict[str, float]] = {
     "encoder": {"cosine_min": 0.99},
     "llm": {"top1_agreement": 0.90, "kl_mean": 0.05},
@@ -52,6 +56,8 @@ class QuantPlan:
     budget: dict[str, dict[str, float]] = field(default_factory=lambda: copy.deepcopy(DEFAULT_BUDGET))
     calibration: Path | None = None
     options: dict[str, Any] = field(default_factory=dict)  # int4_mode, int4_group_size
+    target: str | None = None  # a profile target (targets.PROFILE_TARGETS): measure all, keep the best
+    max_memory_mb: float | None = None  # weights budget of one run: an encoder format per component + the GGUF
 
     def candidates(self, target: str) -> list[str]:
         """The precisions to try for ``target`` ("onnx", "openvino" or "llm"), in order."""
@@ -93,6 +99,17 @@ def parse_quantize(spec: str | None, formats: tuple[str, ...], llm_dtype: str = 
                 raise ExportError(f"{fmt} encoders cannot be quantized to '{precision}'.",
                                   hint=f"{fmt} takes: {', '.join(ENCODER_PRECISIONS[fmt])}, auto.")
             encoder[fmt] = precision
+    return {"encoder": encoder, "llm": llm}
+
+
+def target_defaults(parsed: dict[str, Any], spec: str | None, formats: tuple[str, ...],
+                    llm_dtype_given: bool) -> dict[str, Any]:
+    """With a profile target, every precision the user did not fix (by ``--quantize`` or ``--llm-dtype``)
+    becomes ``auto``; the fixed ones stay as given."""
+    keys = {item.split("=", 1)[0].strip().lower() for item in (spec or "").split(",") if "=" in item}
+    encoder = {fmt: p if ("encoder" in keys or f"encoder.{fmt}" in keys) else "auto"
+               for fmt, p in parsed["encoder"].items() if fmt in formats}
+    llm = parsed["llm"] if ("llm" in keys or llm_dtype_given) else "auto"
     return {"encoder": encoder, "llm": llm}
 
 
@@ -160,4 +177,55 @@ def choose_within_budget(label: str, candidates: list[str], evaluate: Callable[[
             return trial, trials
     last = trials[-1]
     enforce(label.format(precision=last.precision), last.metrics, last.tolerance, hint=hint)
-    raise ExportError(f"{label.format(precision=last.precision)} was refused: {last.verdict}.")
+    raise ExportError(f"{label.format(precision=last.precision)} was refused: {last.verdict}.", hint=hint)
+
+
+def choose(label: str, candidates: list[str], evaluate: Callable[[str], Trial], hint: str | None, plan: QuantPlan,
+           kind: str, used_bytes: int = 0) -> tuple[Trial, list[Trial], dict[str, Any] | None]:
+    """Pick a precision for one artifact: (kept trial, every trial, the selection record or None).
+
+    Without a profile target: the first candidate within the budgets (``choose_within_budget``). With
+    one, every candidate is measured and the best by the target's ranking within the budgets is kept.
+    ``kind`` is ``encoder`` or ``llm``; ``used_bytes`` the weights already kept for the run (the
+    memory budget's remainder is what a candidate may take).
+    """
+    left = None if plan.max_memory_mb is None else plan.max_memory_mb * 2**20 - used_bytes
+
+    def checked(precision: str) -> Trial:
+        trial = evaluate(precision)
+        if left is not None and trial.passed and trial.bytes > left:
+            trial.passed = False
+            trial.verdict = f"weights {trial.bytes / 2**20:.1f} MB > {max(left, 0) / 2**20:.1f} MB left of --max-memory"
+        return trial
+
+    memory_hint = "Raise --max-memory or choose a smaller precision." if left is not None else None
+    if plan.target is None or len(candidates) == 1:
+        kept, trials = choose_within_budget(label, candidates, checked, hint or memory_hint)
+        return kept, trials, None
+    trials = [checked(precision) for precision in candidates]
+    passing = [t for t in trials if t.passed]
+    if not passing:
+        last = trials[-1]
+        enforce(label.format(precision=last.precision), last.metrics, last.tolerance, hint=hint)
+        raise ExportError(f"{label.format(precision=last.precision)} was refused: {last.verdict}.", hint=memory_hint)
+    rank = ranking(plan.target, kind)
+    values = {t.precision: round(rank.value(t.speed, t.bytes), 3) for t in passing}
+    best = min(values.values())
+    # timings within TIE of the best are noise on a busy machine: the smallest of those wins
+    ties = [t for t in passing if values[t.precision] <= best * (1 + TIE)]
+    kept = min(ties, key=lambda t: (t.bytes, values[t.precision]))
+    budgets = "drift and memory budgets" if left is not None else "drift budget"
+    tied = f"; within {TIE:.0%} of the best, so the smallest of {len(ties)}" if len(ties) > 1 else ""
+    return kept, trials, {
+        "target": plan.target, "measure": rank.measure, "unit": rank.unit, "within_budget": values,
+        "reason": f"{kept.precision}: {rank.measure} {values[kept.precision]:g} ({rank.unit}), the best of the "
+                  f"{len(passing)} of {len(trials)} candidates within the {budgets} measured on this machine{tied}",
+    }
+
+
+def check_memory(plan: QuantPlan, label: str, size: int, used_bytes: int = 0) -> None:
+    """Refuse an artifact written without a search (nothing to choose) that exceeds the memory budget."""
+    if plan.max_memory_mb is not None and size > plan.max_memory_mb * 2**20 - used_bytes:
+        left = max(plan.max_memory_mb * 2**20 - used_bytes, 0)
+        raise ExportError(f"{label} was refused: weights {size / 2**20:.1f} MB > {left / 2**20:.1f} MB left of "
+                          "--max-memory.", hint="Raise --max-memory or choose a smaller precision.")

@@ -1,0 +1,123 @@
+"""``--profile-target``: the export measures every candidate precision and keeps the best one within the
+drift and memory budgets, recording why; what the user fixed stays fixed.
+
+The selection rule is checked on the recorded trials of real exports (the timings themselves are this
+machine's, so the tests never assume which precision wins), and on a few hand-made trials for the rule's
+corners (ties, the memory budget)."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgebridge.bundle import Bundle
+from edgebridge.errors import ExportError
+from edgebridge.exporters.api import export_bundle
+from edgebridge.exporters.quantize import TIE, QuantPlan, Trial, choose, target_defaults
+from edgebridge.exporters.quantize.targets import ANSWER_TOKENS, PROMPT_POSITIONS
+from tests.conftest import run_cli, tiny_llava
+
+ORDER = {"onnx": ["int8-static", "int8", "f16", "f32"], "openvino": ["int4", "int8-static", "int8", "f16", "f32"],
+         "gguf": ["q4_0", "q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16", "f32"]}
+
+
+def _trial(precision: str, size: int, ms: float, passed: bool = True) -> Trial:
+    return Trial(precision, size, {"latency_ms": ms}, {}, {}, passed, "within budget" if passed else "drift")
+
+
+def _plan(target: str | None, max_memory_mb: float | None = None) -> QuantPlan:
+    return QuantPlan(encoder={"onnx": "auto"}, llm="auto", target=target, max_memory_mb=max_memory_mb)
+
+
+def _choose(trials: list[Trial], plan: QuantPlan, used: int = 0):
+    by_name = {t.precision: t for t in trials}
+    return choose("enc ({precision})", list(by_name), by_name.__getitem__, None, plan, "encoder", used)
+
+
+def test_latency_keeps_the_fastest_within_budget_and_says_why():
+    trials = [_trial("int8", 100, 9.0, passed=False), _trial("f16", 200, 5.0), _trial("f32", 400, 3.0)]
+    kept, tried, selection = _choose(trials, _plan("latency"))
+    assert kept.precision == "f32" and len(tried) == 3
+    assert selection["within_budget"] == {"f16": 5.0, "f32": 3.0} and selection["target"] == "latency"
+    assert selection["reason"].startswith("f32: latency_ms 3") and "2 of 3 candidates" in selection["reason"]
+
+
+def test_timings_within_the_tie_margin_keep_the_smaller():
+    trials = [_trial("f16", 200, 3.0 * (1 + TIE / 2)), _trial("f32", 400, 3.0)]
+    kept, _, selection = _choose(trials, _plan("latency"))
+    assert kept.precision == "f16" and "so the smallest of 2" in selection["reason"]
+
+
+def test_memory_budget_refuses_what_does_not_fit_with_the_reason():
+    trials = [_trial("f16", 3 * 2**20, 5.0), _trial("f32", 6 * 2**20, 3.0)]
+    kept, tried, selection = _choose(trials, _plan("latency", max_memory_mb=8), used=4 * 2**20)
+    assert kept.precision == "f16" and "memory budgets" in selection["reason"]
+    assert not tried[1].passed and tried[1].verdict == "weights 6.0 MB > 4.0 MB left of --max-memory"
+    with pytest.raises(ExportError, match="left of --max-memory") as info:
+        _choose([_trial("f32", 6 * 2**20, 3.0)], _plan(None, max_memory_mb=5))
+    assert "--max-memory" in info.value.hint
+
+
+def test_without_a_target_the_first_within_budget_is_kept():
+    trials = [_trial("int8", 100, 9.0), _trial("f32", 400, 3.0)]
+    kept, tried, selection = _choose(trials, _plan(None))
+    assert kept.precision == "int8" and len(tried) == 1 and selection is None
+
+
+@pytest.mark.parametrize("spec, dtype_given, want", [
+    (None, False, {"encoder": {"onnx": "auto", "openvino": "auto"}, "llm": "auto"}),
+    ("llm=q8_0", False, {"encoder": {"onnx": "auto", "openvino": "auto"}, "llm": "q8_0"}),
+    ("encoder.onnx=int8", True, {"encoder": {"onnx": "int8", "openvino": "auto"}, "llm": "f16"}),
+    ("encoder=f32", False, {"encoder": {"onnx": "f32", "openvino": "f32"}, "llm": "auto"}),
+])
+def test_a_target_chooses_only_what_the_user_left_open(spec, dtype_given, want):
+    from edgebridge.exporters.quantize import parse_quantize
+
+    parsed = parse_quantize(spec, ("onnx", "openvino"), "f16")
+    assert target_defaults(parsed, spec, ("onnx", "openvino"), dtype_given) == want
+
+
+@pytest.mark.slow
+def test_cli_export_defaults_to_latency_and_records_every_measured_candidate(workdir, tmp_path):
+    model = tiny_llava(workdir, ("clip", "llama"))
+    proc = run_cli("export", str(model), "-o", str(tmp_path / "b"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "the best of the" in proc.stdout and "measured on this machine" in proc.stdout
+    manifest = Bundle.open(tmp_path / "b").manifest
+    for comp in manifest.components.values():
+        for fmt, art in comp.artifacts.items():
+            q = art.quantization
+            assert [t["precision"] for t in q["trials"]] == ORDER[fmt]  # every candidate measured
+            passing = {t["precision"]: t for t in q["trials"] if t["passed"]}
+            values = q["selection"]["within_budget"]
+            assert set(values) == set(passing) and art.precision in passing
+            best = min(values.values())  # the rule, on the recorded figures
+            tied = [p for p in values if values[p] <= best * (1 + TIE)]
+            assert art.precision == min(tied, key=lambda p: (passing[p]["bytes"], values[p]))
+            if fmt == "gguf":
+                s = passing[art.precision]["speed"]
+                answer = 1000 * (PROMPT_POSITIONS / s["prefill_tokens_per_s"] + ANSWER_TOKENS / s["decode_tokens_per_s"])
+                assert values[art.precision] == pytest.approx(answer, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_size_target_explicit_flags_and_memory_budget(workdir, tmp_path):
+    model = tiny_llava(workdir, ("clip", "llama"))
+    manifest = export_bundle(model, tmp_path / "size", encoder_formats=["onnx"], profile_target="size",
+                             quantize="llm=f16")
+    enc, llm = manifest.components["vision_encoder"].artifacts["onnx"], manifest.llm.artifacts["gguf"]
+    passing = [t for t in enc.quantization["trials"] if t["passed"]]
+    assert enc.quantization["bytes"] == min(t["bytes"] for t in passing)
+    assert llm.precision == "f16" and "trials" not in (llm.quantization or {})  # fixed by the user: not searched
+    gguf_bytes = (tmp_path / "size" / "llm.gguf").stat().st_size
+    with pytest.raises(ExportError, match="--max-memory"):
+        export_bundle(model, tmp_path / "tight", encoder_formats=["onnx"], profile_target="size",
+                      quantize="llm=f16", max_memory_mb=(gguf_bytes / 2**20) * 0.9)
+    assert not (tmp_path / "tight").exists()
+    proc = run_cli("export", str(model), "-o", str(tmp_path / "none"), "--encoder-format", "onnx",
+                   "--profile-target", "none")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plain = Bundle.open(tmp_path / "none").manifest
+    assert plain.components["vision_encoder"].artifacts["onnx"].precision == "f32"
+    assert plain.llm.artifacts["gguf"].precision == "f16"
+    bad = run_cli("export", str(model), "-o", str(tmp_path / "bad"), "--profile-target", "fastest")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
