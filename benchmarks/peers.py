@@ -60,6 +60,9 @@ LIFTED_BUDGET = {"encoder": {"cosine_min": 0.0}, "llm": {"top1_agreement": 0.0, 
 
 # name -> (bundle key, encoder backend); bundles below.
 EDGEBRIDGE = {
+    # `edgebridge export` with no flags: the latency target's measured pick (precisions, prefill engine)
+    "edgebridge default export (onnxruntime)": ("default", "onnxruntime"),
+    "edgebridge default export (openvino)": ("default", "openvino"),
     "edgebridge f16 + fp32 enc (onnxruntime)": ("f16", "onnxruntime"),
     "edgebridge f16 + fp32 enc (openvino)": ("f16", "openvino"),
     "edgebridge q8_0 + int8-static enc (onnxruntime)": ("q8_0", "onnxruntime"),
@@ -69,6 +72,7 @@ EDGEBRIDGE = {
     "edgebridge q4_0 + int8 prefill graph + int8-static enc (onnxruntime)": ("q4_0-prefill", "onnxruntime"),
 }
 BUNDLES = {  # key -> export options
+    "default": {"profile_target": "latency"},
     "f16": {"llm_dtype": "f16"},
     "q8_0": {"quantize": "encoder=int8-static,llm=q8_0"},
     "q4_0": {"quantize": "encoder=int8-static,llm=q4_0", "encoder_formats": ("onnx",)},

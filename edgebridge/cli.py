@@ -104,10 +104,10 @@ def export(
     static: bool = typer.Option(False, "--static", help="Fix every encoder shape (for accelerators that need it)."),
     static_batch: int = typer.Option(1, min=1, help="With --static: rows (images, tiles, windows) per encoder run."),
     static_tokens: int = typer.Option(32, min=1, help="With --static: length of padded token axes (Q-Former text)."),
-    prefill: Prefill = typer.Option(
-        Prefill.none, help="Add the LLM's prefill graph (onnxruntime, int8 or f32 weights) whose KV cache the "
-                           "runtime hands to llama.cpp: faster prompts where onnxruntime's int8 GEMM outruns "
-                           "llama.cpp (x86 without AVX-512 VNNI). Gated against llama.cpp's own prefill."),
+    prefill: Optional[Prefill] = typer.Option(
+        None, help="Add the LLM's prefill graph (onnxruntime, int8 or f32 weights) whose KV cache the runtime hands "
+                   "to llama.cpp, gated against llama.cpp's own prefill; none: never. Default: with --profile-target "
+                   "latency, the int8 graph is measured and kept when it prefills faster than llama.cpp here."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle folder."),
 ) -> None:
     """Export encoder + bridge to ONNX/OpenVINO and the LLM to GGUF, with parity gates and quantization."""
@@ -123,11 +123,14 @@ def export(
                                      quantize=quantize, max_drift=max_drift, calibration=calibration,
                                      llm_gguf=llm_gguf, int4_mode=int4_mode, int4_group_size=int4_group_size,
                                      static=static, static_batch=static_batch, static_tokens=static_tokens,
-                                     prefill=prefill.value, force=force, step=step)
+                                     prefill=prefill.value if prefill else None, force=force, step=step)
         finally:
             finish()
     out.print(f"[green]bundle written:[/green] {escape(str(output))}")
     _print_trials(manifest)
+    choice = manifest.llm.artifacts["gguf"].details.get("prefill_choice")
+    if choice:
+        out.print(f"prefill engine: [bold]{escape(choice['engine'])}[/bold] ({escape(choice['reason'])})")
     _print_components(manifest)
 
 

@@ -24,6 +24,7 @@ from edgebridge.exporters.families.base import Family, Loaded, read_config
 from edgebridge.exporters.gguf.export import export_llm, import_gguf, validate_existing_gguf
 from edgebridge.exporters.prefill import FILE_NAME as PREFILL_FILE, PREFILL_PRECISIONS, export_prefill
 from edgebridge.exporters.prefill import check_supported as check_prefill_supported
+from edgebridge.exporters.prefill_choice import choose_prefill
 from edgebridge.exporters.quantize import QuantPlan, parse_budget, parse_quantize, target_defaults
 from edgebridge.exporters.quantize.targets import PROFILE_TARGETS
 from edgebridge.exporters.tools import export_tool
@@ -54,6 +55,7 @@ class ExportOptions:
     static: dict[str, int] | None
     prefill: str | None
     tolerance: dict[str, float]
+    prefill_open: bool = False  # not given: a latency target measures the int8 prefill graph and decides
 
 
 @dataclass
@@ -165,6 +167,7 @@ def export_options(encoder_formats: Iterable[str], llm_dtype: str | None, quanti
         parsed = target_defaults(parsed, quantize, formats, given_dtype)
     if llm_gguf is not None and quantize and "llm" in quantize and parsed["llm"] != llm_dtype:
         raise ExportError("--llm-gguf uses the GGUF as it is; it cannot be combined with --quantize llm=...")
+    prefill_open = prefill is None and target == "latency"
     prefill = None if prefill in (None, "none") else canonical_precision(prefill)
     if prefill is not None and prefill not in PREFILL_PRECISIONS:
         raise ExportError(f"unknown prefill precision '{prefill}'.",
@@ -178,7 +181,7 @@ def export_options(encoder_formats: Iterable[str], llm_dtype: str | None, quanti
                      calibration=Path(calibration) if calibration else None, options=quant_options,
                      target=target, max_memory_mb=max_memory_mb)
     return ExportOptions(formats, plan, Path(llm_gguf) if llm_gguf is not None else None, static, prefill,
-                         dict(encoder_tolerance or ENCODER_TOLERANCE))
+                         dict(encoder_tolerance or ENCODER_TOLERANCE), prefill_open)
 
 
 def _check_target(profile_target: str | None, max_memory_mb: float | None) -> str | None:
@@ -225,7 +228,7 @@ def _export_llm(family: Family, loaded: Loaded, layout: PromptLayout, writer: Bu
         art = import_gguf(Path(gguf), family, loaded, layout, writer.path("llm.gguf"), options.plan, n_embd, step=step)
         text_type, n_vocab = art.details["architecture"], int(art.details["vocab_size"])
         description = f"existing GGUF {Path(gguf).name} ({text_type})"
-        text = family.text_model(loaded) if options.prefill else None
+        text = family.text_model(loaded) if options.prefill or options.prefill_open else None
     else:
         art, text = export_llm(family, loaded, layout, writer.path("llm.gguf"), options.plan, step=step,
                                used_bytes=used_bytes)
@@ -236,6 +239,12 @@ def _export_llm(family: Family, loaded: Loaded, layout: PromptLayout, writer: Bu
         artifacts["prefill"] = export_prefill(text, family.causal_lm(loaded), writer.path("llm.gguf"),
                                               writer.path(PREFILL_FILE), options.prefill, options.plan.budget["llm"],
                                               step=step)
+    elif options.prefill_open:
+        graph, art.details["prefill_choice"] = choose_prefill(
+            text, lambda: family.causal_lm(loaded), writer.path("llm.gguf"), writer.path(PREFILL_FILE),
+            options.plan, used_bytes + writer.path("llm.gguf").stat().st_size, step)
+        if graph is not None:
+            artifacts["prefill"] = graph
     component = Component(role="llm", modality="text", artifacts=artifacts, description=description,
                           inputs=[TensorSpec(name="inputs_embeds", dtype="float32", shape=["tokens", n_embd])],
                           outputs=[TensorSpec(name="logits", dtype="float32", shape=["tokens", n_vocab])])

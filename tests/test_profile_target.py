@@ -121,3 +121,41 @@ def test_size_target_explicit_flags_and_memory_budget(workdir, tmp_path):
     assert plain.llm.artifacts["gguf"].precision == "f16"
     bad = run_cli("export", str(model), "-o", str(tmp_path / "bad"), "--profile-target", "fastest")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+LIFTED = {"encoder": {"cosine_min": 0.0}, "llm": {"top1_agreement": 0.0, "kl_mean": 1e9}}
+
+
+@pytest.mark.slow
+def test_latency_target_decides_the_prefill_engine_and_says_why(workdir, tmp_path):
+    """Without --prefill the int8 graph is written, gated and timed; kept only when faster and within the memory
+    budget. The tiny llama's int8 graph is beyond the default drift budget (refused, with the figure); with the
+    budget lifted it passes, and the record must agree with its own measurements either way."""
+    model = tiny_llava(workdir, ("clip", "llama"))
+    plain = export_bundle(model, tmp_path / "a", encoder_formats=["onnx"], profile_target="latency")
+    choice = plain.llm.artifacts["gguf"].details["prefill_choice"]
+    assert not choice["kept"] and "top1_agreement" in choice["reason"] and "prefill" not in plain.llm.artifacts
+    assert not (tmp_path / "a" / "llm_prefill.onnx").exists()
+    fixed = {"encoder_formats": ["onnx"], "profile_target": "latency", "quantize": "encoder=f32,llm=f16",
+             "max_drift": LIFTED}  # fixed precisions: the same weights, so the same bytes, in both exports
+    free = export_bundle(model, tmp_path / "b", **fixed)
+    weights = sum((tmp_path / "b" / f).stat().st_size for f in ("vision_encoder.onnx", "llm.gguf"))
+    tight = export_bundle(model, tmp_path / "c", **fixed, max_memory_mb=weights / 2**20 + 0.01)
+    for name, manifest, budgeted in (("b", free, False), ("c", tight, True)):
+        choice = manifest.llm.artifacts["gguf"].details["prefill_choice"]
+        faster = choice["graph_ms"] * (1 + TIE) < choice["llamacpp_ms"]
+        assert choice["kept"] == (faster and not budgeted), choice
+        on_disk = (tmp_path / name / "llm_prefill.onnx").exists()
+        assert choice["kept"] == ("prefill" in manifest.llm.artifacts) == on_disk
+        assert ("--max-memory" in choice["reason"]) == (faster and budgeted)
+        assert ("as fast or faster" in choice["reason"]) == (not faster)
+
+
+@pytest.mark.slow
+def test_latency_target_keeps_llamacpp_for_text_models_the_graph_declines(workdir, tmp_path):
+    from tests.conftest import tiny_model
+
+    manifest = export_bundle(tiny_model(workdir, "qwen2.5-vl"), tmp_path / "q", encoder_formats=["onnx"],
+                             profile_target="latency", quantize="encoder=f32,llm=f16")
+    choice = manifest.llm.artifacts["gguf"].details["prefill_choice"]
+    assert choice == {"kept": False, "engine": "llama.cpp", "reason": choice["reason"]} and "M-RoPE" in choice["reason"]

@@ -50,7 +50,8 @@ def _install_log_sink(llama_cpp: Any) -> None:
 
 
 def _load_cpu_variants(lib_dir: Path) -> list[str]:
-    """Register ggml's dynamically loaded backends; returns the registered backend names."""
+    """Register ggml's best CPU variant (GPU backends wait for ``load_gpu_backends``); returns the
+    registered backend names."""
     ggml_path = lib_dir / "libggml.so.0"
     if not ggml_path.exists():
         candidates = sorted(lib_dir.glob("libggml.so*"))
@@ -59,16 +60,66 @@ def _load_cpu_variants(lib_dir: Path) -> list[str]:
         ggml_path = candidates[0]
     ggml = ctypes.CDLL(str(ggml_path), mode=ctypes.RTLD_GLOBAL)
     ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
-    if any(lib_dir.glob("libggml-cpu*.so")) and ggml.ggml_backend_reg_count() == 0:
-        ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
-        ggml.ggml_backend_load_all_from_path(str(lib_dir).encode())
+    ggml.ggml_backend_load.restype = ctypes.c_void_p
+    ggml.ggml_backend_load.argtypes = [ctypes.c_char_p]
+    _state["ggml"] = ggml
+    if ggml.ggml_backend_reg_count() == 0:
+        best = _best_cpu_variant(lib_dir)
+        if best is not None:
+            ggml.ggml_backend_load(str(best).encode())
+    return registered_backends()
+
+
+def _best_cpu_variant(lib_dir: Path) -> Path | None:
+    """The libggml-cpu-<variant>.so with the highest score on this CPU, as ggml's own loader picks it
+    (each variant's ``ggml_backend_score`` reads cpuid only). ggml's ``load_all`` would also start every
+    GPU backend: Vulkan's start-up alone loads the installed drivers (Mesa's pulls in LLVM, ~60 MB of
+    resident memory measured) in every CPU-only run, so GPU backends load only when a GPU is asked for."""
+    import _ctypes
+
+    best, best_score = None, 0
+    for path in sorted(lib_dir.glob("libggml-cpu-*.so")):
+        lib = ctypes.CDLL(str(path), mode=ctypes.RTLD_LOCAL)
+        try:
+            score_fn = lib.ggml_backend_score
+            score_fn.restype = ctypes.c_int
+            score = int(score_fn())
+        except AttributeError:
+            score = 0
+        finally:
+            _ctypes.dlclose(lib._handle)
+        if score > best_score:
+            best, best_score = path, score
+    return best
+
+
+GPU_BACKEND_LIBS = ("libggml-vulkan.so",)  # the GPU backends a set-up may build (Makefile: LLAMA_VULKAN)
+
+
+def registered_backends() -> list[str]:
+    ggml = _state["ggml"]
     ggml.ggml_backend_reg_get.restype = ctypes.c_void_p
     ggml.ggml_backend_reg_get.argtypes = [ctypes.c_size_t]
     ggml.ggml_backend_reg_name.restype = ctypes.c_char_p
     ggml.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
-    names = [ggml.ggml_backend_reg_name(ggml.ggml_backend_reg_get(i)).decode() for i in range(ggml.ggml_backend_reg_count())]
-    _state["ggml"] = ggml
-    return names
+    return [ggml.ggml_backend_reg_name(ggml.ggml_backend_reg_get(i)).decode()
+            for i in range(ggml.ggml_backend_reg_count())]
+
+
+def load_gpu_backends() -> list[str]:
+    """Register the GPU backends this build has (once; a backend without a loader or device registers
+    nothing, which ``devices.no_gpu_reason`` explains); returns the registered backend names."""
+    llama()
+    with _lock:
+        if not _state.get("gpu_loaded") and _state.get("ggml") is not None and _state.get("lib_dir"):
+            with captured_log() as lines:
+                for name in GPU_BACKEND_LIBS:
+                    if (_state["lib_dir"] / name).exists():
+                        _state["ggml"].ggml_backend_load(str(_state["lib_dir"] / name).encode())
+            _state["startup_log"] = _state["startup_log"] + tuple(lines)
+            _state["backends"] = registered_backends()
+        _state["gpu_loaded"] = True
+    return list(_state["backends"])
 
 
 def _cpu_variant(lib_dir: Path, startup: Sequence[str]) -> str:

@@ -1,8 +1,10 @@
 """Which ggml device the LLM runs on: the devices llama.cpp registered, and the choice for a request.
 
-The wheel is built with ``GGML_BACKEND_DL``: every backend is a ``libggml-<name>.so`` loaded at start
-(``_lib.llama()``). The Vulkan one registers one device per Vulkan GPU; without a Vulkan loader or
-device it registers none (or fails to load), which is a fact to report, not an error.
+The wheel is built with ``GGML_BACKEND_DL``: every backend is a ``libggml-<name>.so``. The CPU variant
+loads at start (``_lib.llama()``); the GPU backends when a GPU is first asked for or listed
+(``_lib.load_gpu_backends``), so CPU runs never pay Vulkan's start-up. The Vulkan one registers one
+device per Vulkan GPU; without a Vulkan loader or device it registers none (or fails to load), which is
+a fact to report, not an error.
 ggml-vulkan skips devices of type CPU - Mesa's software driver (lavapipe) among them - unless
 ``GGML_VK_VISIBLE_DEVICES`` lists them (set before the first load); the tests do that.
 
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgebridge.errors import InputError
-from edgebridge.runtimes.llamacpp._lib import ggml_library, startup_log
+from edgebridge.runtimes.llamacpp._lib import ggml_library, load_gpu_backends, startup_log
 
 LLM_DEVICES = ("CPU", "GPU", "AUTO")
 _TYPES = {0: "CPU", 1: "GPU", 2: "IGPU", 3: "ACCEL", 4: "META"}  # ggml-backend.h: enum ggml_backend_dev_type
@@ -78,7 +80,8 @@ def _bind(ggml: Any) -> Any:
 
 
 def list_devices() -> list[GgmlDevice]:
-    """Every device the registered ggml backends expose (the CPU included)."""
+    """Every device the ggml backends expose (the CPU included); loads the GPU backends first."""
+    load_gpu_backends()
     ggml = ggml_library()
     if ggml is None:  # a build with the CPU code linked in: one CPU device, nothing to choose
         return []

@@ -1,0 +1,143 @@
+"""Decode levers: what each setting does to tokens/s on this machine, against the memory-bound limit.
+
+    .venv/bin/python benchmarks/decode_levers.py [--rounds 3] [--tokens 48] [--context 220]
+
+On the benchmark LLaVA's text model (12x768 llama, random weights), after a ``--context``-position
+prompt (an image prompt's length), greedy decode of ``--tokens`` tokens, per lever:
+
+- the GGUF type (f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0), with its drift against the f32 GGUF from the
+  default export's own trials (``bundle-llava-bench-default``; within the default budget or not);
+- the KV-cache type (f16, q8_0), flash attention on/off, 1 vs 2 threads (on q8_0);
+- our per-token step (``LlamaCppLLM.eval_tokens`` + numpy argmax, what the pipeline runs) against a
+  bare ``llama_cpp.Llama`` on the same GGUF: the Python overhead per token.
+
+Each row's bytes read per token (weights + K/V at the context, from the GGUF's tensor table) over the
+machine's streaming bandwidth measured in the same run gives its memory-bound ceiling; the table
+prints what fraction of it decode reaches, and each row against OpenVINO GenAI's fastest decode when a
+``peers.py`` result is in ``bench-out``. Rounds alternate the configurations. Asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+TYPES = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")
+
+
+def _configs() -> dict[str, dict]:
+    """name -> GGUF type and llama.cpp settings (the pipeline's defaults unless named)."""
+    configs = {f"{t}": {"gguf": t} for t in TYPES}
+    configs["q8_0, KV q8_0"] = {"gguf": "q8_0", "kv_type": "q8_0", "flash_attn": True}  # a quantized V needs FA
+    configs["q8_0, flash attention"] = {"gguf": "q8_0", "flash_attn": True}
+    configs["q8_0, 1 thread"] = {"gguf": "q8_0", "threads": 1}
+    configs["q8_0, bare llama-cpp-python"] = {"gguf": "q8_0", "bare": True}
+    configs["q4_0, bare llama-cpp-python"] = {"gguf": "q4_0", "bare": True}
+    return configs
+
+
+def _ours(path: Path, settings: dict, context: int, tokens: int, threads: int) -> tuple[float, float]:
+    """(tokens/s, bytes read per token at the context) through our LLM stage."""
+    import numpy as np
+
+    from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
+
+    s = LlamaSettings(n_ctx=1024, threads=settings.get("threads", threads),
+                      kv_type=settings.get("kv_type", "f16"), flash_attn=settings.get("flash_attn", False))
+    with LlamaCppLLM(path, s) as llm:
+        prompt = (np.arange(context) * 7 + 3) % llm.n_vocab
+        logits = llm.eval_tokens(prompt.tolist())
+        start = time.perf_counter()
+        for _ in range(tokens):
+            logits = llm.eval_tokens([int(np.argmax(logits))])
+        rate = tokens / (time.perf_counter() - start)
+        return rate, llm.bytes_read_per_token(context + tokens // 2)
+
+
+def _bare(path: Path, context: int, tokens: int, threads: int) -> float:
+    from common import BareLlama
+
+    bare = BareLlama(path, threads)
+    try:
+        import numpy as np
+
+        llm = bare.llm
+        llm.reset()
+        llm.eval([int(t) for t in (np.arange(context) * 7 + 3) % llm.n_vocab()])
+        start = time.perf_counter()
+        for _ in range(tokens):
+            llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+        return tokens / (time.perf_counter() - start)
+    finally:
+        bare.close()
+
+
+def _drift(bench_dir: Path) -> dict[str, str]:
+    """GGUF type -> its drift against the f32 GGUF, from the default export's trials (if exported)."""
+    manifest = bench_dir / "bundle-llava-bench-default" / "edgebridge.json"
+    if not manifest.is_file():
+        return {}
+    trials = json.loads(manifest.read_text())["components"]["llm"]["artifacts"]["gguf"]["quantization"]["trials"]
+    return {t["precision"]: f"top1 {t['metrics']['top1_agreement']:.3f}, KL {t['metrics']['kl_mean']:.2g}"
+                            f" ({'within' if t['passed'] else 'over'} budget)" for t in trials}
+
+
+def _genai_decode(bench_dir: Path) -> float | None:
+    """OpenVINO GenAI's fastest cold decode tok/s from the newest peers.py result, if any."""
+    runs = sorted(bench_dir.glob("peers-*.json"))
+    if not runs:
+        return None
+    results = json.loads(runs[-1].read_text())["results"]
+    rates = [r["cold"]["stages"]["decode_tokens_per_s"]["p50"] for name, r in results.items()
+             if name.startswith("OpenVINO GenAI") and "cold" in r and "decode_tokens_per_s" in r["cold"].get("stages", {})]
+    return max(rates) if rates else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--context", type=int, default=220)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    from common import BENCH_DIR, bench_ggufs, bench_model, machine, print_table
+
+    from edgebridge.profiling.system import memory_bandwidth
+
+    paths = bench_ggufs(bench_model("llava", vision="clip", text="llama"), BENCH_DIR / "ggufs")
+    configs = _configs()
+    rates: dict[str, list[float]] = {name: [] for name in configs}
+    traffic: dict[str, float] = {}
+    bandwidth = []
+    for _ in range(args.rounds):
+        bandwidth.append(memory_bandwidth(threads=args.threads)["bytes_per_s"])
+        for name, c in configs.items():
+            if c.get("bare"):
+                rates[name].append(_bare(paths[c["gguf"]], args.context, args.tokens, args.threads))
+            else:
+                rate, traffic[c["gguf"]] = _ours(paths[c["gguf"]], c, args.context, args.tokens, args.threads)
+                rates[name].append(rate)
+    bw = statistics.median(bandwidth)
+    drift, genai = _drift(BENCH_DIR), _genai_decode(BENCH_DIR)
+    print(machine())
+    print(f"streaming bandwidth (read + write, numpy copy, {args.threads} threads): {bw / 1e9:.1f} GB/s")
+    rows = []
+    for name, c in configs.items():
+        rate, moved = statistics.median(rates[name]), traffic[c["gguf"]]
+        rows.append([name, rate, moved / 1e6, bw / moved, rate / (bw / moved), drift.get(c["gguf"], "-"),
+                     rate / genai if genai else "-"])
+    print_table(f"decode after {args.context} positions, {args.tokens} tokens, p50 of {args.rounds} rounds",
+                ["configuration", "tok/s", "MB read / token", "memory-bound tok/s", "of the bound", "drift vs f32",
+                 f"vs GenAI {genai:.0f} tok/s" if genai else "vs GenAI"], rows)
+    if genai:
+        print(f"issue 18's decode target: >= 1.5x GenAI = {1.5 * genai:.0f} tok/s")
+
+
+if __name__ == "__main__":
+    main()
