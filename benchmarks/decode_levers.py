@@ -90,7 +90,7 @@ def _drift(bench_dir: Path) -> dict[str, str]:
 
 def _genai_decode(bench_dir: Path) -> float | None:
     """OpenVINO GenAI's fastest cold decode tok/s from the newest peers.py result, if any."""
-    runs = sorted(bench_dir.glob("peers-*.json"))
+    runs = sorted(bench_dir.glob("peers-2*.json"))  # dated results, not the children's scratch file
     if not runs:
         return None
     results = json.loads(runs[-1].read_text())["results"]
@@ -121,7 +121,7 @@ def main() -> None:
             if c.get("bare"):
                 rates[name].append(_bare(paths[c["gguf"]], args.context, args.tokens, args.threads))
             else:
-                rate, traffic[c["gguf"]] = _ours(paths[c["gguf"]], c, args.context, args.tokens, args.threads)
+                rate, traffic[name] = _ours(paths[c["gguf"]], c, args.context, args.tokens, args.threads)
                 rates[name].append(rate)
     bw = statistics.median(bandwidth)
     drift, genai = _drift(BENCH_DIR), _genai_decode(BENCH_DIR)
@@ -129,7 +129,8 @@ def main() -> None:
     print(f"streaming bandwidth (read + write, numpy copy, {args.threads} threads): {bw / 1e9:.1f} GB/s")
     rows = []
     for name, c in configs.items():
-        rate, moved = statistics.median(rates[name]), traffic[c["gguf"]]
+        rate = statistics.median(rates[name])
+        moved = traffic.get(name) or traffic[c["gguf"]]  # a bare run reads what our run of its GGUF reads
         rows.append([name, rate, moved / 1e6, bw / moved, rate / (bw / moved), drift.get(c["gguf"], "-"),
                      rate / genai if genai else "-"])
     print_table(f"decode after {args.context} positions, {args.tokens} tokens, p50 of {args.rounds} rounds",

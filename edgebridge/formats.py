@@ -15,7 +15,8 @@ from edgebridge.errors import BackendUnavailableError
 class ArtifactFormat:
     name: str
     backend: str  # the runtime backend that runs it
-    suffixes: tuple[str, ...]  # one file per suffix, same stem
+    suffixes: tuple[str, ...]  # one file per suffix, same stem (the files an export writes and reads back;
+    # a bundle's encoder / prefill ONNX also carries its weights in ``<stem>.onnx.data``: exporters/onnx_files.py)
 
     def files(self, stem: str) -> list[str]:
         return [stem + suffix for suffix in self.suffixes]

@@ -27,6 +27,7 @@ from edgebridge.exporters.encoder import (
     tensor_specs,
 )
 from edgebridge.exporters.families.base import EncoderExport
+from edgebridge.exporters.onnx_files import save_external
 from edgebridge.exporters.quantize import QuantPlan, Trial, choose, verdict
 from edgebridge.exporters.quantize.calibration import CalibrationSet, calibration_for
 from edgebridge.exporters.quantize.onnx_quant import quantize_onnx
@@ -112,14 +113,18 @@ def _export_format(prep: _Prepared, fmt: str, writer: BundleWriter, scratch: Pat
     kept, trials, selection = choose(f"{enc.component} ({fmt} {{precision}})", candidates, evaluate, hint, plan,
                                      "encoder")
     chosen = tried[kept.precision]
-    rel_files = []
-    for f in chosen.files:
-        rel = f"{enc.component}{f.suffix}"
-        shutil.copyfile(f, writer.path(rel))
-        rel_files.append(rel)
+    if fmt == "onnx":  # the weights beside the graph, where onnxruntime maps them (onnx_files.py)
+        rel_files = [p.name for p in save_external(chosen.files[0], writer.path(f"{enc.component}.onnx"))]
+    else:
+        rel_files = []
+        for f in chosen.files:
+            rel = f"{enc.component}{f.suffix}"
+            shutil.copyfile(f, writer.path(rel))
+            rel_files.append(rel)
     quantization = None
-    if kept.precision != "f32" or len(candidates) > 1:
-        quantization = {"precision": kept.precision, **chosen.method, "speed": kept.speed, "bytes": kept.bytes}
+    if kept.precision != "f32" or len(candidates) > 1:  # bytes: as the bundle holds it (graph + weights file)
+        quantization = {"precision": kept.precision, **chosen.method, "speed": kept.speed,
+                        "bytes": sum(writer.path(f).stat().st_size for f in rel_files)}
         if prep.calib is not None:
             quantization["calibration"] = prep.calib.description
         if len(candidates) > 1:

@@ -35,6 +35,7 @@ from edgebridge.errors import ExportError, UnsupportedModelError
 from edgebridge.exporters.gguf.export import N_CTX, SEED, text_logits
 from edgebridge.exporters.gguf.archs import arch_spec
 from edgebridge.exporters.gguf.writer import TextModel
+from edgebridge.exporters.onnx_files import data_file, save_external
 from edgebridge.manifest import Artifact, Parity, canonical_precision
 from edgebridge.parity import enforce, logit_metrics, violations
 from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
@@ -117,7 +118,7 @@ def write_graph(text: TextModel, dst: Path, precision: str, scratch: Path) -> di
     module = PrefillModule(lm, spec.permute_qk, text.head_dim).eval()
     n, width = 8, int(text.config.hidden_size)
     example = (torch.zeros(1, n, dtype=torch.long), torch.zeros(1, n, width), torch.zeros(1, n, dtype=torch.bool))
-    fp32 = scratch / "prefill-f32.onnx" if precision != "f32" else dst
+    fp32 = scratch / "prefill-f32.onnx"
     with torch.no_grad():
         torch.onnx.export(module, example, str(fp32), input_names=list(GRAPH_INPUTS),
                           output_names=list(GRAPH_OUTPUTS), opset_version=OPSET, dynamo=False,
@@ -126,12 +127,15 @@ def write_graph(text: TextModel, dst: Path, precision: str, scratch: Path) -> di
                                         "v": {2: "positions"}})
     method: dict[str, Any] = {"method": "torch.onnx.export (TorchScript)", "opset": OPSET,
                               "rotary_permuted": spec.permute_qk}
+    final = fp32
     if precision == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(str(fp32), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+        final = scratch / "prefill-int8.onnx"
+        quantize_dynamic(str(fp32), str(final), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
         method.update(method="onnxruntime.quantization.quantize_dynamic", weights="int8",
                       activations="uint8, quantized at run time", exported_with="torch.onnx.export (TorchScript)")
+    method["external_data"] = save_external(final, dst)[1].name
     return method
 
 
@@ -241,8 +245,9 @@ def export_prefill(text: TextModel, reference_lm: torch.nn.Module, gguf_path: Pa
     enforce("llm prefill graph (KV hand-over vs llama.cpp's prefill)", metrics, budget,
             hint="Use --prefill f32, or raise the budget (--max-drift llm.kl_mean=...).")
     return Artifact(
-        format="onnx", files=[dst.name], precision=precision, parity=parity,
-        quantization={"precision": precision, **method, "speed": speed, "bytes": dst.stat().st_size},
+        format="onnx", files=[dst.name, data_file(dst).name], precision=precision, parity=parity,
+        quantization={"precision": precision, **method, "speed": speed,
+                      "bytes": dst.stat().st_size + data_file(dst).stat().st_size},
         details={"role": "prefill", "inputs": list(GRAPH_INPUTS), "outputs": list(GRAPH_OUTPUTS),
                  "checks": {"pytorch": {"metrics": pytorch,
                                         "tolerance": STRICT_TOLERANCE if precision == "f32" else None,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgebridge.errors import ExportError, UnsupportedModelError
+from edgebridge.exporters.onnx_files import data_file
 from edgebridge.exporters.prefill import check_supported, export_prefill
 from edgebridge.exporters.quantize import TIE, QuantPlan
 from edgebridge.manifest import Artifact
@@ -31,10 +32,10 @@ def choose_prefill(text: Any, reference_lm: Callable[[], Any], gguf_path: Path, 
     try:
         art = export_prefill(text, reference_lm(), gguf_path, dst, "int8", plan.budget["llm"], step=step)
     except ExportError as exc:  # beyond the drift budget, or a hand-over llama.cpp's state layout refuses
-        dst.unlink(missing_ok=True)
+        _remove(dst)
         return None, {"kept": False, "engine": "llama.cpp", "reason": f"the int8 prefill graph was refused: "
                                                                       f"{exc.message}"}
-    speed, size = art.quantization["speed"], dst.stat().st_size
+    speed, size = art.quantization["speed"], art.quantization["bytes"]
     graph_ms, llama_ms, n = speed["prefill_ms"], speed["llamacpp_prefill_ms"], speed["positions"]
     measured = (f"{n} positions: the int8 graph + hand-over {graph_ms:g} ms, llama.cpp {llama_ms:g} ms on this "
                 "machine")
@@ -49,7 +50,12 @@ def choose_prefill(text: Any, reference_lm: Callable[[], Any], gguf_path: Path, 
     record = {"kept": kept, "engine": "onnxruntime+handoff" if kept else "llama.cpp", "graph_ms": graph_ms,
               "llamacpp_ms": llama_ms, "positions": n, "graph_bytes": size, "reason": reason}
     if not kept:
-        dst.unlink()
+        _remove(dst)
         return None, record
     art.quantization["selection"] = record
     return art, record
+
+
+def _remove(graph: Path) -> None:
+    graph.unlink(missing_ok=True)
+    data_file(graph).unlink(missing_ok=True)

@@ -21,7 +21,9 @@ pytestmark = pytest.mark.slow
 def test_bundle_contents_and_recorded_parity(clip_llama_f16):
     bundle = Bundle.open(clip_llama_f16.bundle)  # verifies every sha256
     m = bundle.manifest
-    assert set(m.files) == {"vision_encoder.onnx", "vision_encoder.xml", "vision_encoder.bin", "llm.gguf"}
+    assert set(m.files) == {"vision_encoder.onnx", "vision_encoder.onnx.data", "vision_encoder.xml", "vision_encoder.bin",
+                            "llm.gguf"}
+    assert m.components["vision_encoder"].artifacts["onnx"].files == ["vision_encoder.onnx", "vision_encoder.onnx.data"]
     onnx.checker.check_model(str(clip_llama_f16.bundle / "vision_encoder.onnx"), full_check=True)
     enc = m.components["vision_encoder"]
     assert enc.inputs[0].shape == ["batch", 3, 64, 64]

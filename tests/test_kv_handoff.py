@@ -171,10 +171,15 @@ def test_attach_leaves_the_context_empty(llama_fp32):
         assert llm.n_past == 0 and handoff.probe_cosine >= 0.99999
 
 
-def test_truncated_prefill_graph_is_a_clear_error(llama_fp32, tmp_path):
+@pytest.mark.parametrize("which", [0, 1])
+def test_truncated_prefill_graph_is_a_clear_error(llama_fp32, tmp_path, which):
+    """The graph and its external weights file (``llm_prefill.onnx.data``, mapped by onnxruntime): either one
+    cut short is onnxruntime's refusal in our words, never a crash."""
+    art = llama_fp32.manifest.llm.artifacts["prefill"]
+    assert art.files == ["llm_prefill.onnx", "llm_prefill.onnx.data"]
     bundle = shutil.copytree(llama_fp32.bundle, tmp_path / "truncated")
-    graph = bundle / _files(llama_fp32)[1].name
-    graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 3])
+    part = bundle / art.files[which]
+    part.write_bytes(part.read_bytes()[: part.stat().st_size // 3])
     with pytest.raises(CorruptArtifactError, match="onnxruntime cannot load"):
         Pipeline.from_bundle(bundle, verify=False)
 

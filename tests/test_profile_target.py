@@ -106,7 +106,7 @@ def test_size_target_explicit_flags_and_memory_budget(workdir, tmp_path):
                              quantize="llm=f16")
     enc, llm = manifest.components["vision_encoder"].artifacts["onnx"], manifest.llm.artifacts["gguf"]
     passing = [t for t in enc.quantization["trials"] if t["passed"]]
-    assert enc.quantization["bytes"] == min(t["bytes"] for t in passing)
+    assert next(t["bytes"] for t in passing if t["precision"] == enc.precision) == min(t["bytes"] for t in passing)
     assert llm.precision == "f16" and "trials" not in (llm.quantization or {})  # fixed by the user: not searched
     gguf_bytes = (tmp_path / "size" / "llm.gguf").stat().st_size
     with pytest.raises(ExportError, match="--max-memory"):
@@ -139,7 +139,8 @@ def test_latency_target_decides_the_prefill_engine_and_says_why(workdir, tmp_pat
     fixed = {"encoder_formats": ["onnx"], "profile_target": "latency", "quantize": "encoder=f32,llm=f16",
              "max_drift": LIFTED}  # fixed precisions: the same weights, so the same bytes, in both exports
     free = export_bundle(model, tmp_path / "b", **fixed)
-    weights = sum((tmp_path / "b" / f).stat().st_size for f in ("vision_encoder.onnx", "llm.gguf"))
+    weights = sum((tmp_path / "b" / f).stat().st_size
+                  for f in ("vision_encoder.onnx", "vision_encoder.onnx.data", "llm.gguf"))
     tight = export_bundle(model, tmp_path / "c", **fixed, max_memory_mb=weights / 2**20 + 0.01)
     for name, manifest, budgeted in (("b", free, False), ("c", tight, True)):
         choice = manifest.llm.artifacts["gguf"].details["prefill_choice"]

@@ -70,8 +70,8 @@ def _side_by_side(bundle: Path, image: Path, env: dict[str, str], code: str = SI
     return json.loads(proc.stdout)
 
 
-@pytest.mark.parametrize("kind", ["llava", "qwen2.5-vl", "gemma3"])
-def test_llm_on_vulkan_equals_the_cpu(workdir, kind, image_file):
+@pytest.mark.parametrize("kind, dtype", [("llava", "f32"), ("llava", "f16"), ("qwen2.5-vl", "f32"), ("gemma3", "f32")])
+def test_llm_on_vulkan_equals_the_cpu(workdir, kind, dtype, image_file):
     """Every layer offloaded; embeddings injected (M-RoPE positions for Qwen, a two-way image run for
     Gemma 3): 16 greedy ids equal the CPU's, and the first step is within the LLM drift budget (top-1,
     KL), both as ggml-vulkan runs by default (float16 matrix products where the device has them, as
@@ -81,12 +81,12 @@ def test_llm_on_vulkan_equals_the_cpu(workdir, kind, image_file):
     from edgebridge.exporters.quantize import DEFAULT_BUDGET
     from edgebridge.parity import logit_metrics, violations
 
-    exp = exported(workdir, kind)
+    exp = exported(workdir, kind, dtype)
     n_layer = exp.manifest.llm.artifacts["gguf"].details["n_layer"]
     for extra, fp16 in (({}, "1"), ({"GGML_VK_DISABLE_F16": "1"}, "0")):
         runs = _side_by_side(exp.bundle, image_file, {**ON_LAVAPIPE, **extra})
         cpu, gpu = runs["CPU"], runs["GPU"]
-        assert gpu["ids"] == cpu["ids"], f"{kind}, fp16 {fp16}"
+        assert gpu["ids"] == cpu["ids"], f"{kind} {dtype}, fp16 {fp16}"
         logits_gpu, logits_cpu = np.array(gpu["logits"])[None], np.array(cpu["logits"])[None]
         assert not violations(logit_metrics(logits_gpu, logits_cpu), DEFAULT_BUDGET["llm"])
         assert cpu["llm"]["executed"] == "CPU" and cpu["llm"]["backend"] == "CPU"
