@@ -231,18 +231,22 @@ def run(
                               verify=not no_verify, fast_prefill=fast_prefill) as pipe:
         for warning in pipe.load_warnings:
             err.print(f"[yellow]warning:[/yellow] {escape(warning)}")
-        stream = pipe.generate(prompt, images=image, audio=audio, videos=video, chat=chat, stream=True,
-                               min_image_tokens=min_image_tokens, max_image_tokens=max_image_tokens,
-                               video_fps=video_fps, max_frames=max_frames, pan_and_scan=pan_and_scan or None,
-                               config=config)
-        for piece in stream:
-            if not as_json:
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-        result = stream.result
-        for warning in result.call_warnings:
-            err.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+        result = _stream_answer(pipe.generate(
+            prompt, images=image, audio=audio, videos=video, chat=chat, stream=True, min_image_tokens=min_image_tokens,
+            max_image_tokens=max_image_tokens, video_fps=video_fps, max_frames=max_frames,
+            pan_and_scan=pan_and_scan or None, config=config), as_json)
     _print_run_result(result, as_json)
+
+
+def _stream_answer(stream, as_json: bool):
+    """Write the answer as it decodes (unless the JSON object is wanted); the call's warnings; the result."""
+    for piece in stream:
+        if not as_json:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    for warning in stream.result.call_warnings:
+        err.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+    return stream.result
 
 
 def _print_run_result(result, as_json: bool) -> None:

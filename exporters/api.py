@@ -122,11 +122,19 @@ def export_bundle(
                              {"int4_mode": int4_mode, "int4_group_size": int4_group_size},
                              {"batch": static_batch, "tokens": static_tokens} if static else None, prefill,
                              encoder_tolerance, profile_target, max_memory_mb)
+    protect = [model_dir, options.llm_gguf, options.plan.calibration]
+    with BundleWriter(out_dir, force=force, protect=protect) as writer:
+        manifest = _export_into(writer, model_dir, options, step)
+        step("writing manifest and moving the bundle into place")
+        writer.commit(manifest)
+    return manifest
+
+
+def _export_into(writer: BundleWriter, model_dir: Path, options: ExportOptions, step: Step) -> Manifest:
+    """Every artifact of the bundle written into ``writer``; the manifest that describes them."""
     family = family_for(model_dir)
     started = time.perf_counter()
-    protect = [model_dir, options.llm_gguf, options.plan.calibration]
-    with BundleWriter(out_dir, force=force, protect=protect) as writer, \
-            tempfile.TemporaryDirectory(prefix="edgebridge-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="edgebridge-") as scratch:
         step(f"loading {family.name} model from {model_dir}")
         loaded = _load(family, model_dir)
         n_embd = _llm_width(family, loaded)
@@ -139,10 +147,8 @@ def export_bundle(
         parts = _export_media(family, loaded, writer, Path(scratch), options, step)
         parts.components["llm"], text_type = _export_llm(family, loaded, layout, writer, gguf, options, n_embd, step,
                                                          _run_weights(writer, parts))
-        manifest = _manifest(family, model_dir, layout, parts, text_type, time.perf_counter() - started)
-        _check_widths(manifest, n_embd)
-        step("writing manifest and moving the bundle into place")
-        writer.commit(manifest)
+    manifest = _manifest(family, model_dir, layout, parts, text_type, time.perf_counter() - started)
+    _check_widths(manifest, n_embd)
     return manifest
 
 

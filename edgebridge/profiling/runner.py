@@ -118,17 +118,8 @@ def profile_bundle(
 
     if runs < 1 or warmup < 0:
         raise InputError(f"runs must be >= 1 and warmup >= 0 (got {runs}, {warmup}).")
-    if baselines and model_dir is None:
-        raise InputError("baselines run the source model: pass --model-dir with the Hugging Face folder.")
-    unknown = [b for b in baselines if b not in BASELINES]
-    if unknown:
-        raise InputError(f"unknown baseline(s) {', '.join(unknown)}.", hint=f"Choose from: {', '.join(BASELINES)}.")
-    placements = [parse_placement(d, None if "=" in d else ld) for d in devices for ld in llm_devices]
-    placements = list(dict.fromkeys(placements))  # "llm=GPU" in --device repeats over --llm-device
-    for backend in backends:  # a bogus backend, device or setting fails the profile at once, not as a row
-        for placement in placements:
-            StageOptions(backend, placement.encoder, threads, precision).check()
-            check_request(placement.llm, gpu_layers)
+    _check_baselines(baselines, model_dir)
+    placements = _placements(backends, devices, llm_devices, gpu_layers, threads, precision)
     manifest = Bundle.open(bundle).manifest  # verify once, up front
     from edgebridge.preprocess.image import load_image
 
@@ -153,6 +144,27 @@ def profile_bundle(
     return profiler.report(bundle=_bundle_info(bundle, manifest),
                            workload=work.describe(baseline_prompt if baselines else None),
                            environment=environment(threads), memory_bandwidth=bandwidth)
+
+
+def _check_baselines(baselines: Sequence[str], model_dir: str | Path | None) -> None:
+    if baselines and model_dir is None:
+        raise InputError("baselines run the source model: pass --model-dir with the Hugging Face folder.")
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise InputError(f"unknown baseline(s) {', '.join(unknown)}.", hint=f"Choose from: {', '.join(BASELINES)}.")
+
+
+def _placements(backends: Sequence[str], devices: Sequence[str], llm_devices: Sequence[str],
+                gpu_layers: int | str | None, threads: int | None, precision: str | None) -> list[DevicePlacement]:
+    """Every encoder device x LLM device to profile; a bogus backend, device or setting fails the profile at
+    once, not as a row."""
+    placements = [parse_placement(d, None if "=" in d else ld) for d in devices for ld in llm_devices]
+    placements = list(dict.fromkeys(placements))  # "llm=GPU" in --device repeats over --llm-device
+    for backend in backends:
+        for placement in placements:
+            StageOptions(backend, placement.encoder, threads, precision).check()
+            check_request(placement.llm, gpu_layers)
+    return placements
 
 
 def _profile_configuration(profiler: Profiler, bundle: Path, backend: str, placement: DevicePlacement,

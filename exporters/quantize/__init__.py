@@ -23,7 +23,7 @@ import copy
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from edgebridge.errors import ExportError
 from edgebridge.exporters.quantize.gguf_quant import LLM_FTYPES
@@ -175,9 +175,20 @@ def choose_within_budget(label: str, candidates: list[str], evaluate: Callable[[
         trials.append(trial)
         if trial.passed:
             return trial, trials
-    last = trials[-1]
+    _refuse(label, trials[-1], hint)
+
+
+def _refuse(label: str, last: Trial, hint: str | None) -> NoReturn:
+    """No candidate was kept: the last one's first broken drift figure (``ParityError``), else its verdict."""
     enforce(label.format(precision=last.precision), last.metrics, last.tolerance, hint=hint)
     raise ExportError(f"{label.format(precision=last.precision)} was refused: {last.verdict}.", hint=hint)
+
+
+def _over_memory(size: int, left: float | None) -> str | None:
+    """The verdict of weights that do not fit what is left of the memory budget; None when they do."""
+    if left is None or size <= left:
+        return None
+    return f"weights {size / 2**20:.1f} MB > {max(left, 0) / 2**20:.1f} MB left of --max-memory"
 
 
 def choose(label: str, candidates: list[str], evaluate: Callable[[str], Trial], hint: str | None, plan: QuantPlan,
@@ -193,9 +204,9 @@ def choose(label: str, candidates: list[str], evaluate: Callable[[str], Trial], 
 
     def checked(precision: str) -> Trial:
         trial = evaluate(precision)
-        if left is not None and trial.passed and trial.bytes > left:
-            trial.passed = False
-            trial.verdict = f"weights {trial.bytes / 2**20:.1f} MB > {max(left, 0) / 2**20:.1f} MB left of --max-memory"
+        over = _over_memory(trial.bytes, left)
+        if trial.passed and over:
+            trial.passed, trial.verdict = False, over
         return trial
 
     memory_hint = "Raise --max-memory or choose a smaller precision." if left is not None else None
@@ -205,9 +216,7 @@ def choose(label: str, candidates: list[str], evaluate: Callable[[str], Trial], 
     trials = [checked(precision) for precision in candidates]
     passing = [t for t in trials if t.passed]
     if not passing:
-        last = trials[-1]
-        enforce(label.format(precision=last.precision), last.metrics, last.tolerance, hint=hint)
-        raise ExportError(f"{label.format(precision=last.precision)} was refused: {last.verdict}.", hint=memory_hint)
+        _refuse(label, trials[-1], hint or memory_hint)
     rank = ranking(plan.target, kind)
     values = {t.precision: round(rank.value(t.speed, t.bytes), 3) for t in passing}
     best = min(values.values())
@@ -225,7 +234,6 @@ def choose(label: str, candidates: list[str], evaluate: Callable[[str], Trial], 
 
 def check_memory(plan: QuantPlan, label: str, size: int, used_bytes: int = 0) -> None:
     """Refuse an artifact written without a search (nothing to choose) that exceeds the memory budget."""
-    if plan.max_memory_mb is not None and size > plan.max_memory_mb * 2**20 - used_bytes:
-        left = max(plan.max_memory_mb * 2**20 - used_bytes, 0)
-        raise ExportError(f"{label} was refused: weights {size / 2**20:.1f} MB > {left / 2**20:.1f} MB left of "
-                          "--max-memory.", hint="Raise --max-memory or choose a smaller precision.")
+    over = _over_memory(size, None if plan.max_memory_mb is None else plan.max_memory_mb * 2**20 - used_bytes)
+    if over:
+        raise ExportError(f"{label} was refused: {over}.", hint="Raise --max-memory or choose a smaller precision.")
