@@ -6,17 +6,14 @@ padding rule and the prompt placeholder.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from edgebridge.errors import UnsupportedModelError
 from edgebridge.exporters.families.base import (
     EncoderExport,
     HFFamily,
     Loaded,
-    load_float32,
 )
 from edgebridge.preprocess.audio import load_audio
 
@@ -49,22 +46,6 @@ class AudioFamily(HFFamily):
     text_prefix = "language_model.model."
     lm_head = "language_model.lm_head.weight"
     modality = "audio"
-
-    def load(self, folder: Path) -> Loaded:
-        import transformers
-
-        cls = getattr(transformers, self.model_class)
-        model = load_float32(cls, folder)
-        text_type = model.config.text_config.model_type
-        if text_type not in self.text_types:
-            raise UnsupportedModelError(f"{self.name} with a '{text_type}' text model is not supported.",
-                                        hint=f"Supported: {', '.join(self.text_types)}.")
-        return Loaded(folder=Path(folder), config=model.config, model=model, processor=self.load_processor(folder))
-
-    def load_processor(self, folder: Path) -> Any:
-        from transformers import AutoProcessor
-
-        return AutoProcessor.from_pretrained(folder, local_files_only=True)
 
     def placeholder_token(self, loaded: Loaded) -> str:
         return self.placeholder

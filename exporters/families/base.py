@@ -211,6 +211,30 @@ class HFFamily(Family):
     # The composite's generate() hands over to ``language_model.generate()`` (InstructBLIP, MobileVLM):
     # then the language model's generation config holds the stop tokens the reference uses.
     delegates_generate: bool = False
+    # What the default ``load`` builds: the transformers class (by name), the text models the family
+    # exports (empty: whatever its config holds), AutoProcessor's ``use_fast`` (None: the folder's choice).
+    model_class: str = ""
+    text_types: tuple[str, ...] = ()
+    processor_use_fast: bool | None = None
+
+    def load(self, folder: Path) -> Loaded:
+        """The composite in float32 and its processor; a text model outside ``text_types`` is refused."""
+        import transformers
+
+        if not self.model_class:
+            raise NotImplementedError(f"{type(self).__name__} names no model_class and does not override load().")
+        model = load_float32(getattr(transformers, self.model_class), folder)
+        text_type = model.config.text_config.model_type
+        if self.text_types and text_type not in self.text_types:
+            raise UnsupportedModelError(f"{self.name} with a '{text_type}' text model is not supported.",
+                                        hint=f"Supported: {', '.join(self.text_types)}.")
+        return Loaded(folder=Path(folder), config=model.config, model=model, processor=self.load_processor(folder))
+
+    def load_processor(self, folder: Path) -> Any:
+        from transformers import AutoProcessor
+
+        fast = {} if self.processor_use_fast is None else {"use_fast": self.processor_use_fast}
+        return AutoProcessor.from_pretrained(folder, local_files_only=True, **fast)
 
     def placeholder_token(self, loaded: Loaded) -> str:
         return loaded.processor.image_token

@@ -16,14 +16,13 @@ Survey group: converter. What differs from LLaVA, all read from transformers 4.5
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from edgebridge.errors import UnsupportedModelError
 from edgebridge.exporters.families import register_family
-from edgebridge.exporters.families.base import EncoderExport, HFFamily, Loaded, image_features_export, load_float32
+from edgebridge.exporters.families.base import EncoderExport, HFFamily, Loaded, image_features_export
 from edgebridge.exporters.image_spec import pixel_steps
 
 
@@ -47,13 +46,8 @@ class Gemma3Family(HFFamily):
     survey_group = "converter"
     description = "SigLIP + average pooling to a fixed token count + RMS-normed linear projection, gemma3 LLM with " \
                   "bidirectional attention inside each image (Gemma 3)"
-
-    def load(self, folder: Path) -> Loaded:
-        from transformers import AutoProcessor, Gemma3ForConditionalGeneration
-
-        model = load_float32(Gemma3ForConditionalGeneration, folder)
-        processor = AutoProcessor.from_pretrained(folder, local_files_only=True, use_fast=False)
-        return Loaded(folder=Path(folder), config=model.config, model=model, processor=processor)
+    model_class = "Gemma3ForConditionalGeneration"
+    processor_use_fast = False
 
     def placeholder_token(self, loaded: Loaded) -> str:
         return loaded.processor.boi_token

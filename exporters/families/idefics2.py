@@ -10,7 +10,6 @@ unpadded, which gives HF's padded-batch result for its real patches.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +19,6 @@ from edgebridge.exporters.families.base import (
     EncoderExport,
     HFFamily,
     Loaded,
-    load_float32,
     seeded_normal,
 )
 from edgebridge.exporters.image_spec import pixel_steps
@@ -69,14 +67,9 @@ class Idefics2Family(HFFamily):
     bridge_type = "MLP + perceiver resampler"
     survey_group = "perceiver"
     description = "SigLIP ViT at native aspect ratio + perceiver resampler with learned latents (Idefics2)"
+    model_class = "Idefics2ForConditionalGeneration"
     text_prefix = "model.text_model."
 
-    def load(self, folder: Path) -> Loaded:
-        from transformers import AutoProcessor, Idefics2ForConditionalGeneration
-
-        model = load_float32(Idefics2ForConditionalGeneration, folder)
-        processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
-        return Loaded(folder=Path(folder), config=model.config, model=model, processor=processor)
 
     def _preprocessing(self, loaded: Loaded) -> dict[str, Any]:
         ip = loaded.processor.image_processor

@@ -19,7 +19,6 @@ from edgebridge.exporters.families.base import (
     EncoderExport,
     HFFamily,
     Loaded,
-    load_float32,
     seeded_normal,
 )
 from edgebridge.exporters.image_spec import image_spec
@@ -49,17 +48,13 @@ class InstructBlipFamily(HFFamily):
     bridge_type = "Q-Former (learned queries + instruction)"
     survey_group = "perceiver"
     description = "BLIP ViT + instruction-aware Q-Former + linear projection (InstructBLIP)"
+    model_class = "InstructBlipForConditionalGeneration"
+    processor_use_fast = False
     text_prefix = "language_model.model."
     lm_head = "language_model.lm_head.weight"
     processor_template = False
     delegates_generate = True  # its generate() hands over to language_model.generate()
 
-    def load(self, folder: Path) -> Loaded:
-        from transformers import AutoProcessor, InstructBlipForConditionalGeneration
-
-        model = load_float32(InstructBlipForConditionalGeneration, folder)
-        processor = AutoProcessor.from_pretrained(folder, local_files_only=True, use_fast=False)
-        return Loaded(folder=Path(folder), config=model.config, model=model, processor=processor)
 
     def encoders(self, loaded: Loaded) -> list[EncoderExport]:
         model = loaded.model

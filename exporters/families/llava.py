@@ -6,17 +6,14 @@ Prompt: every ``<image>`` in the prompt becomes the image's N embeddings, in pla
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 
-from edgebridge.errors import UnsupportedModelError
 from edgebridge.exporters.families import register_family
 from edgebridge.exporters.families.base import (
     EncoderExport,
     HFFamily,
     Loaded,
-    load_float32,
     seeded_normal,
 )
 from edgebridge.exporters.image_spec import image_spec
@@ -50,18 +47,10 @@ class LlavaFamily(HFFamily):
     bridge_type = "mlp"
     survey_group = "converter"
     description = "CLIP/SigLIP ViT + 2-layer MLP projector (LLaVA-1.5 style)"
+    model_class = "LlavaForConditionalGeneration"
+    text_types = TEXT_TYPES
+    processor_use_fast = False
 
-    def load(self, folder: Path) -> Loaded:
-        from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-        model = load_float32(LlavaForConditionalGeneration, folder)
-        processor = AutoProcessor.from_pretrained(folder, local_files_only=True, use_fast=False)
-        text_type = model.config.text_config.model_type
-        if text_type not in TEXT_TYPES:
-            raise UnsupportedModelError(
-                f"LLaVA with a '{text_type}' text model is not supported.", hint=f"Supported: {', '.join(TEXT_TYPES)}."
-            )
-        return Loaded(folder=Path(folder), config=model.config, model=model, processor=processor)
 
     def _image_tokens(self, loaded: Loaded, height: int, width: int) -> int:
         proc = loaded.processor

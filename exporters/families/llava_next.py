@@ -7,11 +7,10 @@ depends on its size and grid), in place.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from edgebridge.exporters.families import register_family
 from edgebridge.exporters.families._anyres import AnyresFamily
-from edgebridge.exporters.families.base import Loaded, load_float32
+from edgebridge.exporters.families.base import Loaded
 
 
 @register_family
@@ -19,13 +18,9 @@ class LlavaNextFamily(AnyresFamily):
     name = "llava-next"
     model_types = ("llava_next",)
     description = "CLIP/SigLIP on anyres tiles + MLP projector, unpadded grid + image_newline (LLaVA-NeXT)"
+    model_class = "LlavaNextForConditionalGeneration"
+    processor_use_fast = False
 
-    def load(self, folder: Path) -> Loaded:
-        from transformers import AutoProcessor, LlavaNextForConditionalGeneration
-
-        model = load_float32(LlavaNextForConditionalGeneration, folder)
-        processor = AutoProcessor.from_pretrained(folder, local_files_only=True, use_fast=False)
-        return Loaded(folder=Path(folder), config=model.config, model=model, processor=processor)
 
     def tile_size(self, loaded: Loaded) -> int:
         return int(loaded.processor.image_processor.crop_size["height"])

@@ -13,13 +13,12 @@ Survey group: converter. Read from transformers 4.57:
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
 from edgebridge.exporters.families import register_family
-from edgebridge.exporters.families.base import EncoderExport, HFFamily, Loaded, image_features_export, load_float32
+from edgebridge.exporters.families.base import EncoderExport, HFFamily, Loaded, image_features_export
 from edgebridge.exporters.image_spec import image_spec
 from edgebridge.manifest import PromptLayout
 
@@ -62,14 +61,9 @@ class PaliGemmaFamily(HFFamily):
     bridge_type = "linear"
     survey_group = "converter"
     description = "SigLIP + linear projection, gemma2 LLM; image and prompt attend both ways (PaliGemma 2)"
+    model_class = "PaliGemmaForConditionalGeneration"
+    # the fast tokenizer (the slow one needs sentencepiece); the image processor stays the saved (PIL) one
 
-    def load(self, folder: Path) -> Loaded:
-        from transformers import AutoProcessor, PaliGemmaForConditionalGeneration
-
-        model = load_float32(PaliGemmaForConditionalGeneration, folder)
-        # the fast tokenizer (the slow one needs sentencepiece); the image processor stays the saved (PIL) one
-        processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
-        return Loaded(folder=Path(folder), config=model.config, model=model, processor=processor)
 
     def causal_lm(self, loaded: Loaded) -> torch.nn.Module:
         return CausalText(loaded.model).eval()
