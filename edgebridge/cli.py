@@ -199,7 +199,8 @@ def run(
                                                         "(default all)."),
     precision: str = typer.Option("f32", help="OpenVINO execution precision: f32, bf16, f16 or auto."),
     threads: Optional[int] = typer.Option(None, help="Threads per engine (default: all available cores)."),
-    n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="LLM context size."),
+    n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="Most positions a sequence may hold (the KV cache "
+                                                                "grows to it as needed)."),
     chat: bool = typer.Option(False, "--chat", help="Apply the bundle's chat template."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object {text, token_ids, timings, devices}."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the sha256 check of the bundle's files."),
@@ -415,7 +416,8 @@ def serve(
     llm_device: Optional[str] = typer.Option(None, help="LLM device: CPU, GPU (llama.cpp's Vulkan backend) or AUTO."),
     gpu_layers: Optional[str] = typer.Option(None, help="LLM layers to offload to the GPU: a number or 'all'."),
     threads: Optional[int] = typer.Option(None, help="Threads per pipeline (default: the cores split between them)."),
-    n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="LLM context size per pipeline."),
+    n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="Most positions a sequence may hold, per pipeline "
+                                                                "(the KV cache grows to it as needed)."),
 ) -> None:
     """Serve a bundle with the OpenAI chat-completions API (needs the `serve` extra)."""
     try:
