@@ -49,6 +49,9 @@ class EmbeddingCache:
         while len(self._items) > self.capacity:
             self._items.popitem(last=False)
 
+    def clear(self) -> None:
+        self._items.clear()
+
 
 class KVPrefix:
     """The signature of every position in the KV cache, and how much of it a new prompt can keep."""

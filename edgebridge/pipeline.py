@@ -19,6 +19,7 @@ Imports no torch and no transformers.
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -64,6 +65,15 @@ def _llm_settings(given: LlamaSettings | None, placement: DevicePlacement, llm_d
     return settings if gpu_layers is None else settings.with_(gpu_layers=gpu_layers)
 
 
+def return_freed_memory() -> None:
+    """glibc keeps freed heap for the process to reuse; ``malloc_trim`` hands it back to the system
+    (a no-op where the C library is not glibc)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class Pipeline:
     """A loaded bundle: one stage per modality and the LLM session."""
 
@@ -76,7 +86,7 @@ class Pipeline:
         self.embedding_cache = embedding_cache
         self.load_ms = load_ms
         self.load_warnings = warnings
-        self._guard = CallGuard(llm.close)
+        self._guard = CallGuard(self._release)
 
     @classmethod
     def from_bundle(cls, path: str | Path, *, encoder_backend: str = "onnxruntime", device: str = "CPU",
@@ -115,6 +125,18 @@ class Pipeline:
     def close(self) -> None:
         """Release the engines (after a call that is running ends); later calls raise ``PipelineClosedError``."""
         self._guard.close()
+
+    def _release(self) -> None:
+        """Free every engine now, not when the garbage collector finds the pipeline, and hand the freed
+        heap back: on the bench LLaVA (prefill graph bundle) a closed pipeline held 259 MB resident until
+        collected and 196 MB after; 43 MB after this. A process that opens one pipeline after another
+        (a server swapping bundles, the benchmarks) otherwise holds both."""
+        self.llm.close()
+        for stage in self.stages.values():
+            stage.close()
+        if self.embedding_cache is not None:
+            self.embedding_cache.clear()
+        return_freed_memory()
 
     def __enter__(self) -> "Pipeline":
         return self

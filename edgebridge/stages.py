@@ -65,6 +65,10 @@ class ModalityStage(Protocol):
 
     def run(self, prepared: Prepared) -> StageOutput: ...
 
+    def close(self) -> None:
+        """Free the stage's engine session (shared sessions: closing twice is harmless)."""
+        ...
+
 
 @dataclass(frozen=True)
 class StageOptions:
@@ -218,6 +222,9 @@ class EncoderStage:
             return None
         return sum(us for _, us in times[first:]), total, len(times)
 
+    def close(self) -> None:
+        self.session.close()
+
     def run(self, prepared: Prepared) -> StageOutput:
         """Encoder + bridge -> one ``[n_i, D]`` float32 array per run (from the cache when seen before)."""
         key = None
@@ -282,6 +289,9 @@ class ToolStage:
     def media_items(self, prepared: Prepared, output: StageOutput | None = None) -> MediaItems:
         texts = tuple(output.texts) if output is not None and output.texts is not None else None
         return MediaItems(infos=tuple(prepared.info), texts=texts)
+
+    def close(self) -> None:
+        self.tool.close()
 
     def run(self, prepared: Prepared) -> StageOutput:
         rows = prepared.item_rows or [slice(i, i + 1) for i in range(len(prepared.info))]

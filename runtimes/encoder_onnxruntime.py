@@ -94,6 +94,9 @@ class OnnxRuntimeEncoder:
         except Exception as exc:
             raise BackendError(f"onnxruntime failed to run the encoder: {str(exc).splitlines()[0][:300]}") from None
 
+    def close(self) -> None:
+        self.session = None
+
     def node_times(self, inputs: dict[str, np.ndarray]) -> list[tuple[str, float]]:
         """(node name, microseconds) in execution order for one run, from onnxruntime's profiler.
 

@@ -122,6 +122,9 @@ class OpenVinoEncoder:
             raise BackendError(f"OpenVINO failed to run the encoder: {str(exc).splitlines()[0][:300]}") from None
         return [np.array(result[out]) for out in self.compiled.outputs]
 
+    def close(self) -> None:
+        self.request = self.compiled = self._model = None
+
     def node_times(self, inputs: dict[str, np.ndarray]) -> list[tuple[str, float]]:
         """(node name, microseconds) in execution order for one run, from OpenVINO's perf counters.
 

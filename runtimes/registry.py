@@ -53,6 +53,10 @@ class EncoderSession(Protocol):
         """(node name, microseconds) of one profiled run, in execution order."""
         ...
 
+    def close(self) -> None:
+        """Free the engine's session (weights, arenas) now; the session is not run again."""
+        ...
+
 
 def run_named(session: EncoderSession, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run a session and key its outputs by name (graphs with many outputs: decoders with KV caches)."""

@@ -209,6 +209,9 @@ class PrefillGraph:
         })
         return logits[0], k, v
 
+    def close(self) -> None:
+        self.session.close()
+
 
 class KVHandoff:
     """A prefill graph bound to one llama.cpp context whose cache layout it was checked against."""

@@ -224,6 +224,8 @@ class LLMSession:
 
     def close(self) -> None:
         self.engine.close()
+        if self.handoff is not None:
+            self.handoff.graph.close()
 
 
 def _finite(logits: np.ndarray) -> np.ndarray:

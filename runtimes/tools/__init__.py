@@ -32,6 +32,10 @@ class Tool(Protocol):
 
     def run(self, inputs: dict[str, Any], rows: list[slice]) -> list[ToolOutput]: ...
 
+    def close(self) -> None:
+        """Free the tool's engine sessions."""
+        ...
+
 
 _TOOLS: dict[str, Callable[..., Tool]] = {}
 

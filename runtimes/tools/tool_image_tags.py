@@ -23,6 +23,9 @@ class ImageTags:
         self.top_k = int(spec.get("top_k", 3))
         self.separator = spec.get("separator", ", ")
 
+    def close(self) -> None:
+        self.graph.close()
+
     def run(self, inputs: dict[str, np.ndarray], rows: list[slice]) -> list[ToolOutput]:
         logits = self.graph.run({"pixel_values": inputs["pixel_values"]})[0]
         logits = logits - logits.max(axis=1, keepdims=True)

@@ -93,6 +93,10 @@ class WhisperASR:
             logits = out["logits"][0, -1]
         return generated
 
+    def close(self) -> None:
+        for graph in self.graphs.values():
+            graph.close()
+
     def run(self, inputs: dict[str, np.ndarray], rows: list[slice]) -> list[ToolOutput]:
         outputs = []
         for r in rows:

@@ -1,10 +1,13 @@
-"""The KV cache grows with the sequence: ``n_ctx`` is a limit, not an allocation.
+"""Resident memory: the KV cache grows with the sequence, and a closed pipeline holds nothing.
+
+``n_ctx`` is a limit, not an allocation.
 
 llama.cpp clears a context's whole cache when it creates it, so every cell costs resident memory from
 the start; ``LlamaCppLLM`` allocates ``first_cells`` (llama.cpp pads to 256) and doubles when a decode
 needs more, carrying the cached cells over through llama.cpp's sequence state. What must hold: the
 same logits and ids as a context allocated at once, across growth in a prompt, in the decode loop and
 on an M-RoPE model (cells and positions differ); the limit still refused; memory actually saved.
+``Pipeline.close`` frees every engine at once.
 """
 
 from __future__ import annotations
@@ -110,3 +113,36 @@ def test_resident_memory_follows_the_cache_in_use(clip_llama_f32):
     assert (all_cells, grow_cells) == (8192, 512)
     saved = (all_kib - grow_kib) * 1024
     assert saved >= 0.8 * per_cell * (8192 - 512), (saved, per_cell)
+
+
+
+def test_close_frees_every_engine_at_once(workdir, clip_llama_f32, photo):
+    """``Pipeline.close`` drops the encoder sessions, the prefill graph and llama.cpp's context at once,
+    not when the garbage collector finds the pipeline (the collector is off here): a process opening one
+    pipeline after another must not hold both (the bench LLaVA's pipeline held 259 MB after close before)."""
+    import gc
+    import weakref
+
+    from edgebridge import Pipeline
+    from tests.conftest import exported_llava
+
+    graph_bundle = exported_llava(workdir, ("clip", "qwen2"), "f16", prefill="int8").bundle
+    gc.collect()
+    gc.disable()
+    try:
+        for bundle, backend in ((graph_bundle, "onnxruntime"), (clip_llama_f32.bundle, "openvino")):
+            pipe = Pipeline.from_bundle(bundle, encoder_backend=backend)
+            pipe.generate("USER: <image>\nWhat is it? ASSISTANT:", images=[photo], max_new_tokens=4)
+            engines = [stage.session.session if backend == "onnxruntime" else stage.session.compiled
+                       for stage in pipe.stages.values()]
+            if backend == "onnxruntime":
+                assert pipe.llm.handoff is not None
+                engines.append(pipe.llm.handoff.graph.session.session)
+            refs = [weakref.ref(engine) for engine in engines]
+            del engines
+            assert all(ref() is not None for ref in refs)
+            pipe.close()
+            assert [ref() for ref in refs] == [None] * len(refs), backend
+            assert pipe.llm.engine._ctx is None and pipe.embedding_cache._items == {}
+    finally:
+        gc.enable()
