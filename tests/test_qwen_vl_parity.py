@@ -87,6 +87,36 @@ def ref_grids(exp, images) -> list[list[int]]:
     return Qwen2VLImageProcessor.from_pretrained(exp.model_dir)(images=images)["image_grid_thw"].tolist()
 
 
+@pytest.mark.parametrize("size, cut", [((120, 200), True), ((56, 56), False), ((300, 90), True)])
+def test_window_layouts_give_the_same_tower_output(workdir, size, cut):
+    """Qwen2.5-VL: whole windows attended one by one (new bundles) and the older [N, N] window bias over
+    every pair give the same embeddings, on grids whose edge windows are cut (empty slots padded)."""
+    import torch
+
+    from edgebridge.exporters.families import family_for
+    from edgebridge.exporters.families.qwen2_vl import QwenVisionGraph
+    from edgebridge.preprocess.qwen_vl import vision_inputs
+
+    model_dir = exported(workdir, "qwen2.5-vl").model_dir
+    family = family_for(model_dir)
+    loaded = family.load(model_dir)
+    spec = family.preprocessing(loaded)
+    padded, _ = family.vision_graph(loaded)
+    vision = loaded.config.vision_config
+    dropped = QwenVisionGraph(loaded.model.model.visual, window_blocks=tuple(padded.window_blocks)).eval()
+    frames = np.random.default_rng(0).standard_normal((1, 3, *size)).astype(np.float32)
+    frames = frames[:, :, :size[0] // 28 * 28, :size[1] // 28 * 28]
+    new, _ = vision_inputs(frames, spec)
+    old, _ = vision_inputs(frames, {**spec, "window_padded": False})
+    assert padded.window_rows == spec["window"] ** 2 * vision.spatial_merge_size ** 2
+    assert new["pixel_values"].shape[0] % padded.window_rows == 0
+    assert (new["pixel_values"].shape[0] > old["pixel_values"].shape[0]) == cut  # cut windows: empty slots padded
+    with torch.no_grad():
+        a = padded(**{k: torch.from_numpy(v) for k, v in new.items()})
+        b = dropped(**{k: torch.from_numpy(v) for k, v in old.items()})
+    assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["chelsea", "astronaut", "page", "rocket", "camera", "coffee"])
 def test_preprocessing_equals_the_hf_processor(qwen2_vl, name):
     from transformers import Qwen2VLImageProcessor

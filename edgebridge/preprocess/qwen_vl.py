@@ -16,8 +16,10 @@ exported graph has no data-dependent shapes: each patch's 2-D rotary angles (``r
 
 Qwen2.5-VL's tower attends within windows in most blocks (``window`` in the spec: the window's side
 in merged tokens): its patches are fed in window order (in units of the 2x2 blocks the merger folds),
-with a window attention bias (``window_bias``) beside the frame one, and ``reverse_index`` gives the
-merged tokens back their raster order (transformers' ``get_window_index`` and its ``argsort``).
+and ``reverse_index`` gives the merged tokens back their raster order (transformers'
+``get_window_index`` and its ``argsort``). Bundles with ``window_padded`` keep every window whole
+(empty slots as masked zero rows, ``window_key_bias``) so the graph attends window by window; older
+ones drop them and mask across windows with ``window_bias`` (``window_layout``).
 
 Qwen3-VL adds a learned position embedding of ``grid_per_side``² entries, bilinearly interpolated to
 each image's patch grid (``pos_embed`` in the spec): the runtime gives each patch its four table
@@ -116,18 +118,47 @@ def pos_embed_interpolation(grid: tuple[int, int, int], merge: int, side: int) -
             np.stack([blocks(x.astype(np.float32)) for x in weight]).astype(np.float32))
 
 
-def window_order(grid: tuple[int, int, int], merge: int, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """(merged-token order by window, each merged token's window id in that order): windows of
-    ``window`` x ``window`` merged tokens, row by row per frame, the last ones cut at the edges."""
+def window_order(grid: tuple[int, int, int], merge: int, window: int) -> np.ndarray:
+    """Merged-token index at each slot of the windows (``[windows, window * window]``, -1 where a window
+    cut at the frame's edge has no token): windows of ``window`` x ``window`` merged tokens, row by row
+    per frame, as transformers' ``get_window_index`` pads and orders them."""
     t, h, w = grid[0], grid[1] // merge, grid[2] // merge
     pad_h, pad_w = -h % window, -w % window  # transformers pads a full window more when divisible; same order
     index = np.full((t, h + pad_h, w + pad_w), -1)
     index[:, :h, :w] = np.arange(t * h * w).reshape(t, h, w)
     windows = index.reshape(t, (h + pad_h) // window, window, (w + pad_w) // window, window).transpose(0, 1, 3, 2, 4)
-    windows = windows.reshape(-1, window * window)
-    ids = np.repeat(np.arange(windows.shape[0]), window * window).reshape(windows.shape)
-    keep = windows >= 0
-    return windows[keep], ids[keep]
+    return windows.reshape(-1, window * window)
+
+
+def window_layout(patches: np.ndarray, angles: np.ndarray, grid: tuple[int, int, int], merge: int, window: int,
+                  padded: bool) -> dict[str, np.ndarray]:
+    """Qwen2.5-VL's inputs in window order (in units of the 2x2 blocks the merger folds).
+
+    ``padded`` (bundles whose graph attends window by window): every window keeps all its slots, empty
+    ones as zero rows that no row attends to (``window_key_bias [P]``), so the graph can cut the rows
+    into equal windows; ``attention_bias`` then also masks them. Otherwise the empty slots are dropped and
+    ``window_bias [N, N]`` masks across windows (the graph attends over every pair, ~11x the work).
+    ``reverse_index``: the slot of each merged token in raster order."""
+    slots = window_order(grid, merge, window)
+    window_id = np.repeat(np.arange(slots.shape[0]), slots.shape[1])
+    slots = slots.reshape(-1)
+    if not padded:
+        window_id, slots = window_id[slots >= 0], slots[slots >= 0]
+    unit = merge * merge
+    real = np.repeat(slots >= 0, unit)
+    rows = (np.maximum(slots, 0)[:, None] * unit + np.arange(unit)).reshape(-1)
+    reverse = np.empty(int((slots >= 0).sum()), np.int64)
+    reverse[slots[slots >= 0]] = np.nonzero(slots >= 0)[0]
+    out = {"pixel_values": np.where(real[:, None], patches[rows], 0).astype(np.float32),
+           "rotary_pos_emb": np.where(real[:, None], angles[rows], 0).astype(np.float32), "reverse_index": reverse}
+    if not padded:
+        same = np.repeat(window_id, unit)
+        out["window_bias"] = np.where(same[:, None] == same[None, :], 0.0, MASKED).astype(np.float32)
+        return out
+    frame = np.where(real, rows // (grid[1] * grid[2]), -1)
+    out["attention_bias"] = np.where((frame[:, None] == frame[None, :]) & real[None, :], 0.0, MASKED).astype(np.float32)
+    out["window_key_bias"] = np.where(real, 0.0, MASKED).astype(np.float32)
+    return out
 
 
 def vision_inputs(frames: np.ndarray, spec: dict[str, Any]) -> tuple[dict[str, np.ndarray], tuple[int, int, int]]:
@@ -141,13 +172,7 @@ def vision_inputs(frames: np.ndarray, spec: dict[str, Any]) -> tuple[dict[str, n
         inputs["pos_index"], inputs["pos_weight"] = pos_embed_interpolation(grid, merge,
                                                                             int(spec["pos_embed"]["grid_per_side"]))
     if spec.get("window"):
-        order, window_id = window_order(grid, merge, int(spec["window"]))
-        unit = merge * merge
-        rows = (order[:, None] * unit + np.arange(unit)).reshape(-1)  # patches of each merged token, in order
-        same = np.repeat(window_id, unit)
-        inputs.update(pixel_values=np.ascontiguousarray(patches[rows]), rotary_pos_emb=np.ascontiguousarray(angles[rows]),
-                      window_bias=np.where(same[:, None] == same[None, :], 0.0, MASKED).astype(np.float32),
-                      reverse_index=np.argsort(order).astype(np.int64))
+        inputs.update(window_layout(patches, angles, grid, merge, int(spec["window"]), bool(spec.get("window_padded"))))
     return inputs, grid
 
 

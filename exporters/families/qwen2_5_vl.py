@@ -31,10 +31,12 @@ class Qwen25VLFamily(Qwen2VLFamily):
     def preprocessing(self, loaded: Loaded) -> dict[str, Any]:
         vision = loaded.config.vision_config
         window = vision.window_size // vision.spatial_merge_size // vision.patch_size  # in merged tokens
-        return {**super().preprocessing(loaded), "window": int(window)}
+        return {**super().preprocessing(loaded), "window": int(window), "window_padded": True}
 
     def vision_graph(self, loaded: Loaded) -> tuple[torch.nn.Module, list[str]]:
         vision = loaded.config.vision_config
         windowed = tuple(i for i in range(vision.depth) if i not in set(vision.fullatt_block_indexes))
-        graph = QwenVisionGraph(loaded.model.model.visual, window_blocks=windowed).eval()
-        return graph, ["pixel_values", "rotary_pos_emb", "attention_bias", "window_bias", "reverse_index"]
+        window = self.preprocessing(loaded)["window"]
+        graph = QwenVisionGraph(loaded.model.model.visual, window_blocks=windowed,
+                                window_rows=window * window * vision.spatial_merge_size ** 2).eval()
+        return graph, ["pixel_values", "rotary_pos_emb", "attention_bias", "reverse_index", "window_key_bias"]
