@@ -43,6 +43,7 @@ from edgebridge.timing import median_ms
 from edgebridge.runtimes.llamacpp.kv_handoff import (
     GRAPH_INPUTS,
     GRAPH_OUTPUTS,
+    MROPE_INPUT,
     HandoffUnavailable,
     KVHandoff,
     PrefillGraph,
@@ -63,11 +64,31 @@ def rotary_order(head_dim: int) -> list[int]:
     return [j * half + i for i in range(half) for j in range(2)]
 
 
+class TextCausalLM(torch.nn.Module):
+    """A text model transformers has no ``*ForCausalLM`` for (Qwen-VL's ``*_vl_text``): the decoder and
+    its output head, under the names the GGUF writer's state dict uses."""
+
+    def __init__(self, config: Any) -> None:
+        from transformers import AutoModel
+
+        super().__init__()
+        self.config = config
+        self.model = AutoModel.from_config(config, attn_implementation="eager", dtype=torch.float32)
+        self.lm_head = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.model.get_input_embeddings()
+
+
 def causal_lm_from(text: TextModel) -> torch.nn.Module:
     """The text model as a float32 ``*ForCausalLM`` holding exactly the weights the GGUF got."""
     from transformers import AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    model = AutoModelForCausalLM.from_config(text.config, attn_implementation="eager", dtype=torch.float32)
+    if text.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        model = AutoModelForCausalLM.from_config(text.config, attn_implementation="eager", dtype=torch.float32)
+    else:
+        model = TextCausalLM(text.config)
     state = {k: v.detach().to(torch.float32) for k, v in text.state_dict.items() if not k.endswith("inv_freq")}
     if "lm_head.weight" not in state:  # the writer drops a head equal to the embeddings (llama.cpp reuses them)
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
@@ -82,21 +103,29 @@ def causal_lm_from(text: TextModel) -> torch.nn.Module:
 class PrefillModule(torch.nn.Module):
     """``input_ids, media_embeds, media_mask -> logits, k, v`` (shapes in the module docstring)."""
 
-    def __init__(self, lm: torch.nn.Module, permute_k: bool, head_dim: int) -> None:
+    def __init__(self, lm: torch.nn.Module, permute_k: bool, head_dim: int, mrope: bool = False) -> None:
         super().__init__()
         self.lm = lm
         self.permute_k = permute_k
+        self.mrope = mrope
         self.register_buffer("order", torch.tensor(rotary_order(head_dim)), persistent=False)
 
-    def forward(self, input_ids: torch.Tensor, media_embeds: torch.Tensor, media_mask: torch.Tensor):
+    def forward(self, input_ids: torch.Tensor, media_embeds: torch.Tensor, media_mask: torch.Tensor,
+                positions: torch.Tensor | None = None):
+        from transformers import DynamicCache
+
         tokens = self.lm.get_input_embeddings()(input_ids)
         x = torch.where(media_mask[..., None], media_embeds, tokens)
-        # Positions and the causal mask from tensor ops, so the traced graph keeps ``n`` dynamic
-        # (transformers' own mask code turns the example's length into constants when traced).
+        # Row indices and the causal mask from tensor ops, so the traced graph keeps ``n`` dynamic
+        # (transformers' own mask code turns the example's length into constants when traced). Rows
+        # attend causally in order; M-RoPE models rotate by the (t, h, w) ``positions`` ([3, n]), as
+        # transformers' Qwen-VL does (llama.cpp masks by t, then h and w: the same order for a prompt).
         pos = torch.cumsum(torch.ones_like(input_ids[0]), 0) - 1  # [n]
         causal = torch.where(pos[None, :] <= pos[:, None], 0.0, torch.finfo(torch.float32).min)  # [n, n]
-        out = self.lm.model(inputs_embeds=x, attention_mask=causal[None, None], position_ids=pos[None],
-                            cache_position=pos, use_cache=True)
+        # a cache passed in: Qwen-VL's text model makes none while traced
+        out = self.lm.model(inputs_embeds=x, attention_mask=causal[None, None],
+                            position_ids=positions[:, None, :] if self.mrope else pos[None],
+                            cache_position=pos, use_cache=True, past_key_values=DynamicCache(config=self.lm.config))
         ks, vs = [], []
         for layer in out.past_key_values.layers:  # keys / values [1, H, n, d]
             k = layer.keys[0].index_select(-1, self.order) if self.permute_k else layer.keys[0]
@@ -115,16 +144,19 @@ def write_graph(text: TextModel, dst: Path, precision: str, scratch: Path) -> di
         raise UnsupportedModelError(
             f"the text model is {n_bytes / 1e9:.1f} GB in float32; the prefill graph is written as one ONNX "
             "file, which holds less than 2 GB.", hint="Export without --prefill (llama.cpp then prefills).")
-    module = PrefillModule(lm, spec.permute_qk, text.head_dim).eval()
+    module = PrefillModule(lm, spec.permute_qk, text.head_dim, mrope=spec.mrope).eval()
     n, width = 8, int(text.config.hidden_size)
     example = (torch.zeros(1, n, dtype=torch.long), torch.zeros(1, n, width), torch.zeros(1, n, dtype=torch.bool))
+    names = list(GRAPH_INPUTS)
+    if spec.mrope:
+        example, names = example + (torch.arange(n).expand(3, n).contiguous(),), names + [MROPE_INPUT]
     fp32 = scratch / "prefill-f32.onnx"
     with torch.no_grad():
-        torch.onnx.export(module, example, str(fp32), input_names=list(GRAPH_INPUTS),
+        torch.onnx.export(module, example, str(fp32), input_names=names,
                           output_names=list(GRAPH_OUTPUTS), opset_version=OPSET, dynamo=False,
                           dynamic_axes={"input_ids": {1: "positions"}, "media_embeds": {1: "positions"},
                                         "media_mask": {1: "positions"}, "k": {1: "positions"},
-                                        "v": {2: "positions"}})
+                                        "v": {2: "positions"}, MROPE_INPUT: {1: "positions"}})
     method: dict[str, Any] = {"method": "torch.onnx.export (TorchScript)", "opset": OPSET,
                               "rotary_permuted": spec.permute_qk}
     final = fp32
@@ -139,8 +171,19 @@ def write_graph(text: TextModel, dst: Path, precision: str, scratch: Path) -> di
     return method
 
 
-def _cases(lm: torch.nn.Module, vocab_rows: int) -> list[dict[str, np.ndarray]]:
-    """Seeded prompts: ids alone; ids + injected embeddings + ids; each with teacher-forced next tokens."""
+def _mrope_positions(n_text: int, grid: tuple[int, int]) -> np.ndarray:
+    """``[3, n]`` (t, h, w) positions of ``n_text`` tokens, a ``grid`` of media rows at the next t (rows and
+    columns from there), ``n_text`` more tokens from the largest + 1: what the prompt plan numbers."""
+    rows, cols = np.meshgrid(np.arange(grid[0]), np.arange(grid[1]), indexing="ij")
+    media = np.stack([np.zeros(rows.size, np.int64), rows.reshape(-1), cols.reshape(-1)]) + n_text
+    after = int(media.max()) + 1 if media.size else n_text
+    return np.concatenate([np.broadcast_to(np.arange(n_text), (3, n_text)), media,
+                           np.broadcast_to(np.arange(after, after + n_text), (3, n_text))], axis=1)
+
+
+def _cases(lm: torch.nn.Module, vocab_rows: int, mrope: bool = False) -> list[dict[str, np.ndarray]]:
+    """Seeded prompts: ids alone; ids + injected embeddings (M-RoPE: a 3 x 4 grid) + ids; each with
+    teacher-forced next tokens."""
     gen = torch.Generator().manual_seed(SEED + 1)
     embed = lm.get_input_embeddings().weight.detach()
     scale = float(embed.std())
@@ -153,6 +196,8 @@ def _cases(lm: torch.nn.Module, vocab_rows: int) -> list[dict[str, np.ndarray]]:
         media = torch.randn((ids.shape[0], width), generator=gen) * scale * mask[:, None]
         follow = torch.randint(0, vocab_rows, (TEACHER_STEPS,), generator=gen)
         cases.append({"ids": ids.numpy(), "media": media.numpy(), "mask": mask.numpy(), "follow": follow.numpy()})
+        if mrope:
+            cases[-1]["positions"] = _mrope_positions(8, (3, 4) if n_media else (0, 0))
     return cases
 
 
@@ -160,7 +205,10 @@ def _hf_last_logits(lm: torch.nn.Module, case: dict[str, np.ndarray]) -> np.ndar
     ids, media, mask = (torch.from_numpy(case[k]) for k in ("ids", "media", "mask"))
     with torch.no_grad():
         x = torch.where(mask[:, None], media, lm.get_input_embeddings()(ids))
-    return text_logits(lm, inputs_embeds=x[None])[-1]
+        if "positions" not in case:
+            return text_logits(lm, inputs_embeds=x[None])[-1]
+        out = lm(inputs_embeds=x[None], position_ids=torch.from_numpy(case["positions"])[:, None, :], use_cache=False)
+    return out.logits[0, -1].float().numpy()
 
 
 def _llamacpp_prefill(llm: LlamaCppLLM, case: dict[str, np.ndarray]) -> np.ndarray:
@@ -171,7 +219,11 @@ def _llamacpp_prefill(llm: LlamaCppLLM, case: dict[str, np.ndarray]) -> np.ndarr
     logits = None
     for lo, hi in zip(bounds, bounds[1:]):
         want = "last" if hi == len(ids) else "none"
-        logits = llm.eval_embeddings(media[lo:hi], want) if mask[lo] else llm.eval_tokens(ids[lo:hi].tolist(), want)
+        if mask[lo]:
+            positions = case["positions"][:, lo:hi] if "positions" in case else None
+            logits = llm.eval_embeddings(media[lo:hi], want, positions)
+        else:
+            logits = llm.eval_tokens(ids[lo:hi].tolist(), want)
     return logits
 
 
@@ -192,7 +244,8 @@ def measure_handoff(graph: PrefillGraph, gguf_path: Path, cases: list[dict[str, 
         ours, theirs = [], []
         for case in cases:
             theirs += _teacher_forced(llm, _llamacpp_prefill(llm, case), case["follow"])
-            ours += _teacher_forced(llm, handoff.prefill(case["ids"], case["media"], case["mask"]), case["follow"])
+            first = handoff.prefill(case["ids"], case["media"], case["mask"], case.get("positions"))
+            ours += _teacher_forced(llm, first, case["follow"])
         n = N_CTX // 2
         ids, media, mask = np.arange(n) % llm.n_vocab, np.zeros((n, llm.n_embd), np.float32), np.zeros(n, bool)
         speed = {"positions": n,
@@ -206,15 +259,11 @@ def measure_handoff(graph: PrefillGraph, gguf_path: Path, cases: list[dict[str, 
 def check_supported(model_type: str) -> None:
     """Refuse, before any export work, a text model the prefill graph does not reproduce."""
     spec = arch_spec(model_type)
-    if spec.mrope:
-        raise UnsupportedModelError(
-            f"the prefill graph numbers positions in order; {model_type} places media on (t, h, w) M-RoPE "
-            "positions.", hint="Export without --prefill: llama.cpp prefills these models.")
     if not spec.prefill_graph:
         raise UnsupportedModelError(
-            f"the prefill graph reproduces llama, mistral and qwen2 decoders; {model_type} has parts it does "
-            "not write (q/k norms, soft-capping, sliding windows, fused projections or scaled embeddings).",
-            hint="Export without --prefill: llama.cpp prefills these models.")
+            f"the prefill graph reproduces llama, mistral, qwen2 and Qwen2(.5)-VL decoders; {model_type} has parts "
+            "it does not write (q/k norms, soft-capping, sliding windows, fused projections, scaled embeddings "
+            "or deepstack features).", hint="Export without --prefill: llama.cpp prefills these models.")
 
 
 def export_prefill(text: TextModel, reference_lm: torch.nn.Module, gguf_path: Path, dst: Path, precision: str,
@@ -226,13 +275,13 @@ def export_prefill(text: TextModel, reference_lm: torch.nn.Module, gguf_path: Pa
                           hint=f"Choose from: {', '.join(PREFILL_PRECISIONS)}.")
     check_supported(text.model_type)
     vocab_rows = min(int(text.config.vocab_size), int(reference_lm.get_input_embeddings().weight.shape[0]))
-    cases = _cases(reference_lm, vocab_rows)
+    cases = _cases(reference_lm, vocab_rows, mrope=arch_spec(text.model_type).mrope)
     with tempfile.TemporaryDirectory(prefix="edgebridge-prefill-") as scratch:
         step(f"prefill graph: exporting ONNX ({precision})")
         method = write_graph(text, dst, precision, Path(scratch))
     step("prefill graph: logits against transformers")
     graph = PrefillGraph(dst, precision=precision)
-    ours = np.stack([graph.run(c["ids"], c["media"], c["mask"])[0] for c in cases])
+    ours = np.stack([graph.run(c["ids"], c["media"], c["mask"], c.get("positions"))[0] for c in cases])
     reference = np.stack([_hf_last_logits(reference_lm, c) for c in cases])
     pytorch = logit_metrics(ours, reference)
     if precision == "f32":

@@ -5,7 +5,7 @@ When ``--prefill`` is not given and the profile target is ``latency``, the expor
 against llama.cpp's own prefill, within the LLM drift budget) and keeps it only when it measured faster
 on this machine than llama.cpp's prefill of the same positions (by more than the tie margin) and fits
 the memory budget. Either way the GGUF's ``details.prefill_choice`` says what was measured and why.
-A text model the graph does not reproduce (M-RoPE, the gemma decoders ...) keeps llama.cpp, with the
+A text model the graph does not reproduce (the gemma decoders, Qwen3-VL ...) keeps llama.cpp, with the
 reason; so does a graph beyond the drift budget.
 """
 

@@ -20,6 +20,7 @@ from edgebridge.parity import logit_metrics
 from edgebridge.pipeline import Pipeline
 from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
 from edgebridge.runtimes.llamacpp.kv_handoff import (
+    MROPE_INPUT,
     HandoffUnavailable,
     KVHandoff,
     PrefillGraph,
@@ -44,6 +45,18 @@ def llama_fp32(workdir):
 @pytest.fixture(scope="module")
 def qwen2_int8(workdir):
     return exported_llava(workdir, ("clip", "qwen2"), "f16", prefill="int8")
+
+
+@pytest.fixture(scope="module")
+def qwen25_vl_fp32(workdir):
+    """Qwen2.5-VL (M-RoPE: media rows on (t, h, w) positions) with an f32 GGUF and an fp32 graph."""
+    from edgebridge.exporters.api import export_bundle
+
+    model_dir = tiny_model(workdir, "qwen2.5-vl")
+    bundle = workdir / "bundle-qwen2.5-vl-prefill-fp32"
+    if not (bundle / "edgebridge.json").is_file():
+        export_bundle(model_dir, bundle, llm_dtype="f32", encoder_formats=("onnx",), prefill="fp32")
+    return bundle
 
 
 def _files(exp):
@@ -108,6 +121,32 @@ def test_greedy_tokens_equal_llamacpp_prefill(llama_fp32, photo, setting):
         assert c.timings["reused_prefix_positions"] >= a.prompt_tokens - 2
         assert c.timings["prefill_engine"] == "llama.cpp"
         assert c.token_ids == d.token_ids
+
+
+QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+
+
+@pytest.mark.parametrize("setting", ["strict", "default"])
+def test_mrope_handoff_gives_llamacpps_tokens(qwen25_vl_fp32, photo, setting):
+    """M-RoPE: the graph rotates media rows by their (t, h, w) positions, the cells carry them (llama.cpp
+    writes x, y and the token per cell) and decoding goes on past the largest; the same greedy ids as
+    llama.cpp's own prefill for one image, two images of different sizes, and a follow-up question."""
+    fast, plain = _pair(qwen25_vl_fp32, SETTINGS[setting])
+    small = photo[::3, ::3]
+    with fast, plain:
+        assert not fast.load_warnings and fast.llm.handoff.graph.mrope
+        for prompt, images in ((f"<|im_start|>user\n{QWEN_IMAGE}What is it?<|im_end|>\n<|im_start|>assistant\n",
+                                [photo]),
+                               (f"{QWEN_IMAGE}and{QWEN_IMAGE}Compare them.", [photo, small])):
+            a = fast.generate(prompt, images=images, max_new_tokens=16)
+            b = plain.generate(prompt, images=images, max_new_tokens=16)
+            assert a.timings["prefill_engine"] == "onnxruntime+handoff" and b.timings["prefill_engine"] == "llama.cpp"
+            assert a.token_ids == b.token_ids and len(a.token_ids) == 16
+            assert fast.llm.engine.next_pos == plain.llm.engine.next_pos < fast.llm.engine.n_past
+            follow = prompt + "A cat.<|im_end|>\n<|im_start|>user\nAnd its colour?<|im_end|>\n<|im_start|>assistant\n"
+            c = fast.generate(follow, images=images, max_new_tokens=8)
+            d = plain.generate(follow, images=images, max_new_tokens=8)
+            assert c.timings["reused_prefix_positions"] > 0 and c.token_ids == d.token_ids
 
 
 def test_prompts_longer_than_the_graph_takes_stay_with_llamacpp(llama_fp32, photo):
@@ -219,10 +258,11 @@ def test_profile_report_names_the_prefill_engine(qwen2_int8, photo):
     assert "(prefill: onnxruntime int8)" in render_html(report)
 
 
-# Text models the graph declines (test below), with the words of the reason: M-RoPE positions, and the
-# gemma decoders (scaled embeddings, soft-capping, sliding windows the graph does not write)
-DECLINED = {"qwen2-vl": "M-RoPE", "qwen2.5-vl": "M-RoPE", "qwen3-vl": "M-RoPE",
-            "gemma3": "gemma3_text has parts", "paligemma": "gemma2 has parts"}
+# Text models the graph declines (test below), with the words of the reason: Qwen3-VL's (deepstack
+# features added inside the decoder), and the gemma decoders (scaled embeddings, soft-capping, sliding
+# windows the graph does not write)
+DECLINED = {"qwen3-vl": "qwen3_vl_text has parts", "gemma3": "gemma3_text has parts",
+            "paligemma": "gemma2 has parts"}
 
 
 @pytest.mark.parametrize("kind", sorted(set(BUILDERS) - set(DECLINED)))
@@ -243,6 +283,7 @@ def test_every_family_gets_a_gated_prefill_graph(workdir, kind, tmp_path):
                          "fp32", DEFAULT_BUDGET["llm"])
     assert art.parity.passed and art.details["checks"]["pytorch"]["metrics"]["max_abs"] <= 1e-3
     assert art.quantization["rotary_permuted"] == (text.model_type in ("llama", "mistral"))
+    assert (MROPE_INPUT in PrefillGraph(tmp_path / "llm_prefill.onnx").session.input_names) == (kind in ("qwen2-vl", "qwen2.5-vl"))
 
 
 @pytest.mark.parametrize("kind", sorted(DECLINED))

@@ -123,9 +123,10 @@ class TextOnly(torch.nn.Module):
         return self.model.get_input_embeddings()
 
     def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
-                **kwargs: Any) -> Any:
+                position_ids: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        """``position_ids`` ``[3, 1, n]`` (t, h, w) when given (the prefill graph's gate), else in order."""
         n = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        positions = torch.arange(n).view(1, 1, n).expand(3, 1, n)
+        positions = torch.arange(n).view(1, 1, n).expand(3, 1, n) if position_ids is None else position_ids
         return self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, position_ids=positions, **kwargs)
 
 

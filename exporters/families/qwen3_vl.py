@@ -36,9 +36,9 @@ class Qwen3VisionGraph(QwenVisionGraph):
 
     def forward(self, pixel_values: torch.Tensor, rotary_pos_emb: torch.Tensor, attention_bias: torch.Tensor,
                 pos_index: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(pixel_values) + (self.pos_embed(pos_index) * pos_weight[..., None]).sum(0)
+        x = self._embed_patches(pixel_values) + (self.pos_embed(pos_index) * pos_weight[..., None]).sum(0)
         emb = torch.cat((rotary_pos_emb, rotary_pos_emb), dim=-1)
-        cos, sin = emb.cos()[:, None, :], emb.sin()[:, None, :]
+        cos, sin = emb.cos()[None], emb.sin()[None]  # as ``_attention`` holds q and k: [1, N, hd]
         extra = []
         for i, blk in enumerate(self.blocks):
             x = x + self._attention(blk.attn, blk.norm1(x), cos, sin, attention_bias)

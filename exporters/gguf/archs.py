@@ -119,8 +119,9 @@ ARCHS: dict[str, ArchSpec] = {
     "llama": ArchSpec(gguf.MODEL_ARCH.LLAMA, permute_qk=True, prefill_graph=True),
     "mistral": ArchSpec(gguf.MODEL_ARCH.LLAMA, permute_qk=True, prefill_graph=True),  # as convert_hf_to_gguf
     "qwen2": ArchSpec(gguf.MODEL_ARCH.QWEN2, permute_qk=False, prefill_graph=True),
-    "qwen2_vl_text": ArchSpec(gguf.MODEL_ARCH.QWEN2VL, permute_qk=False, mrope=True),
-    "qwen2_5_vl_text": ArchSpec(gguf.MODEL_ARCH.QWEN2VL, permute_qk=False, mrope=True),  # llama.cpp: also qwen2vl
+    "qwen2_vl_text": ArchSpec(gguf.MODEL_ARCH.QWEN2VL, permute_qk=False, mrope=True, prefill_graph=True),
+    # llama.cpp: also qwen2vl
+    "qwen2_5_vl_text": ArchSpec(gguf.MODEL_ARCH.QWEN2VL, permute_qk=False, mrope=True, prefill_graph=True),
     "qwen3_vl_text": ArchSpec(gguf.MODEL_ARCH.QWEN3VL, permute_qk=False, mrope=True),
     "qwen3": ArchSpec(gguf.MODEL_ARCH.QWEN3, permute_qk=False, metadata=(_qwen3_window,)),
     "phi3": ArchSpec(gguf.MODEL_ARCH.PHI3, permute_qk=False, rope_scalings=("default", "longrope", "su"),

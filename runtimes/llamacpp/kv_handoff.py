@@ -12,6 +12,8 @@ The blob follows llama.cpp's own writer (``llama-context.cpp`` / ``llama-kv-cach
 
     magic u32 | seq_id i32 | n_stream u32 | cell_count u32
     per cell: pos i32 | n_seq u32 | seq_id i32
+              (M-RoPE contexts: pos i32 | n_seq u32 | x i32 | y i32 | tok i32 | seq_id i32: the cell's
+              t position, its w and h positions, and its token id or -1 for an embedding row)
     v_trans u32 | n_layer u32
     per layer K: type i32 | row_bytes u64 | cell_count rows
     per layer V: v_trans == 0: like K
@@ -23,6 +25,10 @@ attention decides), builds ours for the same prompt from the graph, and requires
 is not K/V data to be equal and the first layer's K and V values to agree (cosine >=
 ``PROBE_COSINE``, which a wrong rotary order, head layout or model fails). Any difference gives
 a reason instead of a hand-over; the pipeline then prefills with llama.cpp and reports why.
+
+On M-RoPE models (Qwen2-VL, Qwen2.5-VL: llama.cpp's ``qwen2vl``) the graph also takes each row's
+(t, h, w) positions (``positions [3, n]``) and the hand-over writes them into the cells; decoding
+goes on from the largest + 1, as after llama.cpp's own prefill.
 
 Shapes: L layers, n positions, C = KV heads x head dim, D = the LLM's embedding width, V vocabulary.
 Imports no torch and no transformers.
@@ -49,6 +55,8 @@ PROBE_TOKENS = 6
 MAX_POSITIONS = 2048
 
 GRAPH_INPUTS = ("input_ids", "media_embeds", "media_mask")  # [1, n] int64, [1, n, D] f32, [1, n] bool
+MROPE_INPUT = "positions"  # [3, n] int64 (t, h, w) per row: M-RoPE graphs only
+TOKEN_NULL = -1  # llama.h: LLAMA_TOKEN_NULL, an embedding row's token in an M-RoPE cell
 GRAPH_OUTPUTS = ("logits", "k", "v")  # [1, V] f32, [L, n, C] f16, [L, C, n] f16
 
 
@@ -66,15 +74,21 @@ class StateLayout:
     v_types: tuple[int, ...]
     k_width: tuple[int, ...]  # channels per layer (C)
     v_width: tuple[int, ...]
+    cell_ext: bool = False  # M-RoPE: each cell also holds its x, y and token
 
     @property
     def n_layer(self) -> int:
         return len(self.k_types)
 
+    @property
+    def cell_ints(self) -> int:
+        """int32 fields per cell: pos, n_seq, (x, y, tok,) seq_id."""
+        return 6 if self.cell_ext else 3
+
     def data_spans(self, n: int) -> list[tuple[int, int]]:
         """Byte ranges of K/V values in a blob of ``n`` cells, every layer's K then every layer's V
         (everything else is layout; the blob ends where the last span does)."""
-        spans, off = [], 16 + 12 * n + 8
+        spans, off = [], 16 + 4 * self.cell_ints * n + 8
         for t, c in zip(self.k_types + self.v_types, self.k_width + self.v_width):
             size = n * c * np.dtype(GGML_DTYPES[t]).itemsize
             spans.append((off + 12, off + 12 + size))  # a 12-byte header per layer, either V layout
@@ -82,8 +96,9 @@ class StateLayout:
         return spans
 
 
-def parse_layout(blob: bytes) -> tuple[StateLayout, int]:
-    """(layout, cell count) of a llama.cpp sequence-state blob for one sequence at positions 0..n-1."""
+def parse_layout(blob: bytes, cell_ext: bool = False) -> tuple[StateLayout, int]:
+    """(layout, cell count) of a llama.cpp sequence-state blob for one sequence at positions 0..n-1;
+    ``cell_ext``: the context's cells carry M-RoPE's x, y and token."""
     def need(ok: bool, what: str) -> None:
         if not ok:
             raise HandoffUnavailable(f"llama.cpp's sequence state differs from the layout edgebridge writes ({what})")
@@ -92,9 +107,12 @@ def parse_layout(blob: bytes) -> tuple[StateLayout, int]:
     magic, _seq, n_stream, n = struct.unpack_from("<IiII", blob, 0)
     need(magic == STATE_MAGIC, f"magic {magic:#x}")
     need(n_stream == 1, f"{n_stream} streams")
-    meta = np.frombuffer(blob, np.int32, count=3 * n, offset=16).reshape(n, 3) if n else np.zeros((0, 3), np.int32)
-    need(bool((meta[:, 0] == np.arange(n)).all() and (meta[:, 1] == 1).all()), "cell metadata")
-    off = 16 + 12 * n
+    ints = 6 if cell_ext else 3
+    need(len(blob) >= 16 + 4 * ints * n + 8, "too short for its cells")
+    meta = np.frombuffer(blob, np.int32, count=ints * n, offset=16).reshape(n, ints)
+    need(bool((meta[:, 0] == np.arange(n)).all() and (meta[:, 1] == 1).all() and (meta[:, -1] == 0).all()),
+         "cell metadata")
+    off = 16 + 4 * ints * n
     v_trans, n_layer = struct.unpack_from("<II", blob, off)
     need(n_layer > 0, "no layers")
     off += 8
@@ -117,23 +135,35 @@ def parse_layout(blob: bytes) -> tuple[StateLayout, int]:
         v_width.append(width)
         off += 12 + n * width * np.dtype(GGML_DTYPES[typ]).itemsize
     need(off == len(blob), f"{len(blob) - off} unexplained bytes")
-    layout = StateLayout(bool(v_trans), tuple(k_types), tuple(v_types), tuple(k_width), tuple(v_width))
+    layout = StateLayout(bool(v_trans), tuple(k_types), tuple(v_types), tuple(k_width), tuple(v_width), cell_ext)
     return layout, n
 
 
-def build_state(k: np.ndarray, v: np.ndarray, layout: StateLayout) -> np.ndarray:
-    """llama.cpp's sequence state (seq 0, positions 0..n-1) from ``k [L, n, C]`` and ``v [L, C, n]``,
-    written straight into one buffer (bytes as uint8)."""
+def cell_fields(ids: np.ndarray, mask: np.ndarray, positions: np.ndarray | None) -> np.ndarray:
+    """``[n, 4]`` int32 per cell: t position, x (w), y (h), token (-1 for an embedding row), as llama.cpp
+    stores them (a text row's three positions are one); without ``positions``: 0..n-1."""
+    n = ids.shape[0]
+    pos = np.broadcast_to(np.arange(n), (3, n)) if positions is None else positions
+    return np.stack([pos[0], pos[2], pos[1], np.where(mask, TOKEN_NULL, ids)], axis=1).astype(np.int32)
+
+
+def build_state(k: np.ndarray, v: np.ndarray, layout: StateLayout, cells: np.ndarray | None = None) -> np.ndarray:
+    """llama.cpp's sequence state (seq 0) from ``k [L, n, C]`` and ``v [L, C, n]``, written straight into
+    one buffer (bytes as uint8); ``cells`` (``cell_fields``): positions 0..n-1 when not given."""
     layers, n, _ = k.shape
     if layers != layout.n_layer or v.shape[0] != layers or v.shape[2] != n:
         raise HandoffUnavailable(f"the prefill graph gives {layers} layers, llama.cpp's cache has {layout.n_layer}")
+    if cells is None:
+        cells = np.stack([np.arange(n)] * 3 + [np.full(n, TOKEN_NULL)], axis=1)
     buf = np.empty(layout.data_spans(n)[-1][1], np.uint8)
     struct.pack_into("<IiII", buf, 0, STATE_MAGIC, 0, 1, n)
-    meta = buf[16:16 + 12 * n].view(np.int32).reshape(n, 3)
-    meta[:, 0] = np.arange(n)  # pos
+    off = 16 + 4 * layout.cell_ints * n
+    meta = buf[16:off].view(np.int32).reshape(n, layout.cell_ints)
+    meta[:, 0] = cells[:, 0]  # pos
     meta[:, 1] = 1  # one sequence per cell
-    meta[:, 2] = 0  # sequence 0
-    off = 16 + 12 * n
+    if layout.cell_ext:
+        meta[:, 2:5] = cells[:, 1:4]  # x, y, token
+    meta[:, -1] = 0  # sequence 0
     struct.pack_into("<II", buf, off, int(layout.v_trans), layers)
     off += 8
     for layer in range(layers):
@@ -193,20 +223,30 @@ class PrefillGraph:
     def __init__(self, path: str | Path, *, threads: int | None = None, precision: str = "int8") -> None:
         self.session: EncoderSession = open_encoder("onnxruntime", [Path(path)], threads=threads,
                                                     artifact_precision=precision)
-        if tuple(self.session.input_names) != GRAPH_INPUTS or tuple(self.session.output_names) != GRAPH_OUTPUTS:
+        names = tuple(self.session.input_names)
+        if names not in (GRAPH_INPUTS, GRAPH_INPUTS + (MROPE_INPUT,)) or \
+                tuple(self.session.output_names) != GRAPH_OUTPUTS:
             raise BackendError(
                 f"'{Path(path).name}' is not an edgebridge prefill graph (inputs {self.session.input_names}, "
                 f"outputs {self.session.output_names}).", hint="Re-export the bundle with --prefill.")
         self.precision = precision
+        self.mrope = MROPE_INPUT in names
 
-    def run(self, ids: np.ndarray, media: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``ids [n]``, ``media [n, D]``, ``mask [n]`` (True where ``media`` holds the position's embedding)
-        -> logits ``[V]``, k ``[L, n, C]``, v ``[L, C, n]``."""
-        logits, k, v = self.session.run({
-            "input_ids": np.ascontiguousarray(ids, np.int64)[None],
-            "media_embeds": np.ascontiguousarray(media, np.float32)[None],
-            "media_mask": np.ascontiguousarray(mask, bool)[None],
-        })
+    def run(self, ids: np.ndarray, media: np.ndarray, mask: np.ndarray, positions: np.ndarray | None = None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``ids [n]``, ``media [n, D]``, ``mask [n]`` (True where ``media`` holds the position's embedding),
+        on an M-RoPE graph ``positions [3, n]`` (default 0..n-1 on every axis) -> logits ``[V]``,
+        k ``[L, n, C]``, v ``[L, C, n]``."""
+        feed = {"input_ids": np.ascontiguousarray(ids, np.int64)[None],
+                "media_embeds": np.ascontiguousarray(media, np.float32)[None],
+                "media_mask": np.ascontiguousarray(mask, bool)[None]}
+        if self.mrope:
+            n = ids.shape[0]
+            feed[MROPE_INPUT] = np.ascontiguousarray(np.broadcast_to(np.arange(n), (3, n)) if positions is None
+                                                     else positions, np.int64)
+        elif positions is not None:
+            raise InputError("this prefill graph numbers positions in order; it takes no (t, h, w) positions.")
+        logits, k, v = self.session.run(feed)
         return logits[0], k, v
 
     def close(self) -> None:
@@ -234,14 +274,17 @@ class KVHandoff:
             theirs = llm.read_seq_state()
         finally:
             llm.reset()
-        layout, n = parse_layout(theirs)
+        if graph.mrope != llm.mrope:
+            raise HandoffUnavailable("the prefill graph and the GGUF disagree on M-RoPE positions")
+        layout, n = parse_layout(theirs, cell_ext=llm.mrope)
         if n != ids.size:
             raise HandoffUnavailable(f"llama.cpp's state holds {n} cells for a {ids.size}-token probe")
+        no_media = np.zeros(ids.size, bool)
         try:
-            _, k, v = graph.run(ids, np.zeros((ids.size, llm.n_embd), np.float32), np.zeros(ids.size, bool))
+            _, k, v = graph.run(ids, np.zeros((ids.size, llm.n_embd), np.float32), no_media)
         except BackendError as exc:  # e.g. a graph of another width
             raise HandoffUnavailable(f"the prefill graph does not run on this LLM's inputs ({exc.message})") from None
-        cosines = compare_states(build_state(k, v, layout), theirs, layout, n)
+        cosines = compare_states(build_state(k, v, layout, cell_fields(ids, no_media, None)), theirs, layout, n)
         # The first layer's K and V see one layer of weight rounding, so they agree closely whatever the
         # GGUF type when the channel order and layout are right, and not at all when they are wrong;
         # deeper layers add each type's rounding (0.94 at q4_0 on random weights), the export gate's business.
@@ -251,18 +294,22 @@ class KVHandoff:
                                      f"< {PROBE_COSINE}): the graph and the GGUF do not belong together")
         return cls(llm, graph, layout, cosine)
 
-    def prefill(self, ids: np.ndarray, media: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Replace the context's cache with the prompt's (positions 0..n-1); the last logits ``[V]``."""
+    def prefill(self, ids: np.ndarray, media: np.ndarray, mask: np.ndarray,
+                positions: np.ndarray | None = None) -> np.ndarray:
+        """Replace the context's cache with the prompt's (positions 0..n-1, or on an M-RoPE model
+        ``positions [3, n]``); the last logits ``[V]``."""
         n = int(ids.shape[0])
         if n == 0:
             raise InputError("no positions to prefill.")
+        if positions is not None and (np.shape(positions) != (3, n) or not np.issubdtype(positions.dtype, np.integer)):
+            raise InputError(f"M-RoPE positions must be integer [3, {n}], got {np.shape(positions)}.")
         self.llm.check_fits(n)
-        logits, k, v = self.graph.run(ids, media, mask)
+        logits, k, v = self.graph.run(ids, media, mask, positions)
         try:
-            blob = build_state(k, v, self.layout)
+            blob = build_state(k, v, self.layout, cell_fields(ids, mask, positions))
         except HandoffUnavailable as exc:
             raise BackendError(f"the prefill graph's output does not fit llama.cpp's cache ({exc}).") from None
-        self.llm.write_seq_state(blob, n)
+        self.llm.write_seq_state(blob, n, next_pos=n if positions is None else int(positions.max()) + 1)
         return logits
 
     def describe(self) -> dict[str, object]:

@@ -461,9 +461,10 @@ class LlamaCppLLM:
         """Sequence 0's KV cache as llama.cpp serialises it (``llama_state_seq_get_data``)."""
         return self._seq_state().tobytes()
 
-    def write_seq_state(self, blob: np.ndarray, n_positions: int) -> None:
+    def write_seq_state(self, blob: np.ndarray, n_positions: int, next_pos: int | None = None) -> None:
         """Replace the cache with a serialised sequence 0 (``blob``: uint8 bytes) of ``n_positions``
-        cells; the next decode goes on at position ``n_positions``. ``kv_handoff`` builds the blob."""
+        cells; the next decode goes on at ``next_pos`` (default ``n_positions``; M-RoPE: past the
+        largest position). ``kv_handoff`` builds the blob."""
         data = np.ascontiguousarray(blob, np.uint8)
         self.check_fits(n_positions)
         self.reset()
@@ -474,7 +475,7 @@ class LlamaCppLLM:
             self.reset()
             raise BackendError(f"llama.cpp refused the sequence state ({last_log()}).",
                                hint="Run without the prefill graph (fast_prefill=False / --no-fast-prefill).")
-        self.n_past = self.next_pos = n_positions
+        self.n_past, self.next_pos = n_positions, n_positions if next_pos is None else next_pos
 
     def _logits_row(self, i: int) -> np.ndarray:
         ptr = self.lib.llama_get_logits_ith(self._ctx, i)

@@ -182,14 +182,19 @@ class LLMSession:
         """The whole prompt through the prefill graph; its KV cache becomes llama.cpp's."""
         n = plan.n_positions
         ids, media, mask = np.zeros(n, np.int64), np.zeros((n, self.engine.n_embd), np.float32), np.zeros(n, bool)
+        positions = np.zeros((3, n), np.int64) if self.handoff.graph.mrope else None
+        row = 0
         for run in plan.runs:
-            at = slice(run.positions.start, run.positions.start + run.n_positions)
+            at = slice(row, row + run.n_positions)
+            row += run.n_positions
+            if positions is not None:  # (t, h, w) per row; a text run's three are one
+                positions[:, at] = run.positions.ids()
             if isinstance(run, TextRun):
                 ids[at] = self.engine.validate_tokens(run.token_ids)
             else:
                 media[at] = self.engine.validate_embeddings(embeds[(run.modality, run.index)])
                 mask[at] = True
-        return self.handoff.prefill(ids, media, mask)
+        return self.handoff.prefill(ids, media, mask, positions)
 
     def _prefill_llamacpp(self, plan: PromptPlan, embeds: MediaEmbeddings, skip: int) -> np.ndarray:
         """The plan's runs after the ``skip`` cached positions, through llama.cpp."""
@@ -206,9 +211,10 @@ class LLMSession:
         return logits
 
     def _handoff_takes(self, plan: PromptPlan) -> bool:
-        """The prefill graph numbers positions in order and attends causally: not for M-RoPE or bidirectional
-        media runs."""
-        plain = not plan.multi_axis and not any(getattr(r, "bidirectional", False) for r in plan.runs)
+        """The prefill graph attends causally in row order: not for bidirectional media runs; (t, h, w)
+        positions only through a graph that takes them."""
+        plain = (self.handoff.graph.mrope or not plan.multi_axis) and \
+            not any(getattr(r, "bidirectional", False) for r in plan.runs)
         return plain and self.handoff.takes(plan.n_positions)
 
     def _prefill_prefix_lm(self, plan: PromptPlan, embeds: MediaEmbeddings) -> np.ndarray:
