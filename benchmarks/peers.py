@@ -6,7 +6,7 @@
 On the benchmark LLaVA (CLIP ViT-B/16 @ 224 + 12x768 llama, seeded random weights; tokenizer and
 processor from ``edgebridge.testing``), or with ``--model qwen2.5-vl`` the benchmark Qwen2.5-VL (a
 12 x 768 windowed native-resolution tower, a 12 x 768 M-RoPE qwen2 LLM; the photo at 448 x 294 px,
-168 image tokens; no prefill-graph rows: the graph declines M-RoPE models), the same photo and prompt
+168 image tokens), the same photo and prompt
 for every system:
 
 - time to first token: image file -> decoded, preprocessed, encoded, prompt prefilled -> the first
@@ -81,7 +81,6 @@ BUNDLES = {  # key -> export options
     "q4_0-prefill": {"quantize": "encoder=int8-static,llm=q4_0", "encoder_formats": ("onnx",), "prefill": "int8"},
 }
 PAIRED = ("f16", "q8_0", "q4_0")  # bundles whose GGUF also runs bare (the prefill bundles share theirs)
-MROPE_MODELS = {"qwen2.5-vl"}  # no prefill-graph rows (the graph declines M-RoPE text models)
 OPTIMUM, TRANSFORMERS = "optimum-intel OpenVINO (fp16)", "transformers eager (fp32)"
 # OpenVINO GenAI's C++ VLMPipeline, the strongest CPU peer (the `bench` extra): name -> weight format
 GENAI = {"OpenVINO GenAI VLMPipeline (fp16)": "fp16", "OpenVINO GenAI VLMPipeline (int8 weights)": "int8"}
@@ -301,8 +300,6 @@ def export_bundles(model: Path, kind: str) -> dict[str, dict[str, Any]]:
 
     bundles = {}
     for key, options in BUNDLES.items():
-        if kind in MROPE_MODELS and "prefill" in options:
-            continue
         name = f"bundle-{kind}-bench-{key}" + ("-int8s" if "quantize" in options else "")
         within = True
         try:

@@ -96,6 +96,8 @@ def export_onnx(enc: EncoderExport, path: Path, *, static_inputs: dict[str, torc
     import onnx
 
     inputs = static_inputs or enc.make_inputs(EXPORT_BATCH, 0)
+    # in the graph's input order: torch.onnx names the graph inputs by position
+    inputs = {name: inputs[name] for name in enc.input_names}
     dynamic = None
     if not static_inputs:
         # one Dim per label: axes that share a name are one size (a patch axis of several inputs)

@@ -93,7 +93,7 @@ def frame_bias(grid: tuple[int, int, int]) -> np.ndarray:
     """Additive attention bias ``[N, N]``: patches attend within their own temporal patch only."""
     t, h, w = grid
     frame = np.repeat(np.arange(t), h * w)
-    return np.where(frame[:, None] == frame[None, :], 0.0, MASKED).astype(np.float32)
+    return _bias(frame[:, None] == frame[None, :])
 
 
 def pos_embed_interpolation(grid: tuple[int, int, int], merge: int, side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -149,16 +149,22 @@ def window_layout(patches: np.ndarray, angles: np.ndarray, grid: tuple[int, int,
     rows = (np.maximum(slots, 0)[:, None] * unit + np.arange(unit)).reshape(-1)
     reverse = np.empty(int((slots >= 0).sum()), np.int64)
     reverse[slots[slots >= 0]] = np.nonzero(slots >= 0)[0]
-    out = {"pixel_values": np.where(real[:, None], patches[rows], 0).astype(np.float32),
-           "rotary_pos_emb": np.where(real[:, None], angles[rows], 0).astype(np.float32), "reverse_index": reverse}
+    pixels, rotary = patches[rows], angles[rows]  # fancy indexing copies: zeroed in place
+    pixels[~real], rotary[~real] = 0, 0
+    out = {"pixel_values": pixels, "rotary_pos_emb": rotary, "reverse_index": reverse}
     if not padded:
         same = np.repeat(window_id, unit)
-        out["window_bias"] = np.where(same[:, None] == same[None, :], 0.0, MASKED).astype(np.float32)
+        out["window_bias"] = _bias(same[:, None] == same[None, :])
         return out
     frame = np.where(real, rows // (grid[1] * grid[2]), -1)
-    out["attention_bias"] = np.where((frame[:, None] == frame[None, :]) & real[None, :], 0.0, MASKED).astype(np.float32)
-    out["window_key_bias"] = np.where(real, 0.0, MASKED).astype(np.float32)
+    out["attention_bias"] = _bias((frame[:, None] == frame[None, :]) & real[None, :])
+    out["window_key_bias"] = _bias(real)
     return out
+
+
+def _bias(attend: np.ndarray) -> np.ndarray:
+    """Additive float32 attention bias: 0 where ``attend``, ``MASKED`` elsewhere."""
+    return np.where(attend, np.float32(0.0), np.float32(MASKED))
 
 
 def vision_inputs(frames: np.ndarray, spec: dict[str, Any]) -> tuple[dict[str, np.ndarray], tuple[int, int, int]]:
@@ -167,7 +173,10 @@ def vision_inputs(frames: np.ndarray, spec: dict[str, Any]) -> tuple[dict[str, n
     patches, grid = patchify(frames, int(spec["patch_size"]), int(spec["temporal_patch_size"]), merge)
     rotary = spec["rotary"]
     angles = rotary_angles(grid, merge, int(rotary["dim"]), float(rotary.get("theta", 10000.0)))
-    inputs = {"pixel_values": patches, "rotary_pos_emb": angles, "attention_bias": frame_bias(grid)}
+    padded_windows = bool(spec.get("window")) and bool(spec.get("window_padded"))
+    inputs = {"pixel_values": patches, "rotary_pos_emb": angles}
+    if not padded_windows:  # (padded windows: the layout writes its own, masking the empty slots)
+        inputs["attention_bias"] = frame_bias(grid)
     if spec.get("pos_embed"):
         inputs["pos_index"], inputs["pos_weight"] = pos_embed_interpolation(grid, merge,
                                                                             int(spec["pos_embed"]["grid_per_side"]))
