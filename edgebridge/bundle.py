@@ -157,6 +157,7 @@ class BundleWriter:
         # round-trip through the parser: a writer that checks its own output
         Manifest.from_dict(manifest.to_dict())
         (self.tmp / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+        _plain_permissions(self.tmp)
         swap.fault("commit")
         self._swap_into_place()
         self.committed = True
@@ -165,6 +166,17 @@ class BundleWriter:
     def _swap_into_place(self) -> None:
         _check_replaceable(self.target, self.force)  # again: another export may have written it meanwhile
         swap.swap_in(self.tmp, self.target, replace=self.force)
+
+
+def _plain_permissions(root: Path) -> None:
+    """The permissions any folder and file the user makes gets (their umask): the work folder comes from
+    ``mkdtemp`` (0700) and onnx writes external weights 0600, which left a bundle unreadable to, say, a
+    server running under another account."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def _refuse_overlap(target: Path, protect: Sequence[str | os.PathLike]) -> None:

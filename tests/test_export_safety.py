@@ -105,3 +105,17 @@ def test_a_kill_before_the_swap_leaves_the_old_bundle_and_is_cleaned(model, tmp_
     with pytest.raises(BundleExistsError):  # a refused export still cleans the dead export's work folder
         export_bundle(model, target)
     assert leftovers(target) == [] and tree_digest(target) == before
+
+
+def test_a_bundle_gets_the_users_umask_permissions(clip_llama_f32):
+    """Not the work folder's 0700 (mkdtemp) nor onnx's 0600 external weights: a bundle another account
+    (a server) reads must be readable under the usual umask, like any file the user writes."""
+    import stat
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    root = clip_llama_f32.bundle
+    assert (root / "vision_encoder.onnx.data").is_file()
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [root, *root.rglob("*")]}
+    assert modes.pop(root.name) == 0o777 & ~mask
+    assert set(modes.values()) == {0o666 & ~mask}, modes
