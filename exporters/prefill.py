@@ -5,6 +5,7 @@ The graph (``llm_prefill.onnx``; see ``runtimes/llamacpp/kv_handoff.py`` for how
     input_ids    [1, n] int64    text token ids (any id where media_mask is set)
     media_embeds [1, n, D] f32   encoder + bridge embeddings at media positions
     media_mask   [1, n] bool     True where the position takes media_embeds
+    positions    [3, n] int64    M-RoPE text models only (Qwen2-VL, Qwen2.5-VL): each row's t, h, w
       -> logits  [1, V] f32      the last position's
          k       [L, n, C] f16   every layer's keys, one row per position, in llama.cpp's channel
                                  order (the GGUF writer interleaves the rotary halves of llama/mistral)

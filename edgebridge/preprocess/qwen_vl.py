@@ -142,13 +142,14 @@ def window_layout(patches: np.ndarray, angles: np.ndarray, grid: tuple[int, int,
     slots = window_order(grid, merge, window)
     window_id = np.repeat(np.arange(slots.shape[0]), slots.shape[1])
     slots = slots.reshape(-1)
+    filled = slots >= 0
     if not padded:
-        window_id, slots = window_id[slots >= 0], slots[slots >= 0]
+        window_id, slots, filled = window_id[filled], slots[filled], filled[filled]
     unit = merge * merge
-    real = np.repeat(slots >= 0, unit)
+    real = np.repeat(filled, unit)
     rows = (np.maximum(slots, 0)[:, None] * unit + np.arange(unit)).reshape(-1)
-    reverse = np.empty(int((slots >= 0).sum()), np.int64)
-    reverse[slots[slots >= 0]] = np.nonzero(slots >= 0)[0]
+    reverse = np.empty(int(filled.sum()), np.int64)
+    reverse[slots[filled]] = np.nonzero(filled)[0]
     pixels, rotary = patches[rows], angles[rows]  # fancy indexing copies: zeroed in place
     pixels[~real], rotary[~real] = 0, 0
     out = {"pixel_values": pixels, "rotary_pos_emb": rotary, "reverse_index": reverse}
