@@ -128,9 +128,12 @@ def export(
             finish()
     out.print(f"[green]bundle written:[/green] {escape(str(output))}")
     _print_trials(manifest)
-    choice = manifest.llm.artifacts["gguf"].details.get("prefill_choice")
+    details = manifest.llm.artifacts["gguf"].details
+    choice = details.get("prefill_choice")
     if choice:
         out.print(f"prefill engine: [bold]{escape(choice['engine'])}[/bold] ({escape(choice['reason'])})")
+    if details.get("runtime"):
+        out.print(f"llama.cpp settings: {escape(details['runtime']['reason'])}")
     _print_components(manifest)
 
 

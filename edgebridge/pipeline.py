@@ -104,7 +104,8 @@ class Pipeline:
         ``cache_embeddings`` reuses encoder outputs for inputs seen before (by content hash) and
         ``reuse_prefix`` keeps the KV cache of a prompt prefix shared with the previous call; both
         give the same results as recomputing. ``fast_prefill`` uses the bundle's prefill graph (if it
-        has one) for a conversation's first prompt.
+        has one) for a conversation's first prompt. Without ``llm_settings`` the LLM runs with the
+        settings the export measured on its machine (flash attention on or off, when recorded).
         """
         start = now_ms()
         bundle = Bundle.open(path, verify=verify)
@@ -118,8 +119,8 @@ class Pipeline:
         warnings = [f"{name}: {r.fallback_reason}; ran on {r.executed}." for name, r in reports.items()
                     if r.fallback_reason]
         llm = open_bundle_session(bundle, _llm_settings(llm_settings, placement, llm_device, device, gpu_layers),
-                                  threads=threads, n_ctx=n_ctx,
-                                  reuse_prefix=reuse_prefix, fast_prefill=fast_prefill)
+                                  threads=threads, n_ctx=n_ctx, reuse_prefix=reuse_prefix, fast_prefill=fast_prefill,
+                                  recorded_settings=llm_settings is None)
         return cls(bundle, stages, llm, now_ms() - start, warnings + llm.warnings, cache)
 
     def close(self) -> None:

@@ -25,6 +25,7 @@ from edgebridge.exporters.gguf.export import export_llm, import_gguf, validate_e
 from edgebridge.exporters.prefill import FILE_NAME as PREFILL_FILE, PREFILL_PRECISIONS, export_prefill
 from edgebridge.exporters.prefill import check_supported as check_prefill_supported
 from edgebridge.exporters.prefill_choice import choose_prefill
+from edgebridge.exporters.runtime_choice import choose_runtime
 from edgebridge.exporters.quantize import QuantPlan, parse_budget, parse_quantize, target_defaults
 from edgebridge.exporters.quantize.targets import PROFILE_TARGETS
 from edgebridge.exporters.tools import export_tool
@@ -251,6 +252,9 @@ def _export_llm(family: Family, loaded: Loaded, layout: PromptLayout, writer: Bu
             options.plan, used_bytes + writer.path("llm.gguf").stat().st_size, step)
         if graph is not None:
             artifacts["prefill"] = graph
+    if options.plan.target == "latency":
+        step("LLM: timing decode with flash attention off and on")
+        art.details["runtime"] = choose_runtime(writer.path("llm.gguf"))
     component = Component(role="llm", modality="text", artifacts=artifacts, description=description,
                           inputs=[TensorSpec(name="inputs_embeds", dtype="float32", shape=["tokens", n_embd])],
                           outputs=[TensorSpec(name="logits", dtype="float32", shape=["tokens", n_vocab])])

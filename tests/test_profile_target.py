@@ -82,6 +82,7 @@ def test_cli_export_defaults_to_latency_and_records_every_measured_candidate(wor
     proc = run_cli("export", str(model), "-o", str(tmp_path / "b"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "the best of the" in proc.stdout and "measured on this machine" in proc.stdout
+    assert "llama.cpp settings: flash attention" in proc.stdout
     manifest = Bundle.open(tmp_path / "b").manifest
     for comp in manifest.components.values():
         for fmt, art in comp.artifacts.items():
@@ -150,6 +151,34 @@ def test_latency_target_decides_the_prefill_engine_and_says_why(workdir, tmp_pat
         assert choice["kept"] == ("prefill" in manifest.llm.artifacts) == on_disk
         assert ("--max-memory" in choice["reason"]) == (faster and budgeted)
         assert ("as fast or faster" in choice["reason"]) == (not faster)
+
+
+def test_latency_target_records_flash_attention_by_measurement_and_the_runtime_applies_it(workdir, tmp_path,
+                                                                                          monkeypatch):
+    """Decode is timed with flash attention off and on after each CONTEXTS-position prompt; the record keeps
+    it on only when faster by more than the tie margin at every context, and a pipeline opened without its
+    own llama settings runs with the recorded choice (with them, with theirs)."""
+    from edgebridge import Pipeline
+    from edgebridge.exporters import runtime_choice
+    from edgebridge.runtimes.llamacpp import LlamaSettings
+
+    model = tiny_llava(workdir, ("clip", "llama"))
+    manifest = export_bundle(model, tmp_path / "a", encoder_formats=["onnx"], profile_target="latency",
+                             quantize="encoder=f32,llm=f16")
+    runtime = manifest.llm.artifacts["gguf"].details["runtime"]
+    measured = runtime["decode_tokens_per_s"]
+    assert sorted(measured, key=int) == [str(n) for n in runtime_choice.CONTEXTS]
+    assert runtime["flash_attn"] == all(m["on"] > m["off"] * (1 + TIE) for m in measured.values())
+    for recorded in (True, False):  # both ways through the runtime, whatever this machine measured
+        bundle = tmp_path / f"flash-{recorded}"
+        monkeypatch.setattr("edgebridge.exporters.api.choose_runtime", lambda _g, r=recorded: {"flash_attn": r})
+        export_bundle(model, bundle, encoder_formats=["onnx"], profile_target="latency", quantize="encoder=f32,llm=f16")
+        with Pipeline.from_bundle(bundle) as pipe:
+            assert pipe.llm.report.details["flash_attn"] is recorded
+        with Pipeline.from_bundle(bundle, llm_settings=LlamaSettings(flash_attn=not recorded)) as pipe:
+            assert pipe.llm.report.details["flash_attn"] is (not recorded)
+    plain = export_bundle(model, tmp_path / "none", encoder_formats=["onnx"], profile_target="none")
+    assert "runtime" not in plain.llm.artifacts["gguf"].details
 
 
 @pytest.mark.slow

@@ -276,10 +276,16 @@ def _batch_for_two_way_attention(bundle: Bundle, settings: LlamaSettings) -> Lla
 
 
 def open_bundle_session(bundle: Bundle, settings: LlamaSettings, *, threads: int | None = None,
-                        n_ctx: int | None = None, reuse_prefix: bool = True, fast_prefill: bool = True) -> LLMSession:
-    """The LLM session: context size within the GGUF's trained context, the prefill graph if wanted."""
+                        n_ctx: int | None = None, reuse_prefix: bool = True, fast_prefill: bool = True,
+                        recorded_settings: bool = False) -> LLMSession:
+    """The LLM session: context size within the GGUF's trained context, the prefill graph if wanted;
+    ``recorded_settings``: the runtime settings the export measured on its machine (flash attention,
+    ``exporters/runtime_choice.py``) replace the defaults in ``settings``."""
     llm = bundle.manifest.llm
     gguf = llm.artifacts["gguf"]
+    recorded = gguf.details.get("runtime") or {}
+    if recorded_settings and isinstance(recorded.get("flash_attn"), bool):
+        settings = settings.with_(flash_attn=recorded["flash_attn"])
     ctx_train = int(gguf.details.get("n_ctx_train") or settings.n_ctx)
     if n_ctx is not None and (isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 8):
         raise InputError(f"n_ctx must be a whole number of at least 8, got {n_ctx!r}.")
