@@ -69,6 +69,7 @@ EDGEBRIDGE = {
     "edgebridge q8_0 + int8-static enc (openvino)": ("q8_0", "openvino"),
     "edgebridge q4_0 + int8-static enc (onnxruntime)": ("q4_0", "onnxruntime"),
     "edgebridge q8_0 + int8 prefill graph + int8-static enc (onnxruntime)": ("q8_0-prefill", "onnxruntime"),
+    "edgebridge q8_0 + int8 prefill graph + int8-static enc (openvino)": ("q8_0-prefill", "openvino"),
     "edgebridge q4_0 + int8 prefill graph + int8-static enc (onnxruntime)": ("q4_0-prefill", "onnxruntime"),
 }
 BUNDLES = {  # key -> export options
@@ -77,7 +78,7 @@ BUNDLES = {  # key -> export options
     "q8_0": {"quantize": "encoder=int8-static,llm=q8_0"},
     "q4_0": {"quantize": "encoder=int8-static,llm=q4_0", "encoder_formats": ("onnx",)},
     # the same GGUFs plus the LLM's int8 prefill graph, whose KV cache is handed to llama.cpp
-    "q8_0-prefill": {"quantize": "encoder=int8-static,llm=q8_0", "encoder_formats": ("onnx",), "prefill": "int8"},
+    "q8_0-prefill": {"quantize": "encoder=int8-static,llm=q8_0", "prefill": "int8"},
     "q4_0-prefill": {"quantize": "encoder=int8-static,llm=q4_0", "encoder_formats": ("onnx",), "prefill": "int8"},
 }
 PAIRED = ("f16", "q8_0", "q4_0")  # bundles whose GGUF also runs bare (the prefill bundles share theirs)

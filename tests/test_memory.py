@@ -50,7 +50,7 @@ def test_growing_cache_gives_what_one_allocation_gives(clip_llama_f32):
 def test_limit_is_refused_and_cache_kept_after_growth(clip_llama_f32):
     gguf = clip_llama_f32.bundle / "llm.gguf"
     with LlamaCppLLM(gguf, LlamaSettings.strict(n_ctx=300, **SMALL)) as llm:
-        first = llm.eval_tokens(list(range(1, 200)))
+        llm.eval_tokens(list(range(1, 200)))
         llm.eval_tokens(list(range(1, 90)))  # grows to 300 (the limit) within one call
         assert llm.kv_cells >= 300 and llm.n_past == 288
         with pytest.raises(ContextOverflowError, match="context holds 300"):
@@ -61,7 +61,6 @@ def test_limit_is_refused_and_cache_kept_after_growth(clip_llama_f32):
             llm.step(5)
         llm.reset(keep=199)  # the first 199 cells survived the growth: the same next-token logits
         np.testing.assert_allclose(llm.eval_tokens([7]), _after(gguf, list(range(1, 200)) + [7]), atol=1e-4)
-    assert first.shape == (llm.n_vocab,)
 
 
 def _after(gguf, ids: list[int]) -> np.ndarray:
