@@ -17,7 +17,7 @@ from typing import Any, Callable
 from edgebridge.errors import ExportError, UnsupportedModelError
 from edgebridge.exporters.onnx_files import data_file
 from edgebridge.exporters.prefill import check_supported, export_prefill
-from edgebridge.exporters.quantize import TIE, QuantPlan
+from edgebridge.exporters.quantize import TIE, QuantPlan, over_memory
 from edgebridge.manifest import Artifact
 
 
@@ -39,12 +39,11 @@ def choose_prefill(text: Any, reference_lm: Callable[[], Any], gguf_path: Path, 
     graph_ms, llama_ms, n = speed["prefill_ms"], speed["llamacpp_prefill_ms"], speed["positions"]
     measured = (f"{n} positions: the int8 graph + hand-over {graph_ms:g} ms, llama.cpp {llama_ms:g} ms on this "
                 "machine")
-    left = None if plan.max_memory_mb is None else plan.max_memory_mb * 2**20 - used_bytes
+    over = over_memory(size, plan.memory_left(used_bytes))
     if graph_ms * (1 + TIE) >= llama_ms:
         kept, reason = False, f"llama.cpp prefills as fast or faster ({measured})"
-    elif left is not None and size > left:
-        kept, reason = False, (f"faster ({measured}), but its {size / 2**20:.1f} MB of weights exceed the "
-                               f"{max(left, 0) / 2**20:.1f} MB left of --max-memory")
+    elif over:
+        kept, reason = False, f"faster ({measured}), but its {over}"
     else:
         kept, reason = True, f"faster ({measured}); {size / 2**20:.1f} MB of int8 weights beside the GGUF"
     record = {"kept": kept, "engine": "onnxruntime+handoff" if kept else "llama.cpp", "graph_ms": graph_ms,

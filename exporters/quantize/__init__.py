@@ -59,6 +59,10 @@ class QuantPlan:
     target: str | None = None  # a profile target (targets.PROFILE_TARGETS): measure all, keep the best
     max_memory_mb: float | None = None  # weights budget of one run: an encoder format per component + the GGUF
 
+    def memory_left(self, used_bytes: int) -> float | None:
+        """Bytes of ``--max-memory`` left once ``used_bytes`` of weights are kept (None: no budget)."""
+        return None if self.max_memory_mb is None else self.max_memory_mb * 2**20 - used_bytes
+
     def candidates(self, target: str) -> list[str]:
         """The precisions to try for ``target`` ("onnx", "openvino" or "llm"), in order."""
         precision = self.llm if target == "llm" else self.encoder[target]
@@ -184,7 +188,7 @@ def _refuse(label: str, last: Trial, hint: str | None) -> NoReturn:
     raise ExportError(f"{label.format(precision=last.precision)} was refused: {last.verdict}.", hint=hint)
 
 
-def _over_memory(size: int, left: float | None) -> str | None:
+def over_memory(size: int, left: float | None) -> str | None:
     """The verdict of weights that do not fit what is left of the memory budget; None when they do."""
     if left is None or size <= left:
         return None
@@ -200,11 +204,11 @@ def choose(label: str, candidates: list[str], evaluate: Callable[[str], Trial], 
     ``kind`` is ``encoder`` or ``llm``; ``used_bytes`` the weights already kept for the run (the
     memory budget's remainder is what a candidate may take).
     """
-    left = None if plan.max_memory_mb is None else plan.max_memory_mb * 2**20 - used_bytes
+    left = plan.memory_left(used_bytes)
 
     def checked(precision: str) -> Trial:
         trial = evaluate(precision)
-        over = _over_memory(trial.bytes, left)
+        over = over_memory(trial.bytes, left)
         if trial.passed and over:
             trial.passed, trial.verdict = False, over
         return trial
@@ -234,6 +238,6 @@ def choose(label: str, candidates: list[str], evaluate: Callable[[str], Trial], 
 
 def check_memory(plan: QuantPlan, label: str, size: int, used_bytes: int = 0) -> None:
     """Refuse an artifact written without a search (nothing to choose) that exceeds the memory budget."""
-    over = _over_memory(size, None if plan.max_memory_mb is None else plan.max_memory_mb * 2**20 - used_bytes)
+    over = over_memory(size, plan.memory_left(used_bytes))
     if over:
         raise ExportError(f"{label} was refused: {over}.", hint="Raise --max-memory or choose a smaller precision.")
