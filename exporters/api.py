@@ -24,7 +24,7 @@ from edgebridge.exporters.families.base import Family, Loaded, read_config
 from edgebridge.exporters.gguf.export import export_llm, import_gguf, validate_existing_gguf
 from edgebridge.exporters.prefill import FILE_NAME as PREFILL_FILE, PREFILL_PRECISIONS, export_prefill
 from edgebridge.exporters.prefill import check_supported as check_prefill_supported
-from edgebridge.exporters.prefill_choice import choose_prefill
+from edgebridge.exporters.prefill_choice import JointChoice, choose_prefill
 from edgebridge.exporters.runtime_choice import choose_runtime
 from edgebridge.exporters.quantize import QuantPlan, parse_budget, parse_quantize, target_defaults
 from edgebridge.exporters.quantize.targets import PROFILE_TARGETS
@@ -236,22 +236,19 @@ def _export_llm(family: Family, loaded: Loaded, layout: PromptLayout, writer: Bu
         text_type, n_vocab = art.details["architecture"], int(art.details["vocab_size"])
         description = f"existing GGUF {Path(gguf).name} ({text_type})"
         text = family.text_model(loaded) if options.prefill or options.prefill_open else None
+        joint = None
     else:
-        art, text = export_llm(family, loaded, layout, writer.path("llm.gguf"), options.plan, step=step,
-                               used_bytes=used_bytes)
+        text = family.text_model(loaded)
+        joint = (JointChoice(text, lambda: family.causal_lm(loaded), writer.path(PREFILL_FILE), options.plan,
+                             used_bytes, step) if options.prefill_open else None)
+        art = export_llm(family, loaded, layout, writer.path("llm.gguf"), options.plan, step=step,
+                         used_bytes=used_bytes, pairing=joint, text=text)
         text_type, n_vocab = text.model_type, int(text.config.vocab_size)
         description = f"{text.model_type} decoder, {art.details['n_params'] / 1e6:.1f}M parameters"
     artifacts: dict[str, Artifact] = {"gguf": art}
-    if options.prefill:
-        artifacts["prefill"] = export_prefill(text, family.causal_lm(loaded), writer.path("llm.gguf"),
-                                              writer.path(PREFILL_FILE), options.prefill, options.plan.budget["llm"],
-                                              step=step)
-    elif options.prefill_open:
-        graph, art.details["prefill_choice"] = choose_prefill(
-            text, lambda: family.causal_lm(loaded), writer.path("llm.gguf"), writer.path(PREFILL_FILE),
-            options.plan, used_bytes + writer.path("llm.gguf").stat().st_size, step)
-        if graph is not None:
-            artifacts["prefill"] = graph
+    graph = _prefill_graph(family, loaded, text, art, writer, options, joint, used_bytes, step)
+    if graph is not None:
+        artifacts["prefill"] = graph
     if options.plan.target == "latency":
         step("LLM: timing decode with flash attention off and on")
         art.details["runtime"] = choose_runtime(writer.path("llm.gguf"))
@@ -259,6 +256,25 @@ def _export_llm(family: Family, loaded: Loaded, layout: PromptLayout, writer: Bu
                           inputs=[TensorSpec(name="inputs_embeds", dtype="float32", shape=["tokens", n_embd])],
                           outputs=[TensorSpec(name="logits", dtype="float32", shape=["tokens", n_vocab])])
     return component, text_type
+
+
+def _prefill_graph(family: Family, loaded: Loaded, text: Any, gguf: Artifact, writer: BundleWriter,
+                   options: ExportOptions, joint: JointChoice | None, used_bytes: int, step: Step) -> Artifact | None:
+    """The prefill artifact: as ``--prefill`` asked, as chosen with the GGUF type (``JointChoice``), or
+    chosen for the GGUF as it is (``choose_prefill``); the choice is recorded on the GGUF's details."""
+    gguf_path, graph_path = writer.path("llm.gguf"), writer.path(PREFILL_FILE)
+    if options.prefill:
+        return export_prefill(text, family.causal_lm(loaded), gguf_path, graph_path, options.prefill,
+                              options.plan.budget["llm"], step=step)
+    if joint is not None and joint.record is not None:
+        gguf.details["prefill_choice"] = joint.record
+        return joint.graph
+    if not options.prefill_open:
+        return None
+    graph, gguf.details["prefill_choice"] = choose_prefill(
+        text, lambda: family.causal_lm(loaded), gguf_path, graph_path, options.plan,
+        used_bytes + gguf_path.stat().st_size, step)
+    return graph
 
 
 def _manifest(family: Family, model_dir: Path, layout: PromptLayout, parts: _Parts, text_type: str,

@@ -26,6 +26,7 @@ Gates, both recorded in the manifest:
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -267,9 +268,26 @@ def check_supported(model_type: str) -> None:
             "or deepstack features).", hint="Export without --prefill: llama.cpp prefills these models.")
 
 
-def export_prefill(text: TextModel, reference_lm: torch.nn.Module, gguf_path: Path, dst: Path, precision: str,
-                   budget: dict[str, float], *, step: Callable[[str], None] = lambda _: None) -> Artifact:
-    """Write, gate and describe the prefill artifact for the bundle whose GGUF is ``gguf_path``."""
+@dataclass
+class PrefillDraft:
+    """A written prefill graph held to transformers, not yet gated against a GGUF (``gate_prefill``)."""
+
+    path: Path
+    precision: str
+    method: dict[str, Any]
+    cases: list[dict[str, np.ndarray]]
+    pytorch: dict[str, float]
+    graph: PrefillGraph
+
+    @property
+    def bytes(self) -> int:
+        return self.path.stat().st_size + data_file(self.path).stat().st_size
+
+
+def draft_prefill(text: TextModel, reference_lm: torch.nn.Module, dst: Path, precision: str, *,
+                  step: Callable[[str], None] = lambda _: None) -> PrefillDraft:
+    """Write the prefill graph of ``text`` at ``dst`` and check its logits against transformers (the f32
+    graph is held to ``STRICT_TOLERANCE``; the int8 one's figures are recorded)."""
     precision = canonical_precision(precision)  # fp32, the old spelling, still accepted
     if precision not in PREFILL_PRECISIONS:
         raise ExportError(f"unknown prefill precision '{precision}'.",
@@ -287,19 +305,32 @@ def export_prefill(text: TextModel, reference_lm: torch.nn.Module, gguf_path: Pa
     pytorch = logit_metrics(ours, reference)
     if precision == "f32":
         enforce("llm prefill graph (f32 ONNX)", pytorch, STRICT_TOLERANCE)
-    step("prefill graph: KV hand-over to llama.cpp against llama.cpp's own prefill")
-    metrics, settings, speed = measure_handoff(graph, gguf_path, cases)
+    return PrefillDraft(dst, precision, method, cases, pytorch, graph)
+
+
+def gate_prefill(draft: PrefillDraft, gguf_path: Path, budget: dict[str, float], *,
+                 step: Callable[[str], None] = lambda _: None) -> Artifact:
+    """The draft's hand-over into the GGUF at ``gguf_path`` against llama.cpp's own prefill, held to the LLM
+    drift budget (``ParityError`` beyond it); the prefill artifact for a bundle with that GGUF."""
+    step(f"prefill graph: KV hand-over into {gguf_path.name} against llama.cpp's own prefill")
+    metrics, settings, speed = measure_handoff(draft.graph, gguf_path, draft.cases)
     parity = Parity(reference="llama.cpp prefill (same GGUF)", metrics=metrics, tolerance=dict(budget),
                     passed=not violations(metrics, budget), settings=settings,
-                    samples=len(cases) * (TEACHER_STEPS + 1))
+                    samples=len(draft.cases) * (TEACHER_STEPS + 1))
     enforce("llm prefill graph (KV hand-over vs llama.cpp's prefill)", metrics, budget,
             hint="Use --prefill f32, or raise the budget (--max-drift llm.kl_mean=...).")
+    precision, dst = draft.precision, draft.path
     return Artifact(
         format="onnx", files=[dst.name, data_file(dst).name], precision=precision, parity=parity,
-        quantization={"precision": precision, **method, "speed": speed,
-                      "bytes": dst.stat().st_size + data_file(dst).stat().st_size},
+        quantization={"precision": precision, **draft.method, "speed": speed, "bytes": draft.bytes},
         details={"role": "prefill", "inputs": list(GRAPH_INPUTS), "outputs": list(GRAPH_OUTPUTS),
-                 "checks": {"pytorch": {"metrics": pytorch,
+                 "checks": {"pytorch": {"metrics": draft.pytorch,
                                         "tolerance": STRICT_TOLERANCE if precision == "f32" else None,
-                                        "samples": len(cases)}}},
+                                        "samples": len(draft.cases)}}},
     )
+
+
+def export_prefill(text: TextModel, reference_lm: torch.nn.Module, gguf_path: Path, dst: Path, precision: str,
+                   budget: dict[str, float], *, step: Callable[[str], None] = lambda _: None) -> Artifact:
+    """Write, gate and describe the prefill artifact for the bundle whose GGUF is ``gguf_path``."""
+    return gate_prefill(draft_prefill(text, reference_lm, dst, precision, step=step), gguf_path, budget, step=step)

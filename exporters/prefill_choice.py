@@ -2,11 +2,19 @@
 
 When ``--prefill`` is not given and the profile target is ``latency``, the export writes the int8 graph
 (held to the same gates as ``--prefill int8``: transformers, then the hand-over into the bundle's GGUF
-against llama.cpp's own prefill, within the LLM drift budget) and keeps it only when it measured faster
-on this machine than llama.cpp's prefill of the same positions (by more than the tie margin) and fits
-the memory budget. Either way the GGUF's ``details.prefill_choice`` says what was measured and why.
-A text model the graph does not reproduce (the gemma decoders, Qwen3-VL ...) keeps llama.cpp, with the
-reason; so does a graph beyond the drift budget.
+against llama.cpp's own prefill, within the LLM drift budget). Either way the GGUF's
+``details.prefill_choice`` says what was measured and why. A text model the graph does not reproduce (the
+gemma decoders, Qwen3-VL ...) keeps llama.cpp, with the reason; so does a graph beyond the drift budget.
+
+- The GGUF type searched too (``JointChoice``): type and engine are one choice. Picking the type first
+  and then gating the graph against it lost the best pair on the bench Qwen2.5-VL: q6_k answered fastest
+  with llama.cpp's prefill (249 ms by the ranking), the int8 graph's hand-over into q6_k agreed with
+  llama.cpp's own prefill on 16 of 18 next tokens (top-1 0.889, refused), while into q8_0 it passed and
+  the pair answers in ~195 ms. So every type within the budgets that could still win is gated, each pair
+  ranked by the answer time (``targets.py``) with the graph's measured saving per prompt position, and
+  the best kept (ties within the margin: the fewest bytes, so llama.cpp alone).
+- The GGUF type fixed (``choose_prefill``): the graph is kept only when it measured faster than
+  llama.cpp's prefill of the same positions (by more than the tie margin) and fits the memory budget.
 """
 
 from __future__ import annotations
@@ -16,9 +24,13 @@ from typing import Any, Callable
 
 from edgebridge.errors import ExportError, UnsupportedModelError
 from edgebridge.exporters.onnx_files import data_file
-from edgebridge.exporters.prefill import check_supported, export_prefill
+from edgebridge.exporters.gguf.export import GGUFCandidate
+from edgebridge.exporters.prefill import PrefillDraft, check_supported, draft_prefill, export_prefill, gate_prefill
 from edgebridge.exporters.quantize import TIE, QuantPlan, over_memory
+from edgebridge.exporters.quantize.targets import ANSWER_TOKENS, PROMPT_POSITIONS
 from edgebridge.manifest import Artifact
+
+GRAPH = "int8 prefill graph"
 
 
 def choose_prefill(text: Any, reference_lm: Callable[[], Any], gguf_path: Path, dst: Path, plan: QuantPlan,
@@ -58,3 +70,112 @@ def choose_prefill(text: Any, reference_lm: Callable[[], Any], gguf_path: Path, 
 def _remove(graph: Path) -> None:
     graph.unlink(missing_ok=True)
     data_file(graph).unlink(missing_ok=True)
+
+
+class JointChoice:
+    """The GGUF type and the prefill engine chosen together (a ``gguf.export.Pairing``); one per export.
+
+    After the call, ``graph`` is the prefill artifact if a pair with it won, and ``record`` the decision
+    (None when the search had nothing to choose, so the export falls back to ``choose_prefill``)."""
+
+    def __init__(self, text: Any, reference_lm: Callable[[], Any], dst: Path, plan: QuantPlan, used_bytes: int,
+                 step: Callable[[str], None]) -> None:
+        self.text, self.reference_lm, self.dst, self.plan, self.used_bytes = text, reference_lm, dst, plan, used_bytes
+        self.step = step
+        self.graph: Artifact | None = None
+        self.record: dict[str, Any] | None = None
+
+    def __call__(self, passing: list[GGUFCandidate], selection: dict[str, Any]
+                 ) -> tuple[GGUFCandidate, dict[str, Any]]:
+        by_type = {c.trial.precision: c for c in passing}
+        alone = selection["within_budget"]  # answer ms of each type with llama.cpp's prefill
+        options = {(p, "llama.cpp"): (ms, by_type[p].trial.bytes) for p, ms in alone.items()}
+        kept_alone = _best(options)[0]  # what the search kept: the same rule
+        try:
+            check_supported(self.text.model_type)
+            draft = draft_prefill(self.text, self.reference_lm(), self.dst, "int8", step=self.step)
+        except ExportError as exc:  # a text model the graph does not reproduce, or one too large for it
+            _remove(self.dst)
+            self.record = {"kept": False, "engine": "llama.cpp", "reason": f"no prefill graph: {exc.message}"}
+            return by_type[kept_alone], selection
+        with_graph, verdicts, gates = self._gate_all(draft, passing, alone)
+        options |= {(p, GRAPH): (ms, by_type[p].trial.bytes + draft.bytes) for p, ms in with_graph.items()}
+        precision, engine = best = _best(options)
+        self.record = self._record(best, options, verdicts, gates, draft.bytes, kept_alone)
+        joint = {**selection, "with_prefill_graph": with_graph}
+        if engine == GRAPH:
+            self.graph = gates[precision]
+            self.graph.quantization["selection"] = self.record
+            joint["reason"] = f"{self.record['reason']} (with llama.cpp's prefill alone: {selection['reason']})"
+        else:
+            _remove(self.dst)
+        return by_type[precision], joint
+
+    def _gate_all(self, draft: PrefillDraft, passing: list[GGUFCandidate], alone: dict[str, float]):
+        """Gate the graph against every type that could beat the best answer with it: (answer ms with the
+        graph per type that passed, verdict per type, the gated artifact per type that passed)."""
+        best_alone = min(alone.values())
+        left = self.plan.memory_left(self.used_bytes)
+        with_graph: dict[str, float] = {}
+        verdicts: dict[str, str] = {}
+        gates: dict[str, Artifact] = {}
+        for cand in sorted(passing, key=lambda c: alone[c.trial.precision]):
+            precision, speed = cand.trial.precision, cand.trial.speed
+            decode_ms = 1000.0 * ANSWER_TOKENS / speed["decode_tokens_per_s"]
+            over = over_memory(cand.trial.bytes + draft.bytes, left)
+            if decode_ms >= best_alone:
+                verdicts[precision] = f"not tried: its {ANSWER_TOKENS}-token decode alone takes {decode_ms:.1f} ms"
+            elif over:
+                verdicts[precision] = f"with the graph, {over}"
+            else:
+                try:
+                    gates[precision] = gate_prefill(draft, cand.path, self.plan.budget["llm"], step=self.step)
+                except ExportError as exc:
+                    verdicts[precision] = f"hand-over refused: {exc.message}"
+                    continue
+                g = gates[precision].quantization["speed"]
+                saved = PROMPT_POSITIONS * (g["llamacpp_prefill_ms"] - g["prefill_ms"]) / g["positions"]
+                with_graph[precision] = round(alone[precision] - saved, 3)
+                verdicts[precision] = (f"hand-over within budget; {g['positions']} positions: graph + hand-over "
+                                       f"{g['prefill_ms']:g} ms, llama.cpp {g['llamacpp_prefill_ms']:g} ms")
+        return with_graph, verdicts, gates
+
+    def _record(self, best: tuple[str, str], options: dict[tuple[str, str], tuple[float, int]],
+                verdicts: dict[str, str], gates: dict[str, Artifact], graph_bytes: int, kept_alone: str
+                ) -> dict[str, Any]:
+        precision, engine = best
+        answer = options[best][0]
+        measured = f"{len(options)} pairs of GGUF type and prefill engine within the budgets"
+        if engine == GRAPH:
+            reason = (f"{precision} with the {GRAPH}: {answer:g} ms for a {PROMPT_POSITIONS}-position prompt + "
+                      f"{ANSWER_TOKENS} tokens, the best of {measured}; {kept_alone} with llama.cpp's prefill "
+                      f"{options[(kept_alone, 'llama.cpp')][0]:g} ms")
+        elif gates:
+            fastest = min((p for p, e in options if e == GRAPH), key=lambda p: options[(p, GRAPH)][0])
+            reason = (f"llama.cpp: {precision} answers in {answer:g} ms, the best of {measured} (within {TIE:.0%} "
+                      f"of the best the fewest bytes); the fastest pair with the graph, {fastest}, "
+                      f"{options[(fastest, GRAPH)][0]:g} ms")
+        else:
+            reason = f"llama.cpp: the {GRAPH} won no pair (" + "; ".join(f"{p}: {v}" for p, v in verdicts.items()) + ")"
+        record: dict[str, Any] = {"kept": engine == GRAPH, "engine": "onnxruntime+handoff" if engine == GRAPH
+                                  else "llama.cpp", "gguf": precision, "graph_bytes": graph_bytes,
+                                  "answer_ms": {f"{p}+{e}": ms for (p, e), (ms, _b) in options.items()},
+                                  "graph_verdicts": verdicts, "reason": reason,
+                                  "gated": {p: a.quantization["speed"] for p, a in gates.items()}}
+        gated = gates.get(precision)
+        if gated is not None:
+            g = gated.quantization["speed"]
+            record |= {"graph_ms": g["prefill_ms"], "llamacpp_ms": g["llamacpp_prefill_ms"], "positions": g["positions"]}
+        return record
+
+
+def _ties(values: dict[Any, float]) -> list[Any]:
+    """The keys within the tie margin of the best (lowest) value."""
+    best = min(values.values())
+    return [k for k, v in values.items() if v <= best * (1 + TIE)]
+
+
+def _best(options: dict[tuple[str, str], tuple[float, int]]) -> tuple[str, str]:
+    """The pair with the best answer time; within the tie margin of it, the one with the fewest bytes."""
+    ties = _ties({k: ms for k, (ms, _b) in options.items()})
+    return min(ties, key=lambda k: (options[k][1], options[k][0]))

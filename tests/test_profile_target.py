@@ -86,18 +86,44 @@ def test_cli_export_defaults_to_latency_and_records_every_measured_candidate(wor
     manifest = Bundle.open(tmp_path / "b").manifest
     for comp in manifest.components.values():
         for fmt, art in comp.artifacts.items():
+            if comp.role == "llm" and fmt == "prefill":
+                continue  # not searched: chosen with the GGUF type
             q = art.quantization
             assert [t["precision"] for t in q["trials"]] == ORDER[fmt]  # every candidate measured
             passing = {t["precision"]: t for t in q["trials"] if t["passed"]}
             values = q["selection"]["within_budget"]
             assert set(values) == set(passing) and art.precision in passing
+            if fmt == "gguf":  # chosen together with the prefill engine: checked below
+                _check_joint_choice(manifest)
+                continue
             best = min(values.values())  # the rule, on the recorded figures
             tied = [p for p in values if values[p] <= best * (1 + TIE)]
             assert art.precision == min(tied, key=lambda p: (passing[p]["bytes"], values[p]))
-            if fmt == "gguf":
-                s = passing[art.precision]["speed"]
-                answer = 1000 * (PROMPT_POSITIONS / s["prefill_tokens_per_s"] + ANSWER_TOKENS / s["decode_tokens_per_s"])
-                assert values[art.precision] == pytest.approx(answer, rel=1e-3)
+
+
+def _check_joint_choice(manifest) -> None:
+    """The GGUF type and prefill engine follow the rule on the export's own figures: each type's answer
+    time with llama.cpp's prefill (prompt + answer at its measured rates), with the graph that minus the
+    graph's measured saving per position; the best pair kept, within the tie margin the fewest bytes."""
+    gguf = manifest.llm.artifacts["gguf"]
+    q, choice = gguf.quantization, gguf.details["prefill_choice"]
+    passing = {t["precision"]: t for t in q["trials"] if t["passed"]}
+    alone, with_graph = q["selection"]["within_budget"], q["selection"]["with_prefill_graph"]
+    for p, ms in alone.items():
+        s = passing[p]["speed"]
+        answer = 1000 * (PROMPT_POSITIONS / s["prefill_tokens_per_s"] + ANSWER_TOKENS / s["decode_tokens_per_s"])
+        assert ms == pytest.approx(answer, rel=1e-3)
+    assert set(with_graph) <= set(choice["gated"]) <= set(passing)
+    for p, ms in with_graph.items():
+        g = choice["gated"][p]
+        saved = PROMPT_POSITIONS * (g["llamacpp_prefill_ms"] - g["prefill_ms"]) / g["positions"]
+        assert ms == pytest.approx(alone[p] - saved, abs=1e-2)
+    options = {(p, False): (ms, passing[p]["bytes"]) for p, ms in alone.items()}
+    options |= {(p, True): (ms, passing[p]["bytes"] + choice["graph_bytes"]) for p, ms in with_graph.items()}
+    best = min(ms for ms, _ in options.values())
+    tied = [k for k, (ms, _) in options.items() if ms <= best * (1 + TIE)]
+    assert (gguf.precision, choice["kept"]) == min(tied, key=lambda k: (options[k][1], options[k][0]))
+    assert choice["kept"] == ("prefill" in manifest.llm.artifacts) and choice["gguf"] == gguf.precision
 
 
 @pytest.mark.slow
@@ -131,12 +157,23 @@ LIFTED = {"encoder": {"cosine_min": 0.0}, "llm": {"top1_agreement": 0.0, "kl_mea
 def test_latency_target_decides_the_prefill_engine_and_says_why(workdir, tmp_path):
     """Without --prefill the int8 graph is written, gated and timed; kept only when faster and within the memory
     budget. The tiny llama's int8 graph is beyond the default drift budget (refused, with the figure); with the
-    budget lifted it passes, and the record must agree with its own measurements either way."""
+    budget lifted it passes, and the record must agree with its own measurements either way: chosen together
+    with the GGUF type when that is searched, for the GGUF as it is when it is fixed."""
     model = tiny_llava(workdir, ("clip", "llama"))
-    plain = export_bundle(model, tmp_path / "a", encoder_formats=["onnx"], profile_target="latency")
+    plain = export_bundle(model, tmp_path / "a", encoder_formats=["onnx"], profile_target="latency",
+                          quantize="encoder=f32")
     choice = plain.llm.artifacts["gguf"].details["prefill_choice"]
-    assert not choice["kept"] and "top1_agreement" in choice["reason"] and "prefill" not in plain.llm.artifacts
-    assert not (tmp_path / "a" / "llm_prefill.onnx").exists()
+    # the tiny llama's quantized types refuse the int8 graph's hand-over, with the figure; others may take it
+    assert any("top1_agreement" in v for v in choice["graph_verdicts"].values()), choice
+    assert set(choice["graph_verdicts"]) >= set(choice["gated"])
+    _check_joint_choice(plain)
+    assert choice["kept"] == (tmp_path / "a" / "llm_prefill.onnx").exists()
+    lifted = export_bundle(model, tmp_path / "lifted", encoder_formats=["onnx"], profile_target="latency",
+                           quantize="encoder=f32", max_drift=LIFTED)  # every hand-over passes: a real choice
+    choice = lifted.llm.artifacts["gguf"].details["prefill_choice"]
+    assert choice["gated"] and set(lifted.llm.artifacts["gguf"].quantization["selection"]["with_prefill_graph"])
+    _check_joint_choice(lifted)
+    assert choice["kept"] == (tmp_path / "lifted" / "llm_prefill.onnx").exists()
     fixed = {"encoder_formats": ["onnx"], "profile_target": "latency", "quantize": "encoder=f32,llm=f16",
              "max_drift": LIFTED}  # fixed precisions: the same weights, so the same bytes, in both exports
     free = export_bundle(model, tmp_path / "b", **fixed)

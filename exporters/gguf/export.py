@@ -172,17 +172,27 @@ def _speed(path: Path, cases) -> dict[str, float]:
 
 
 @dataclass
-class _Candidate:
+class GGUFCandidate:
+    """One GGUF type written and measured by the search; its file lives until ``export_llm`` returns."""
+
     trial: Trial
     path: Path
     parity: Parity
     method: dict[str, Any]
 
 
+# (every candidate within the budgets, the search's selection record) -> (the one to keep, its record): a
+# profile target's second look at the search, e.g. the latency target's joint choice with the prefill engine
+Pairing = Callable[[list[GGUFCandidate], dict[str, Any]], tuple[GGUFCandidate, dict[str, Any]]]
+
+
 def export_llm(family: Family, loaded: Loaded, layout: PromptLayout, out_path: Path, plan: QuantPlan, *,
-               step: Callable[[str], None] = lambda _: None, used_bytes: int = 0) -> tuple[Artifact, TextModel]:
-    """Write the gated LLM GGUF at ``out_path`` at the plan's precision (or the one ``auto`` picks)."""
-    text = family.text_model(loaded)
+               step: Callable[[str], None] = lambda _: None, used_bytes: int = 0,
+               pairing: Pairing | None = None, text: TextModel | None = None) -> Artifact:
+    """Write the gated LLM GGUF at ``out_path`` at the plan's precision (or the one ``auto`` picks).
+    ``pairing``: when a profile target searched several types, it has the last word among those within
+    the budgets; ``text``: the family's text model if the caller already built it."""
+    text = text or family.text_model(loaded)
     with tempfile.TemporaryDirectory(prefix="edgebridge-gguf-") as scratch:
         f32_path = Path(scratch) / "llm-f32.gguf"
         details, strict = _write_strict_f32(family, loaded, layout, text, f32_path, step)
@@ -191,13 +201,14 @@ def export_llm(family: Family, loaded: Loaded, layout: PromptLayout, out_path: P
             check_memory(plan, "llm (GGUF f32)", f32_path.stat().st_size, used_bytes)
             shutil.copyfile(f32_path, out_path)
             return Artifact(format="gguf", files=[out_path.name], precision="f32", parity=strict,
-                            details=details), text
-        chosen, quantization = _choose_precision(text, f32_path, layout, plan, Path(scratch), step, used_bytes)
+                            details=details)
+        chosen, quantization = _choose_precision(text, f32_path, layout, plan, Path(scratch), step, used_bytes,
+                                                 pairing)
         shutil.copyfile(chosen.path, out_path)
     details["tensor_types"] = _type_counts(chosen.method.get("tensor_types") or tensor_types(out_path))
     artifact = Artifact(format="gguf", files=[out_path.name], precision=chosen.trial.precision,
                         parity=chosen.parity, quantization=quantization, details=details)
-    return artifact, text
+    return artifact
 
 
 def _write_strict_f32(family: Family, loaded: Loaded, layout: PromptLayout, text: TextModel, path: Path,
@@ -227,14 +238,15 @@ def strict_tolerance(model_type: str) -> tuple[dict[str, float], str]:
 
 
 def _choose_precision(text: TextModel, f32_path: Path, layout: PromptLayout, plan: QuantPlan, scratch: Path,
-                      step: Callable[[str], None], used_bytes: int = 0) -> tuple[_Candidate, dict[str, Any]]:
+                      step: Callable[[str], None], used_bytes: int = 0, pairing: Pairing | None = None
+                      ) -> tuple[GGUFCandidate, dict[str, Any]]:
     """Try the plan's GGUF types against the f32 GGUF on the reference texts; (kept, its quantization record).
     ``used_bytes``: the encoders' weights, already counted against the memory budget."""
     text_cases = reference_text_cases(f32_path, layout.add_bos)
     with LlamaCppLLM(f32_path, LlamaSettings(n_ctx=N_CTX)) as llm:
         ref_logits = run_llamacpp(llm, text_cases)
     budget = plan.budget["llm"]
-    tried: dict[str, _Candidate] = {}
+    tried: dict[str, GGUFCandidate] = {}
 
     def evaluate(precision: str) -> Trial:
         step(f"LLM {precision}: writing and measuring drift against the f32 GGUF")
@@ -247,6 +259,9 @@ def _choose_precision(text: TextModel, f32_path: Path, layout: PromptLayout, pla
                                      "Raise the budget (--max-drift llm.kl_mean=..., llm.top1_agreement=...) "
                                      "or choose a larger precision (--quantize llm=q8_0).", plan, "llm", used_bytes)
     chosen = tried[kept.precision]
+    if pairing is not None and selection is not None:
+        chosen, selection = pairing([tried[t.precision] for t in trials if t.passed], selection)
+    kept = chosen.trial
     quantization = {
         "precision": kept.precision,
         **{k: v for k, v in chosen.method.items() if k != "tensor_type_counts"},
@@ -263,7 +278,7 @@ def _choose_precision(text: TextModel, f32_path: Path, layout: PromptLayout, pla
 
 
 def _gguf_trial(text: TextModel, f32_path: Path, path: Path, precision: str, cases, ref_logits: np.ndarray,
-                budget: dict[str, float]) -> _Candidate:
+                budget: dict[str, float]) -> GGUFCandidate:
     """Write the GGUF at ``precision`` and measure its drift and speed under default settings."""
     if precision == "f32":
         shutil.copyfile(f32_path, path)
@@ -277,7 +292,7 @@ def _gguf_trial(text: TextModel, f32_path: Path, path: Path, precision: str, cas
                       reference_name="gguf-f32")
     passed, why = verdict(parity.metrics, budget)
     trial = Trial(precision, path.stat().st_size, _speed(path, cases), parity.metrics, dict(budget), passed, why)
-    return _Candidate(trial, path, parity, method)
+    return GGUFCandidate(trial, path, parity, method)
 
 
 def _type_counts(types: dict[str, str]) -> dict[str, int]:
