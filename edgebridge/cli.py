@@ -193,7 +193,8 @@ def run(
     max_frames: Optional[int] = typer.Option(None, help="Most frames sampled from one video (more are dropped, "
                                                         "with a warning)."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", min=1),
-    backend: str = typer.Option("onnxruntime", help="Encoder backend: onnxruntime or openvino."),
+    backend: str = typer.Option("auto", help="Encoder backend: auto (what the export measured fastest, else "
+                                             "onnxruntime), onnxruntime or openvino."),
     device: str = typer.Option("CPU", help="Encoder device: CPU, GPU, NPU or AUTO (falls back to CPU, reported); "
                                            "or per component: encoder=GPU,llm=GPU."),
     llm_device: Optional[str] = typer.Option(None, help="LLM device: CPU, GPU (llama.cpp's Vulkan backend) or AUTO "
@@ -414,7 +415,8 @@ def serve(
     timeout: float = typer.Option(300.0, min=1.0, help="Seconds one request may run."),
     api_key: Optional[str] = typer.Option(None, envvar="EDGEBRIDGE_API_KEY",
                                           help="Require `Authorization: Bearer KEY` (or set EDGEBRIDGE_API_KEY)."),
-    backend: str = typer.Option("onnxruntime", help="Encoder backend: onnxruntime or openvino."),
+    backend: str = typer.Option("auto", help="Encoder backend: auto (what the export measured fastest, else "
+                                             "onnxruntime), onnxruntime or openvino."),
     device: str = typer.Option("CPU", help="Encoder device: CPU, GPU, NPU or AUTO; or encoder=...,llm=...."),
     llm_device: Optional[str] = typer.Option(None, help="LLM device: CPU, GPU (llama.cpp's Vulkan backend) or AUTO."),
     gpu_layers: Optional[str] = typer.Option(None, help="LLM layers to offload to the GPU: a number or 'all'."),

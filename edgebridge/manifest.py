@@ -207,6 +207,7 @@ class Component:
     bridge: dict[str, Any] | None = None
     description: str = ""
     tool: dict[str, Any] | None = None  # role "tool": its kind and settings (runtimes/tools)
+    engine_choice: dict[str, Any] | None = None  # the encoder engine a latency export measured fastest
 
     def __post_init__(self) -> None:  # exporters may hand the role as a string
         self.role = Role(self.role)
@@ -230,7 +231,21 @@ class Component:
             bridge=f.opt("bridge", dict),
             description=f.opt("description", str, ""),
             tool=f.opt("tool", dict),
+            engine_choice=f.opt("engine_choice", dict),
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object; ``engine_choice`` only where it is set (older manifests write back unchanged)."""
+        out = fields_jsonable(self)
+        if out.get("engine_choice") is None:
+            out.pop("engine_choice")
+        return out
+
+    @property
+    def recorded_backend(self) -> str | None:
+        """The encoder backend the export measured fastest on its machine (``engine_choice``), if any."""
+        backend = (self.engine_choice or {}).get("backend")
+        return backend if isinstance(backend, str) else None
 
 
 @dataclass(eq=False)

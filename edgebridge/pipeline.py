@@ -89,13 +89,15 @@ class Pipeline:
         self._guard = CallGuard(self._release)
 
     @classmethod
-    def from_bundle(cls, path: str | Path, *, encoder_backend: str = "onnxruntime", device: str = "CPU",
+    def from_bundle(cls, path: str | Path, *, encoder_backend: str = "auto", device: str = "CPU",
                     precision: str | None = "f32", threads: int | None = None, n_ctx: int | None = None,
                     llm_settings: LlamaSettings | None = None, verify: bool = True, cache_embeddings: bool = True,
                     reuse_prefix: bool = True, fast_prefill: bool = True, llm_device: str | None = None,
                     gpu_layers: int | str | None = None) -> "Pipeline":
         """Open a bundle and load its engines.
 
+        ``encoder_backend`` (auto|onnxruntime|openvino): ``auto`` runs each encoder on the engine its
+        export measured fastest on its machine (``engine_choice``), onnxruntime where none is recorded.
         ``device`` (CPU|GPU|NPU|AUTO) applies to the encoders, or is per component
         (``"encoder=GPU,llm=GPU"``); ``llm_device`` (CPU|GPU|AUTO) puts the LLM on a llama.cpp GPU
         backend (Vulkan) with ``gpu_layers`` of its layers (default all). An unavailable device falls

@@ -39,10 +39,12 @@ from edgebridge.runtimes.registry import (
     encoder_backends,
     open_encoder,
 )
-
-PRECISIONS = ("f32", "bf16", "f16", "auto")  # OpenVINO execution precisions
 from edgebridge.runtimes.static_shapes import conform, run_static
 from edgebridge.runtimes.tools import Tool, open_tool
+
+PRECISIONS = ("f32", "bf16", "f16", "auto")  # OpenVINO execution precisions
+AUTO_BACKEND = "auto"  # each component on the engine its export measured fastest (``component_backend``)
+DEFAULT_BACKEND = "onnxruntime"  # without such a record
 
 
 @dataclass(frozen=True)
@@ -74,16 +76,17 @@ class ModalityStage(Protocol):
 class StageOptions:
     """Engine options shared by every stage of a pipeline."""
 
-    backend: str = "onnxruntime"
+    backend: str = AUTO_BACKEND
     device: str = "CPU"
     threads: int | None = None
     precision: str | None = "f32"
 
     def check(self) -> "StageOptions":
         """Refuse what no engine would take (onnxruntime ignores a precision; a bogus one is still a mistake)."""
-        if self.backend not in encoder_backends():
+        if self.backend != AUTO_BACKEND and self.backend not in encoder_backends():
             raise BackendUnavailableError(f"unknown encoder backend '{self.backend}'.",
-                                          hint=f"Choose one of: {', '.join(sorted(encoder_backends()))}.")
+                                          hint=f"Choose one of: {AUTO_BACKEND}, "
+                                               f"{', '.join(sorted(encoder_backends()))}.")
         if str(self.device).upper() not in DEVICES:
             raise InputError(f"unknown device '{self.device}'.", hint=f"Choose one of {', '.join(DEVICES)}.")
         if self.precision is not None and str(self.precision).lower() not in PRECISIONS:
@@ -100,11 +103,12 @@ def open_stage(root: Path, modality: str, spec: ModalityInput, component: Compon
                sessions: dict[str, EncoderSession] | None = None) -> ModalityStage:
     """The stage for ``modality``, by its component's role. ``sessions`` shares one engine session per
     component between the modalities it serves (images and videos through one tower)."""
+    backend = component_backend(component, options.backend)
     if component.role is Role.TOOL:
-        tool = open_tool(root, component, options.backend, device=options.device, threads=options.threads,
+        tool = open_tool(root, component, backend, device=options.device, threads=options.threads,
                          precision=options.precision)
         return ToolStage(modality, spec, tool)
-    fmt = artifact_format(options.backend)
+    fmt = artifact_format(backend)
     art = component.artifacts.get(fmt)
     if art is None:
         raise BackendUnavailableError(
@@ -112,13 +116,27 @@ def open_stage(root: Path, modality: str, spec: ModalityInput, component: Compon
             hint=f"Choose another --backend, or re-export with --encoder-format {fmt}.")
     sessions = {} if sessions is None else sessions
     if spec.component not in sessions:
-        sessions[spec.component] = open_encoder(options.backend, [bundle_file(root, f) for f in art.files], device=options.device,
+        sessions[spec.component] = open_encoder(backend, [bundle_file(root, f) for f in art.files], device=options.device,
                                                 threads=options.threads, precision=options.precision,
                                                 artifact_precision=art.precision)
     session = sessions[spec.component]
     text = spec.preprocessing.text_inputs
     return EncoderStage(modality, spec, component, session, static=static, cache=cache,
                         text_tokenizer=_wordpiece(root, text) if text else None)
+
+
+def component_backend(component: Component, asked: str) -> str:
+    """The engine that runs ``component``: the one asked for, or with ``auto`` the one its export measured
+    fastest (``engine_choice``, when this runtime has it and the bundle its format), else onnxruntime
+    where the bundle has an ONNX artifact, else the engine of its first artifact."""
+    if asked != AUTO_BACKEND:
+        return asked
+    formats = encoder_backends()
+    recorded = component.recorded_backend
+    if recorded in formats and formats[recorded] in component.artifacts:
+        return recorded
+    runnable = [b for b, fmt in formats.items() if fmt in component.artifacts]
+    return DEFAULT_BACKEND if DEFAULT_BACKEND in runnable else (runnable or [DEFAULT_BACKEND])[0]
 
 
 def _check_claims(spec: ModalityInput, component: Component, session: EncoderSession) -> None:

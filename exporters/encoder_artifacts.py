@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from edgebridge.bundle import BundleWriter
+from edgebridge.exporters.engine_choice import choose_engine
 from edgebridge.exporters.encoder import (
     OPSET,
     Case,
@@ -73,8 +74,14 @@ def export_encoder(enc: EncoderExport, writer: BundleWriter, scratch: Path, plan
     for name, source in enc.assets.items():  # files the runtime's preprocessing reads (hashed like the rest)
         shutil.copyfile(source, writer.path(name))
     artifacts = {fmt: _export_format(prep, fmt, writer, scratch, plan, tolerance, step) for fmt in plan.encoder}
+    engine = None
+    if plan.target == "latency" and len(artifacts) > 1 and "onnx" in artifacts:
+        step(f"{enc.component}: timing the kept artifacts' engines side by side")
+        engine = choose_engine({fmt: [writer.path(f) for f in art.files] for fmt, art in artifacts.items()},
+                               _one_item(enc, prep.cases[0].inputs), prep.static)
     component = Component(role="encoder", modality=enc.modality, inputs=inputs, outputs=outputs, artifacts=artifacts,
-                          bridge={**enc.bridge, "graph_nodes": prep.bridge_nodes}, description=enc.description)
+                          bridge={**enc.bridge, "graph_nodes": prep.bridge_nodes}, description=enc.description,
+                          engine_choice=engine)
     return component, prep.static
 
 

@@ -96,7 +96,9 @@ def open_encoder(backend: str, files: list[Path], **options: Any) -> EncoderSess
     _discover()
     if backend not in _REGISTRY:
         _unknown(backend)
-    return _REGISTRY[backend](files, **options)
+    session = _REGISTRY[backend](files, **options)
+    session.report.details.setdefault("engine", backend)  # which one ran, in every result's ``devices``
+    return session
 
 
 def _unknown(backend: str):

@@ -227,3 +227,48 @@ def test_latency_target_keeps_llamacpp_for_text_models_the_graph_declines(workdi
     choice = manifest.llm.artifacts["gguf"].details["prefill_choice"]
     assert choice == {"kept": False, "engine": "llama.cpp", "reason": choice["reason"]}
     assert "deepstack" in choice["reason"]
+
+
+def test_latency_target_records_the_faster_encoder_engine_and_auto_runs_it(workdir, tmp_path, monkeypatch):
+    """Both formats' kept artifacts are timed side by side; the record names the faster engine when it is faster
+    by more than the tie margin (else onnxruntime), and ``auto`` (the default) runs the recorded engine, an
+    explicit backend its own, a bundle without a record onnxruntime."""
+    from edgebridge import Pipeline
+    from edgebridge.exporters import engine_choice
+
+    model = tiny_llava(workdir, ("clip", "llama"))
+    fixed = {"profile_target": "latency", "quantize": "encoder=f32,llm=f16"}
+    manifest = export_bundle(model, tmp_path / "a", **fixed)
+    record = manifest.components["vision_encoder"].engine_choice
+    latency = record["latency_ms"]
+    assert set(latency) == {"onnxruntime", "openvino"} and engine_choice.ROUNDS >= 3
+    fastest = min(latency, key=latency.get)
+    clear = all(ms > latency[fastest] * (1 + TIE) for b, ms in latency.items() if b != fastest)
+    assert record["backend"] == (fastest if clear else "onnxruntime")
+    for recorded in ("openvino", "onnxruntime"):  # both ways through the runtime, whatever this machine measured
+        bundle = tmp_path / f"engine-{recorded}"
+        monkeypatch.setattr("edgebridge.exporters.encoder_artifacts.choose_engine",
+                            lambda *_a, r=recorded: {"backend": r, "latency_ms": {}, "reason": "test"})
+        export_bundle(model, bundle, **fixed)
+        other = "onnxruntime" if recorded == "openvino" else "openvino"
+        for asked, runs in (("auto", recorded), (other, other)):
+            with Pipeline.from_bundle(bundle, encoder_backend=asked) as pipe:
+                assert pipe.stages["image"].session.backend == runs
+                result = pipe.generate("USER: <image>\nWhat is this? ASSISTANT:", images=[_photo()],
+                                       max_new_tokens=2)
+                assert result.devices["vision_encoder"]["engine"] == runs
+    plain = export_bundle(model, tmp_path / "none", profile_target="none")
+    assert plain.components["vision_encoder"].engine_choice is None
+    with Pipeline.from_bundle(tmp_path / "none") as pipe:
+        assert pipe.stages["image"].session.backend == "onnxruntime"
+    ov_only = export_bundle(model, tmp_path / "ov", encoder_formats=["openvino"], **fixed)
+    assert ov_only.components["vision_encoder"].engine_choice is None  # nothing to choose between
+    with Pipeline.from_bundle(tmp_path / "ov") as pipe:
+        assert pipe.stages["image"].session.backend == "openvino"
+
+
+def _photo():
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray((np.arange(64 * 64 * 3) % 251).astype("uint8").reshape(64, 64, 3))
