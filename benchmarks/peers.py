@@ -60,7 +60,9 @@ LIFTED_BUDGET = {"encoder": {"cosine_min": 0.0}, "llm": {"top1_agreement": 0.0, 
 
 # name -> (bundle key, encoder backend); bundles below.
 EDGEBRIDGE = {
-    # `edgebridge export` with no flags: the latency target's measured pick (precisions, prefill engine)
+    # `edgebridge export` with no flags: the latency target's measured pick (precisions, prefill engine,
+    # encoder engine: `auto`, the runtime's default, runs the one recorded); then each engine forced
+    "edgebridge default export (auto engine)": ("default", "auto"),
     "edgebridge default export (onnxruntime)": ("default", "onnxruntime"),
     "edgebridge default export (openvino)": ("default", "openvino"),
     "edgebridge f16 + fp32 enc (onnxruntime)": ("f16", "onnxruntime"),
@@ -338,10 +340,11 @@ def ratio(a: float | None, b: float | None) -> float | str:
 
 
 def report(results: dict[str, dict[str, Any]], bundles: dict[str, dict[str, Any]]) -> None:
-    opt_ttft = p50(results[OPTIMUM].get("cold"), "ttft_ms")
-    hf_ttft = p50(results[TRANSFORMERS].get("cold"), "ttft_ms")
-    hf_encode = p50(results[TRANSFORMERS].get("cold"), "encode_bridge_ms")
-    opt_decode = p50(results[OPTIMUM].get("cold"), "decode_tokens_per_s")
+    optimum, hf = results.get(OPTIMUM, {}), results.get(TRANSFORMERS, {})  # absent when left out by --only
+    opt_ttft = p50(optimum.get("cold"), "ttft_ms")
+    hf_ttft = p50(hf.get("cold"), "ttft_ms")
+    hf_encode = p50(hf.get("cold"), "encode_bridge_ms")
+    opt_decode = p50(optimum.get("cold"), "decode_tokens_per_s")
     ttft_rows, decode_rows = [], []
     for name, res in results.items():
         if name.startswith("bare "):
@@ -364,7 +367,9 @@ def report(results: dict[str, dict[str, Any]], bundles: dict[str, dict[str, Any]
                             note])
     pair_rows = []
     for key in PAIRED:
-        res = results.get(f"bare llama-cpp-python ({key})", {})
+        res = results.get(f"bare llama-cpp-python ({key})")
+        if res is None:
+            continue
         if "error" in res:
             pair_rows.append([key, "failed", "-", "-", "-"])
             continue
@@ -431,6 +436,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", choices=sorted(PROMPTS_BY_MODEL), default="llava")
+    parser.add_argument("--only", help="comma-separated parts of system names: run only the systems that contain one")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -450,6 +456,9 @@ def main() -> None:
     specs.update(genai_specs(model, common))
     specs.update({system: {**common, "kind": "edgebridge", "system": system, "bundle": str(bundles[key]["path"]),
                            "backend": backend} for system, (key, backend) in EDGEBRIDGE.items() if key in bundles})
+    wanted = [w.strip() for w in (args.only or "").split(",") if w.strip()]
+    if wanted:
+        specs = {system: spec for system, spec in specs.items() if any(w in system for w in wanted)}
     results: dict[str, dict[str, Any]] = {}
     # Round-robin: every system runs once per round, so a slow spell of the machine hits them all.
     for r in range(args.rounds):
@@ -461,6 +470,8 @@ def main() -> None:
         for key in PAIRED:
             info = bundles[key]
             system = f"bare llama-cpp-python ({key})"
+            if wanted and not any(w in system for w in wanted):
+                continue
             results[system] = merge(results.get(system), run_child(
                 {**common, "kind": "pair", "system": system, "bundle": str(info["path"]),
                  "gguf": str(info["path"] / "llm.gguf"), "prompt_positions": positions}))

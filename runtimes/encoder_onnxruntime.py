@@ -49,6 +49,11 @@ def session_options(threads: int) -> "onnxruntime.SessionOptions":
     # while after it returns, on the cores llama.cpp's prefill is about to use: stopping them at the
     # end of each run cut the prefill after the encoder from 354 to 320 ms on 2 cores (encoder unchanged).
     opts.add_session_config_entry("session.force_spinning_stop", "1")
+    # A memory pattern is planned from the first run and then allocated as one block beside the arena
+    # that first run grew, so the activations are held twice: the bench Qwen2.5-VL tower (768 patches)
+    # held 286 MB over its weights from the second run on with it, 144 MB without, in the same time
+    # (147 vs 147-154 ms); the bench LLaVA tower 24 vs 14 MB, the Qwen prefill graph 148 vs 123 MB.
+    opts.enable_mem_pattern = False
     return opts
 
 
