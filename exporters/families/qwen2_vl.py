@@ -34,21 +34,12 @@ from edgebridge.exporters.image_spec import pixel_steps
 from edgebridge.preprocess.qwen_vl import vision_inputs
 
 IMAGE_PAD, VIDEO_PAD, VISION_START, VISION_END = "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"
-# Heads whose [N, N] scores a full-attention block holds at once. All 12 of the bench tower's (768
-# patches) held 144 MB of activations over its weights in onnxruntime, 4 at a time 108 MB, 2 99 MB, one
-# 94 MB, in the same time (143-150 ms each); at native resolution N grows with the image's area.
-HEAD_GROUP = 1
 VIDEO_FPS, MAX_FRAMES = 2.0, 64  # Qwen2-VL's default sampling; the frame cap is ours (memory on a device)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def _scaled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float,
-                      bias: torch.Tensor) -> torch.Tensor:
-    return torch.matmul(torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * scaling + bias, dim=-1), v)
 
 
 class QwenVisionGraph(torch.nn.Module):
@@ -103,9 +94,9 @@ class QwenVisionGraph(torch.nn.Module):
     @staticmethod
     def _attention(attn: torch.nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                    bias: torch.Tensor, rows: int = 0) -> torch.Tensor:
-        """Self-attention over all ``N`` rows (``bias [N, N]``; ``HEAD_GROUP`` heads at a time), or, with
-        ``rows``, within each run of ``rows`` rows (``bias [N / rows, 1, 1, rows]``). q, k and v come out
-        of one transpose and the output goes back in one (a transpose each cost the bench tower 12 of 166 ms)."""
+        """Self-attention over all ``N`` rows (``bias [N, N]``), or, with ``rows``, within each run of
+        ``rows`` rows (``bias [N / rows, 1, 1, rows]``). q, k and v come out of one transpose and the
+        output goes back in one (a transpose each cost the bench tower 12 of 166 ms)."""
         n, heads = x.shape[0], attn.num_heads
         dim = attn.qkv.out_features // (3 * heads)
         if rows:  # [3, windows, heads, rows, hd]
@@ -114,10 +105,8 @@ class QwenVisionGraph(torch.nn.Module):
             qkv = attn.qkv(x).reshape(n, 3, heads, dim).permute(1, 2, 0, 3)
         q, k, v = qkv.unbind(0)
         q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
-        group = heads if rows else HEAD_GROUP  # a window's scores are small; [N, N] ones a few heads at a time
-        out = torch.cat([_scaled_attention(q[..., g:g + group, :, :], k[..., g:g + group, :, :],
-                                           v[..., g:g + group, :, :], attn.scaling, bias)
-                         for g in range(0, heads, group)], dim=-3)  # [.., heads, N or rows, hd]
+        scores = torch.matmul(q, k.transpose(-1, -2)) * attn.scaling + bias
+        out = torch.matmul(torch.softmax(scores, dim=-1), v)  # [.., heads, N or rows, hd]
         return attn.proj(out.transpose(-2, -3).reshape(n, -1))
 
 
