@@ -134,6 +134,9 @@ def export(
         out.print(f"prefill engine: [bold]{escape(choice['engine'])}[/bold] ({escape(choice['reason'])})")
     if details.get("runtime"):
         out.print(f"llama.cpp settings: {escape(details['runtime']['reason'])}")
+    for name, comp in manifest.components.items():
+        if comp.engine_choice:
+            out.print(f"{escape(name)} engine (--backend auto): {escape(comp.engine_choice['reason'])}")
     _print_components(manifest)
 
 

@@ -83,6 +83,7 @@ def test_cli_export_defaults_to_latency_and_records_every_measured_candidate(wor
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "the best of the" in proc.stdout and "measured on this machine" in proc.stdout
     assert "llama.cpp settings: flash attention" in proc.stdout
+    assert "vision_encoder engine (--backend auto): " in proc.stdout
     manifest = Bundle.open(tmp_path / "b").manifest
     for comp in manifest.components.values():
         for fmt, art in comp.artifacts.items():
