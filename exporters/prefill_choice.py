@@ -85,19 +85,19 @@ class JointChoice:
         self.graph: Artifact | None = None
         self.record: dict[str, Any] | None = None
 
-    def __call__(self, passing: list[GGUFCandidate], selection: dict[str, Any]
+    def __call__(self, searched: GGUFCandidate, passing: list[GGUFCandidate], selection: dict[str, Any]
                  ) -> tuple[GGUFCandidate, dict[str, Any]]:
         by_type = {c.trial.precision: c for c in passing}
         alone = selection["within_budget"]  # answer ms of each type with llama.cpp's prefill
         options = {(p, "llama.cpp"): (ms, by_type[p].trial.bytes) for p, ms in alone.items()}
-        kept_alone = _best(options)[0]  # what the search kept: the same rule
+        kept_alone = searched.trial.precision
         try:
             check_supported(self.text.model_type)
             draft = draft_prefill(self.text, self.reference_lm(), self.dst, "int8", step=self.step)
         except ExportError as exc:  # a text model the graph does not reproduce, or one too large for it
             _remove(self.dst)
             self.record = {"kept": False, "engine": "llama.cpp", "reason": f"no prefill graph: {exc.message}"}
-            return by_type[kept_alone], selection
+            return searched, selection
         with_graph, verdicts, gates = self._gate_all(draft, passing, alone)
         options |= {(p, GRAPH): (ms, by_type[p].trial.bytes + draft.bytes) for p, ms in with_graph.items()}
         precision, engine = best = _best(options)

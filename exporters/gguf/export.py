@@ -181,9 +181,10 @@ class GGUFCandidate:
     method: dict[str, Any]
 
 
-# (every candidate within the budgets, the search's selection record) -> (the one to keep, its record): a
-# profile target's second look at the search, e.g. the latency target's joint choice with the prefill engine
-Pairing = Callable[[list[GGUFCandidate], dict[str, Any]], tuple[GGUFCandidate, dict[str, Any]]]
+# (the search's pick, every candidate within the budgets, its selection record) -> (the one to keep, its
+# record): a profile target's second look at the search, e.g. the latency target's joint choice with the
+# prefill engine
+Pairing = Callable[[GGUFCandidate, list[GGUFCandidate], dict[str, Any]], tuple[GGUFCandidate, dict[str, Any]]]
 
 
 def export_llm(family: Family, loaded: Loaded, layout: PromptLayout, out_path: Path, plan: QuantPlan, *,
@@ -260,7 +261,7 @@ def _choose_precision(text: TextModel, f32_path: Path, layout: PromptLayout, pla
                                      "or choose a larger precision (--quantize llm=q8_0).", plan, "llm", used_bytes)
     chosen = tried[kept.precision]
     if pairing is not None and selection is not None:
-        chosen, selection = pairing([tried[t.precision] for t in trials if t.passed], selection)
+        chosen, selection = pairing(chosen, [tried[t.precision] for t in trials if t.passed], selection)
     kept = chosen.trial
     quantization = {
         "precision": kept.precision,
