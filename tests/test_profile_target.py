@@ -157,18 +157,21 @@ LIFTED = {"encoder": {"cosine_min": 0.0}, "llm": {"top1_agreement": 0.0, "kl_mea
 @pytest.mark.slow
 def test_latency_target_decides_the_prefill_engine_and_says_why(workdir, tmp_path):
     """Without --prefill the int8 graph is written, gated and timed; kept only when faster and within the memory
-    budget. The tiny llama's int8 graph is beyond the default drift budget (refused, with the figure); with the
-    budget lifted it passes, and the record must agree with its own measurements either way: chosen together
-    with the GGUF type when that is searched, for the GGUF as it is when it is fixed."""
+    budget. Under a budget only the f32 GGUF meets the tiny llama's int8 graph is refused (with the figure);
+    with the budget lifted every hand-over passes, and the record must agree with its own measurements either
+    way: chosen together with the GGUF type when that is searched, for the GGUF as it is when it is fixed."""
     model = tiny_llava(workdir, ("clip", "llama"))
     plain = export_bundle(model, tmp_path / "a", encoder_formats=["onnx"], profile_target="latency",
                           quantize="encoder=f32")
-    choice = plain.llm.artifacts["gguf"].details["prefill_choice"]
-    # the tiny llama's quantized types refuse the int8 graph's hand-over, with the figure; others may take it
-    assert any("top1_agreement" in v for v in choice["graph_verdicts"].values()), choice
-    assert set(choice["graph_verdicts"]) >= set(choice["gated"])
     _check_joint_choice(plain)
-    assert choice["kept"] == (tmp_path / "a" / "llm_prefill.onnx").exists()
+    assert plain.llm.artifacts["gguf"].details["prefill_choice"]["kept"] == (tmp_path / "a" / "llm_prefill.onnx").exists()
+    # a budget only the f32 GGUF meets (its own logits: KL 0): the int8 graph's hand-over is refused, with the figure
+    tight = export_bundle(model, tmp_path / "tight", encoder_formats=["onnx"], profile_target="latency",
+                          quantize="encoder=f32", max_drift={"encoder": {"cosine_min": 0.99}, "llm": {"kl_mean": 1e-9}})
+    choice = tight.llm.artifacts["gguf"].details["prefill_choice"]
+    assert tight.llm.artifacts["gguf"].precision == "f32" and not choice["kept"] and not choice["gated"]
+    assert "kl_mean" in choice["graph_verdicts"]["f32"] and "kl_mean" in choice["reason"], choice
+    assert "prefill" not in tight.llm.artifacts and not (tmp_path / "tight" / "llm_prefill.onnx").exists()
     lifted = export_bundle(model, tmp_path / "lifted", encoder_formats=["onnx"], profile_target="latency",
                            quantize="encoder=f32", max_drift=LIFTED)  # every hand-over passes: a real choice
     choice = lifted.llm.artifacts["gguf"].details["prefill_choice"]
