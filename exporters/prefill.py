@@ -19,7 +19,7 @@ Gates, both recorded in the manifest:
 1. the graph's logits against the family's HF model on seeded ids + injected embeddings:
    ``max_abs <= 1e-3`` for fp32; measured and recorded for int8;
 2. what users get: the hand-over into the bundle's own GGUF under the runtime's default llama.cpp
-   settings, then 8 teacher-forced decode steps, against llama.cpp's own prefill of the same
+   settings, then 16 teacher-forced decode steps (6 prompts, ``CASE_GRIDS``), against llama.cpp's own prefill of the same
    sequences; held to the LLM drift budget (top-1 agreement, mean KL).
 """
 
