@@ -2,8 +2,9 @@
 
 An export writes every encoder in each ``--encoder-format``; which engine runs it was the caller's
 ``--backend`` (onnxruntime by default). Which is faster depends on the model and the CPU: on the bench
-Qwen2.5-VL the OpenVINO int8-static tower took 117 ms per photo against onnxruntime's int8 145 ms; on
-the bench LLaVA both CLIP towers took 31 ms, and the OpenVINO process held 160 MB more. So with a
+Qwen2.5-VL the OpenVINO int8-static tower took 113 ms per photo against onnxruntime's int8 137-145 ms;
+on the bench LLaVA the CLIP towers took 28-29 ms (onnxruntime) and 30-32 ms (OpenVINO), and the process
+with OpenVINO's held ~170 MB more. So with a
 ``latency`` target the export times each format's kept artifact in ``ROUNDS`` alternating rounds
 (medians) and records the faster engine when it is faster by more than the tie margin, else
 onnxruntime (``DEFAULT_BACKEND``: the same speed, the smaller process on the bench LLaVA). The runtime
@@ -23,11 +24,11 @@ from edgebridge.formats import FORMATS
 from edgebridge.manifest import StaticShape
 from edgebridge.runtimes.registry import open_encoder
 from edgebridge.runtimes.static_shapes import run_static
+from edgebridge.stages import DEFAULT_BACKEND
 from edgebridge.timing import median_ms
 
 ROUNDS = 3
 RUNS = 5
-DEFAULT_BACKEND = "onnxruntime"
 
 
 def choose_engine(files: dict[str, list[Path]], inputs: dict[str, np.ndarray], static: StaticShape | None
@@ -38,12 +39,13 @@ def choose_engine(files: dict[str, list[Path]], inputs: dict[str, np.ndarray], s
                                                    **({"precision": "f32"} if fmt == "openvino" else {}))
                 for fmt, paths in files.items()}
     times: dict[str, list[float]] = {b: [] for b in sessions}
-    for _ in range(ROUNDS):
-        for backend, session in sessions.items():
-            run = (lambda s=session: run_static(s.run, inputs, static)) if static else (lambda s=session: s.run(inputs))
-            times[backend].append(median_ms(run, runs=RUNS))
-    for session in sessions.values():
-        session.close()
+    try:
+        for _ in range(ROUNDS):
+            for backend, session in sessions.items():
+                times[backend].append(median_ms(lambda s=session: _run(s, inputs, static), runs=RUNS))
+    finally:
+        for session in sessions.values():
+            session.close()
     latency = {b: round(statistics.median(t), 3) for b, t in times.items()}
     fastest = min(latency, key=latency.__getitem__)
     clear = all(ms > latency[fastest] * (1 + TIE) for b, ms in latency.items() if b != fastest)
@@ -52,3 +54,7 @@ def choose_engine(files: dict[str, list[Path]], inputs: dict[str, np.ndarray], s
     figures = ", ".join(f"{b} {ms:g} ms" for b, ms in latency.items())
     return {"backend": backend, "latency_ms": latency,
             "reason": f"{backend}: {why} ({figures} per item on this machine, medians of {ROUNDS} alternating rounds)"}
+
+
+def _run(session: Any, inputs: dict[str, np.ndarray], static: StaticShape | None) -> Any:
+    return run_static(session.run, inputs, static) if static else session.run(inputs)
