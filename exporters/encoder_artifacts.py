@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from edgebridge.bundle import BundleWriter
-from edgebridge.exporters.engine_choice import choose_engine
+from edgebridge.exporters.engine_choice import choose_engine, run_item
 from edgebridge.exporters.encoder import (
     OPSET,
     Case,
@@ -36,7 +36,7 @@ from edgebridge.exporters.quantize.openvino_quant import quantize_openvino
 from edgebridge.formats import FORMATS
 from edgebridge.manifest import Artifact, Component, Parity, StaticShape
 from edgebridge.runtimes.registry import open_encoder
-from edgebridge.runtimes.static_shapes import conform, run_static
+from edgebridge.runtimes.static_shapes import conform
 from edgebridge.timing import median_ms
 
 Step = Callable[[str], None]
@@ -190,11 +190,7 @@ def _produce(fmt: str, precision: str, onnx_f32: Path, out_dir: Path, component:
 def _latency_ms(backend: str, files: list[Path], inputs: dict[str, np.ndarray], static: StaticShape | None,
                 **options: Any) -> float:
     session = open_encoder(backend, files, **options)
-
-    def run() -> Any:
-        return run_static(session.run, inputs, static) if static else session.run(inputs)
-
-    return round(median_ms(run, runs=5), 3)
+    return round(median_ms(lambda: run_item(session, inputs, static), runs=5), 3)
 
 
 def _static_shape(enc: EncoderExport, example: dict[str, torch.Tensor]) -> StaticShape:

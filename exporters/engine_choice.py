@@ -42,7 +42,7 @@ def choose_engine(files: dict[str, list[Path]], inputs: dict[str, np.ndarray], s
     try:
         for _ in range(ROUNDS):
             for backend, session in sessions.items():
-                times[backend].append(median_ms(lambda s=session: _run(s, inputs, static), runs=RUNS))
+                times[backend].append(median_ms(lambda s=session: run_item(s, inputs, static), runs=RUNS))
     finally:
         for session in sessions.values():
             session.close()
@@ -56,5 +56,6 @@ def choose_engine(files: dict[str, list[Path]], inputs: dict[str, np.ndarray], s
             "reason": f"{backend}: {why} ({figures} per item on this machine, medians of {ROUNDS} alternating rounds)"}
 
 
-def _run(session: Any, inputs: dict[str, np.ndarray], static: StaticShape | None) -> Any:
+def run_item(session: Any, inputs: dict[str, np.ndarray], static: StaticShape | None) -> Any:
+    """One run of an encoder session on ``inputs`` (fitted to the static shape when the export has one)."""
     return run_static(session.run, inputs, static) if static else session.run(inputs)
