@@ -7,12 +7,13 @@ against llama.cpp's own prefill, within the LLM drift budget). Either way the GG
 gemma decoders, Qwen3-VL ...) keeps llama.cpp, with the reason; so does a graph beyond the drift budget.
 
 - The GGUF type searched too (``JointChoice``): type and engine are one choice. Picking the type first
-  and then gating the graph against it lost the best pair on the bench Qwen2.5-VL: q6_k answered fastest
-  with llama.cpp's prefill (249 ms by the ranking), the int8 graph's hand-over into q6_k agreed with
-  llama.cpp's own prefill on 16 of 18 next tokens (top-1 0.889, refused), while into q8_0 it passed and
-  the pair answers in ~195 ms. So every type within the budgets that could still win is gated, each pair
-  ranked by the answer time (``targets.py``) with the graph's measured saving per prompt position, and
-  the best kept (ties within the margin: the fewest bytes, so llama.cpp alone).
+  and gating the graph against it alone can miss the best pair: a type a little slower with llama.cpp's
+  prefill may take the graph's hand-over when the fastest type refuses it, and the pair then answers
+  sooner (the bench Qwen2.5-VL's int8 graph, on the gate's old 18-sample set, was refused into q6_k and
+  passed into q8_0, 213 vs 272 ms by the ranking; on the 102-sample set it is refused into both). So every
+  type within the budgets that could still win is gated, each pair ranked by the answer time
+  (``targets.py``) with the graph's measured saving per prompt position, and the best kept (ties within
+  the margin: the fewest bytes, so llama.cpp alone).
 - The GGUF type fixed (``choose_prefill``): the graph is kept only when it measured faster than
   llama.cpp's prefill of the same positions (by more than the tie margin) and fits the memory budget.
 """
@@ -26,7 +27,7 @@ from edgebridge.errors import ExportError, UnsupportedModelError
 from edgebridge.exporters.onnx_files import data_file
 from edgebridge.exporters.gguf.export import GGUFCandidate
 from edgebridge.exporters.prefill import PrefillDraft, check_supported, draft_prefill, export_prefill, gate_prefill
-from edgebridge.exporters.quantize import TIE, QuantPlan, over_memory
+from edgebridge.exporters.quantize import TIE, QuantPlan, over_memory, smallest_of_best
 from edgebridge.exporters.quantize.targets import ANSWER_TOKENS, PROMPT_POSITIONS
 from edgebridge.manifest import Artifact
 
@@ -169,13 +170,6 @@ class JointChoice:
         return record
 
 
-def _ties(values: dict[Any, float]) -> list[Any]:
-    """The keys within the tie margin of the best (lowest) value."""
-    best = min(values.values())
-    return [k for k, v in values.items() if v <= best * (1 + TIE)]
-
-
 def _best(options: dict[tuple[str, str], tuple[float, int]]) -> tuple[str, str]:
     """The pair with the best answer time; within the tie margin of it, the one with the fewest bytes."""
-    ties = _ties({k: ms for k, (ms, _b) in options.items()})
-    return min(ties, key=lambda k: (options[k][1], options[k][0]))
+    return smallest_of_best({k: ms for k, (ms, _b) in options.items()}, {k: b for k, (_ms, b) in options.items()})

@@ -223,10 +223,9 @@ def choose(label: str, candidates: list[str], evaluate: Callable[[str], Trial], 
         _refuse(label, trials[-1], hint or memory_hint)
     rank = ranking(plan.target, kind)
     values = {t.precision: round(rank.value(t.speed, t.bytes), 3) for t in passing}
-    best = min(values.values())
-    # timings within TIE of the best are noise on a busy machine: the smallest of those wins
-    ties = [t for t in passing if values[t.precision] <= best * (1 + TIE)]
-    kept = min(ties, key=lambda t: (t.bytes, values[t.precision]))
+    sizes = {t.precision: t.bytes for t in passing}
+    ties = within_tie(values)
+    kept = next(t for t in passing if t.precision == smallest_of_best(values, sizes))
     budgets = "drift and memory budgets" if left is not None else "drift budget"
     tied = f"; within {TIE:.0%} of the best, so the smallest of {len(ties)}" if len(ties) > 1 else ""
     return kept, trials, {
@@ -234,6 +233,18 @@ def choose(label: str, candidates: list[str], evaluate: Callable[[str], Trial], 
         "reason": f"{kept.precision}: {rank.measure} {values[kept.precision]:g} ({rank.unit}), the best of the "
                   f"{len(passing)} of {len(trials)} candidates within the {budgets} measured on this machine{tied}",
     }
+
+
+def within_tie(values: dict[Any, float]) -> list[Any]:
+    """The keys whose value (lower is better) is within ``TIE`` of the best: timing noise on a busy machine."""
+    best = min(values.values())
+    return [k for k, v in values.items() if v <= best * (1 + TIE)]
+
+
+def smallest_of_best(values: dict[Any, float], sizes: dict[Any, int]) -> Any:
+    """The profile targets' rule: of the keys within ``TIE`` of the best value, the fewest bytes (then the
+    better value)."""
+    return min(within_tie(values), key=lambda k: (sizes[k], values[k]))
 
 
 def check_memory(plan: QuantPlan, label: str, size: int, used_bytes: int = 0) -> None:
