@@ -5,11 +5,16 @@
 On the benchmark LLaVA's text model (12x768 llama, random weights), after a ``--context``-position
 prompt (an image prompt's length), greedy decode of ``--tokens`` tokens, per lever:
 
-- the GGUF type (f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0), with its drift against the f32 GGUF from the
+- the GGUF type (f32, f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0), with its drift against the f32 GGUF from the
   default export's own trials (``bundle-llava-bench-default``; within the default budget or not);
 - the KV-cache type (f16, q8_0), flash attention on/off, 1 vs 2 threads (on q8_0);
 - our per-token step (``LlamaCppLLM.eval_tokens`` + numpy argmax, what the pipeline runs) against a
-  bare ``llama_cpp.Llama`` on the same GGUF: the Python overhead per token.
+  bare ``llama_cpp.Llama`` on the same GGUF: the Python overhead per token;
+- prompt-lookup decoding (greedy, exact in principle): the last ``NGRAM`` tokens looked up in the prompt
+  and the answer so far, the ``DRAFT`` tokens that followed the latest match verified in one batch, the
+  longest agreeing run kept plus llama.cpp's next token. Its row says whether the ids equal plain greedy
+  decode's and how many tokens each llama.cpp call gave; a second table times one llama.cpp call of
+  1, 2, 4 and 8 tokens per GGUF type (what a verification costs against a plain step).
 
 Each row's bytes read per token (weights + K/V at the context, from the GGUF's tensor table) over the
 machine's streaming bandwidth measured in the same run gives its memory-bound ceiling; the table
@@ -28,7 +33,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-TYPES = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")
+TYPES = ("f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")
+NGRAM, DRAFT = 3, 8
+BATCHES = (1, 2, 4, 8)
 
 
 def _configs() -> dict[str, dict]:
@@ -39,7 +46,74 @@ def _configs() -> dict[str, dict]:
     configs["q8_0, 1 thread"] = {"gguf": "q8_0", "threads": 1}
     configs["q8_0, bare llama-cpp-python"] = {"gguf": "q8_0", "bare": True}
     configs["q4_0, bare llama-cpp-python"] = {"gguf": "q4_0", "bare": True}
+    for t in ("f32", "q8_0", "q4_0"):
+        configs[f"{t}, prompt lookup"] = {"gguf": t, "lookup": True}
     return configs
+
+
+def _prompt(n_vocab: int, context: int) -> list[int]:
+    import numpy as np
+
+    return [int(t) for t in (np.arange(context) * 7 + 3) % n_vocab]
+
+
+def _proposal(history: list[int]) -> list[int]:
+    """The ``DRAFT`` tokens after the latest earlier occurrence of the last ``NGRAM`` (down to 1) tokens."""
+    for n in range(NGRAM, 0, -1):
+        tail = history[-n:]
+        for i in range(len(history) - n - 1, -1, -1):
+            if history[i:i + n] == tail:
+                return history[i + n:i + n + DRAFT]
+    return []
+
+
+def _lookup(path: Path, context: int, tokens: int, threads: int) -> tuple[float, str, float]:
+    """(tokens/s with prompt lookup, how its ids compare with plain greedy decode and tokens per call,
+    bytes read per plain step at the context)."""
+    import numpy as np
+
+    from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
+
+    with LlamaCppLLM(path, LlamaSettings(n_ctx=1024, threads=threads)) as llm:
+        prompt = _prompt(llm.n_vocab, context)
+        plain = [int(np.argmax(llm.eval_tokens(prompt)))]
+        while len(plain) < tokens:
+            plain.append(int(np.argmax(llm.eval_tokens([plain[-1]]))))
+        llm.reset()
+        out, calls = [int(np.argmax(llm.eval_tokens(prompt)))], 0
+        start = time.perf_counter()
+        while len(out) < tokens:
+            draft, kept, at = _proposal(prompt + out), llm.n_past, llm.next_pos
+            best = np.asarray(llm.eval_tokens([out[-1]] + draft, "all")).reshape(len(draft) + 1, -1).argmax(axis=1)
+            calls += 1
+            agree = next((i for i, t in enumerate(draft) if best[i] != t), len(draft))
+            out += [int(t) for t in best[:agree + 1]]
+            llm.reset(kept + 1 + agree, at + 1 + agree)  # drop the cells of the drafts not kept
+        rate = tokens / (time.perf_counter() - start)
+        moved = llm.bytes_read_per_token(context + tokens // 2)
+    out = out[:tokens]
+    first = next((i for i, (a, b) in enumerate(zip(out, plain)) if a != b), None)
+    same = "ids = plain greedy" if first is None else f"ids differ from plain greedy at token {first}"
+    return rate, f"{same}; {(tokens - 1) / calls:.1f} tokens per llama.cpp call", moved
+
+
+def _batch_ms(path: Path, context: int, threads: int) -> list[float]:
+    """Median ms of one llama.cpp call of ``BATCHES`` tokens (all logits) after ``context`` positions."""
+    from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
+
+    with LlamaCppLLM(path, LlamaSettings(n_ctx=1024, threads=threads)) as llm:
+        prompt = _prompt(llm.n_vocab, context + max(BATCHES))
+        llm.eval_tokens(prompt[:context], "none")
+        times = []
+        for k in BATCHES:
+            runs = []
+            for _ in range(9):
+                llm.reset(context, context)
+                start = time.perf_counter()
+                llm.eval_tokens(prompt[context:context + k], "all")
+                runs.append(1000 * (time.perf_counter() - start))
+            times.append(statistics.median(runs))
+        return times
 
 
 def _ours(path: Path, settings: dict, context: int, tokens: int, threads: int) -> tuple[float, float]:
@@ -51,8 +125,7 @@ def _ours(path: Path, settings: dict, context: int, tokens: int, threads: int) -
     s = LlamaSettings(n_ctx=1024, threads=settings.get("threads", threads),
                       kv_type=settings.get("kv_type", "f16"), flash_attn=settings.get("flash_attn", False))
     with LlamaCppLLM(path, s) as llm:
-        prompt = (np.arange(context) * 7 + 3) % llm.n_vocab
-        logits = llm.eval_tokens(prompt.tolist())
+        logits = llm.eval_tokens(_prompt(llm.n_vocab, context))
         start = time.perf_counter()
         for _ in range(tokens):
             logits = llm.eval_tokens([int(np.argmax(logits))])
@@ -69,7 +142,7 @@ def _bare(path: Path, context: int, tokens: int, threads: int) -> float:
 
         llm = bare.llm
         llm.reset()
-        llm.eval([int(t) for t in (np.arange(context) * 7 + 3) % llm.n_vocab()])
+        llm.eval(_prompt(llm.n_vocab(), context))
         start = time.perf_counter()
         for _ in range(tokens):
             llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
@@ -114,12 +187,16 @@ def main() -> None:
     configs = _configs()
     rates: dict[str, list[float]] = {name: [] for name in configs}
     traffic: dict[str, float] = {}
+    notes: dict[str, str] = {}
     bandwidth = []
     for _ in range(args.rounds):
         bandwidth.append(memory_bandwidth(threads=args.threads)["bytes_per_s"])
         for name, c in configs.items():
             if c.get("bare"):
                 rates[name].append(_bare(paths[c["gguf"]], args.context, args.tokens, args.threads))
+            elif c.get("lookup"):
+                rate, notes[name], traffic[name] = _lookup(paths[c["gguf"]], args.context, args.tokens, args.threads)
+                rates[name].append(rate)
             else:
                 rate, traffic[name] = _ours(paths[c["gguf"]], c, args.context, args.tokens, args.threads)
                 rates[name].append(rate)
@@ -131,13 +208,16 @@ def main() -> None:
     for name, c in configs.items():
         rate = statistics.median(rates[name])
         moved = traffic.get(name) or traffic[c["gguf"]]  # a bare run reads what our run of its GGUF reads
-        rows.append([name, rate, moved / 1e6, bw / moved, rate / (bw / moved), drift.get(c["gguf"], "-"),
-                     rate / genai if genai else "-"])
+        rows.append([name, rate, moved / 1e6, bw / moved, rate / (bw / moved),
+                     notes.get(name) or drift.get(c["gguf"], "-"), rate / genai if genai else "-"])
     print_table(f"decode after {args.context} positions, {args.tokens} tokens, p50 of {args.rounds} rounds",
                 ["configuration", "tok/s", "MB read / token", "memory-bound tok/s", "of the bound", "drift vs f32",
                  f"vs GenAI {genai:.0f} tok/s" if genai else "vs GenAI"], rows)
     if genai:
         print(f"issue 18's decode target: >= 1.5x GenAI = {1.5 * genai:.0f} tok/s")
+    batches = [[t, *_batch_ms(paths[t], args.context, args.threads)] for t in ("f32", "f16", "q8_0", "q6_k", "q4_0")]
+    print_table(f"one llama.cpp call of k tokens after {args.context} positions (ms, median of 9): the cost of "
+                "verifying k-1 drafted tokens", ["GGUF type", *(f"k={k}" for k in BATCHES)], batches)
 
 
 if __name__ == "__main__":

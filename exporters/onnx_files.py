@@ -23,6 +23,7 @@ def save_external(src: Path, dst: Path) -> list[Path]:
     import onnx
 
     model = onnx.load(str(src))
+    data_file(dst).unlink(missing_ok=True)  # onnx appends to an existing weights file
     onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=data_file(dst).name, size_threshold=EXTERNAL_THRESHOLD)
     return [dst, data_file(dst)]

@@ -12,8 +12,9 @@ The graph (``llm_prefill.onnx``; see ``runtimes/llamacpp/kv_handoff.py`` for how
          v       [L, C, n] f16   every layer's values, one row per channel (llama.cpp's transposed V)
 
 It is built from the same ``TextModel`` the GGUF writer reads, so both hold the same weights.
-``int8`` quantizes its MatMul weights (onnxruntime ``quantize_dynamic``); the token-embedding
-Gather stays float.
+``int8`` quantizes its MatMul weights and, at run time, their inputs: per tensor (onnxruntime
+``quantize_dynamic``) first, per token when that drifts beyond the budget (``prefill_int8.py``); the
+token-embedding Gather stays float.
 
 Gates, both recorded in the manifest:
 1. the graph's logits against the family's HF model on seeded ids + injected embeddings:
@@ -33,11 +34,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from edgebridge.errors import ExportError, UnsupportedModelError
+from edgebridge.errors import ExportError, ParityError, UnsupportedModelError
 from edgebridge.exporters.gguf.export import N_CTX, SEED, text_logits
 from edgebridge.exporters.gguf.archs import arch_spec
 from edgebridge.exporters.gguf.writer import TextModel
 from edgebridge.exporters.onnx_files import data_file, save_external
+from edgebridge.exporters.prefill_int8 import ACTIVATIONS, quantize as quantize_int8
 from edgebridge.manifest import Artifact, Parity, canonical_precision
 from edgebridge.parity import enforce, logit_metrics, violations
 from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
@@ -142,8 +144,10 @@ class PrefillModule(torch.nn.Module):
         return logits, torch.stack(ks).half(), torch.stack(vs).half()
 
 
-def write_graph(text: TextModel, dst: Path, precision: str, scratch: Path) -> dict[str, Any]:
-    """Export the prefill graph of ``text`` to ``dst`` at ``precision``; returns the method for the manifest."""
+def write_graph(text: TextModel, dst: Path, precision: str, scratch: Path, activations: str = "per-tensor"
+                ) -> dict[str, Any]:
+    """Export the prefill graph of ``text`` to ``dst`` at ``precision`` (int8: with ``activations`` quantized
+    per tensor or per token, ``prefill_int8.py``); returns the method for the manifest."""
     spec = arch_spec(text.model_type)
     lm = causal_lm_from(text)
     n_bytes = sum(p.numel() * 4 for p in lm.parameters())
@@ -168,12 +172,8 @@ def write_graph(text: TextModel, dst: Path, precision: str, scratch: Path) -> di
                               "rotary_permuted": spec.permute_qk}
     final = fp32
     if precision == "int8":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        final = scratch / "prefill-int8.onnx"
-        quantize_dynamic(str(fp32), str(final), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
-        method.update(method="onnxruntime.quantization.quantize_dynamic", weights="int8",
-                      activations="uint8, quantized at run time", exported_with="torch.onnx.export (TorchScript)")
+        final = scratch / f"prefill-int8-{activations}.onnx"
+        method.update(quantize_int8(fp32, final, activations), exported_with="torch.onnx.export (TorchScript)")
     method["external_data"] = save_external(final, dst)[1].name
     return method
 
@@ -289,21 +289,39 @@ class PrefillDraft:
     def bytes(self) -> int:
         return self.path.stat().st_size + data_file(self.path).stat().st_size
 
+    @property
+    def activations(self) -> str | None:
+        """``per-tensor`` or ``per-token`` for an int8 graph (``prefill_int8.py``); None for f32."""
+        return self.method.get("activations")
+
+    @property
+    def label(self) -> str:
+        return f"int8, {self.activations} activations" if self.activations else self.precision
+
+    def discard(self) -> None:
+        """Close the graph's session and delete its files."""
+        self.graph.close()
+        self.path.unlink(missing_ok=True)
+        data_file(self.path).unlink(missing_ok=True)
+
 
 def draft_prefill(text: TextModel, reference_lm: torch.nn.Module, dst: Path, precision: str, *,
-                  step: Callable[[str], None] = lambda _: None) -> PrefillDraft:
+                  activations: str = ACTIVATIONS[0], step: Callable[[str], None] = lambda _: None) -> PrefillDraft:
     """Write the prefill graph of ``text`` at ``dst`` and check its logits against transformers (the f32
-    graph is held to ``STRICT_TOLERANCE``; the int8 one's figures are recorded)."""
+    graph is held to ``STRICT_TOLERANCE``; the int8 one's figures are recorded). ``activations``: how an
+    int8 graph quantizes its MatMul inputs (``prefill_int8.ACTIVATIONS``)."""
     precision = canonical_precision(precision)  # fp32, the old spelling, still accepted
     if precision not in PREFILL_PRECISIONS:
         raise ExportError(f"unknown prefill precision '{precision}'.",
                           hint=f"Choose from: {', '.join(PREFILL_PRECISIONS)}.")
+    if activations not in ACTIVATIONS:
+        raise ExportError(f"unknown activation scheme '{activations}'.", hint=f"Choose from: {', '.join(ACTIVATIONS)}.")
     check_supported(text.model_type)
     vocab_rows = min(int(text.config.vocab_size), int(reference_lm.get_input_embeddings().weight.shape[0]))
     cases = _cases(reference_lm, vocab_rows, mrope=arch_spec(text.model_type).mrope)
     with tempfile.TemporaryDirectory(prefix="edgebridge-prefill-") as scratch:
-        step(f"prefill graph: exporting ONNX ({precision})")
-        method = write_graph(text, dst, precision, Path(scratch))
+        step(f"prefill graph: exporting ONNX ({precision}{f', {activations} activations' if precision == 'int8' else ''})")
+        method = write_graph(text, dst, precision, Path(scratch), activations)
     step("prefill graph: logits against transformers")
     graph = PrefillGraph(dst, precision=precision)
     ours = np.stack([graph.run(c["ids"], c["media"], c["mask"], c.get("positions"))[0] for c in cases])
@@ -318,12 +336,12 @@ def gate_prefill(draft: PrefillDraft, gguf_path: Path, budget: dict[str, float],
                  step: Callable[[str], None] = lambda _: None) -> Artifact:
     """The draft's hand-over into the GGUF at ``gguf_path`` against llama.cpp's own prefill, held to the LLM
     drift budget (``ParityError`` beyond it); the prefill artifact for a bundle with that GGUF."""
-    step(f"prefill graph: KV hand-over into {gguf_path.name} against llama.cpp's own prefill")
+    step(f"prefill graph ({draft.label}): KV hand-over into {gguf_path.name} against llama.cpp's own prefill")
     metrics, settings, speed = measure_handoff(draft.graph, gguf_path, draft.cases)
     parity = Parity(reference="llama.cpp prefill (same GGUF)", metrics=metrics, tolerance=dict(budget),
                     passed=not violations(metrics, budget), settings=settings,
                     samples=len(draft.cases) * (TEACHER_STEPS + 1))
-    enforce("llm prefill graph (KV hand-over vs llama.cpp's prefill)", metrics, budget,
+    enforce(f"llm prefill graph ({draft.label}; KV hand-over vs llama.cpp's prefill)", metrics, budget,
             hint="Use --prefill f32, or raise the budget (--max-drift llm.kl_mean=...).")
     precision, dst = draft.precision, draft.path
     return Artifact(
@@ -338,5 +356,19 @@ def gate_prefill(draft: PrefillDraft, gguf_path: Path, budget: dict[str, float],
 
 def export_prefill(text: TextModel, reference_lm: torch.nn.Module, gguf_path: Path, dst: Path, precision: str,
                    budget: dict[str, float], *, step: Callable[[str], None] = lambda _: None) -> Artifact:
-    """Write, gate and describe the prefill artifact for the bundle whose GGUF is ``gguf_path``."""
-    return gate_prefill(draft_prefill(text, reference_lm, dst, precision, step=step), gguf_path, budget, step=step)
+    """Write, gate and describe the prefill artifact for the bundle whose GGUF is ``gguf_path``. An int8
+    graph whose per-tensor activations drift beyond the budget is written again with per-token ones
+    (slower by ~10%, closer to the float graph: ``prefill_int8.py``) before the export refuses it; the
+    artifact's ``quantization.refused`` keeps the first verdict."""
+    draft = draft_prefill(text, reference_lm, dst, precision, step=step)
+    if draft.precision != "int8":
+        return gate_prefill(draft, gguf_path, budget, step=step)
+    try:
+        return gate_prefill(draft, gguf_path, budget, step=step)
+    except ParityError as exc:
+        refused = {draft.activations: exc.message}
+    draft.discard()
+    art = gate_prefill(draft_prefill(text, reference_lm, dst, precision, activations="per-token", step=step),
+                       gguf_path, budget, step=step)
+    art.quantization["refused"] = refused
+    return art

@@ -14,6 +14,11 @@ gemma decoders, Qwen3-VL ...) keeps llama.cpp, with the reason; so does a graph 
   type within the budgets that could still win is gated, each pair ranked by the answer time
   (``targets.py``) with the graph's measured saving per prompt position, and the best kept (ties within
   the margin: the fewest bytes, so llama.cpp alone).
+- Two int8 graphs (``prefill_int8.py``): per-tensor activations (faster) are gated first; when that graph
+  passes into no type and drifted beyond the budget in some, the per-token one (~10% slower, closer to
+  the float graph) is written in its place and gated into those. Only one graph is on disk at a time, so
+  a per-tensor pass in one type ends the ladder: a per-token pair that might have ranked better elsewhere
+  is not tried (the bench Qwen2.5-VL refuses per-tensor in every type; the bench LLaVA passes it).
 - The GGUF type fixed (``choose_prefill``): the graph is kept only when it measured faster than
   llama.cpp's prefill of the same positions (by more than the tie margin) and fits the memory budget.
 """
@@ -23,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from edgebridge.errors import ExportError, UnsupportedModelError
+from edgebridge.errors import ExportError, ParityError, UnsupportedModelError
 from edgebridge.exporters.onnx_files import data_file
 from edgebridge.exporters.gguf.export import GGUFCandidate
 from edgebridge.exporters.prefill import PrefillDraft, check_supported, draft_prefill, export_prefill, gate_prefill
@@ -50,8 +55,8 @@ def choose_prefill(text: Any, reference_lm: Callable[[], Any], gguf_path: Path, 
                                                                       f"{exc.message}"}
     speed, size = art.quantization["speed"], art.quantization["bytes"]
     graph_ms, llama_ms, n = speed["prefill_ms"], speed["llamacpp_prefill_ms"], speed["positions"]
-    measured = (f"{n} positions: the int8 graph + hand-over {graph_ms:g} ms, llama.cpp {llama_ms:g} ms on this "
-                "machine")
+    measured = (f"{n} positions: the int8 graph ({art.quantization['activations']} activations) + hand-over "
+                f"{graph_ms:g} ms, llama.cpp {llama_ms:g} ms on this machine")
     over = over_memory(size, plan.memory_left(used_bytes))
     if graph_ms * (1 + TIE) >= llama_ms:
         kept, reason = False, f"llama.cpp prefills as fast or faster ({measured})"
@@ -60,7 +65,8 @@ def choose_prefill(text: Any, reference_lm: Callable[[], Any], gguf_path: Path, 
     else:
         kept, reason = True, f"faster ({measured}); {size / 2**20:.1f} MB of int8 weights beside the GGUF"
     record = {"kept": kept, "engine": "onnxruntime+handoff" if kept else "llama.cpp", "graph_ms": graph_ms,
-              "llamacpp_ms": llama_ms, "positions": n, "graph_bytes": size, "reason": reason}
+              "llamacpp_ms": llama_ms, "positions": n, "graph_bytes": size,
+              "activations": art.quantization["activations"], "reason": reason}
     if not kept:
         _remove(dst)
         return None, record
@@ -99,27 +105,42 @@ class JointChoice:
             _remove(self.dst)
             self.record = {"kept": False, "engine": "llama.cpp", "reason": f"no prefill graph: {exc.message}"}
             return searched, selection
-        with_graph, verdicts, gates = self._gate_all(draft, passing, alone)
+        draft, (with_graph, verdicts, gates) = self._gate_ladder(draft, passing, alone)
         options |= {(p, GRAPH): (ms, by_type[p].trial.bytes + draft.bytes) for p, ms in with_graph.items()}
         precision, engine = best = _best(options)
-        self.record = self._record(best, options, verdicts, gates, draft.bytes, kept_alone)
+        self.record = self._record(best, options, verdicts, gates, draft, kept_alone)
         joint = {**selection, "with_prefill_graph": with_graph}
         if engine == GRAPH:
             self.graph = gates[precision]
             self.graph.quantization["selection"] = self.record
             joint["reason"] = f"{self.record['reason']} (with llama.cpp's prefill alone: {selection['reason']})"
         else:
-            _remove(self.dst)
+            draft.discard()
         return by_type[precision], joint
+
+    def _gate_ladder(self, draft: PrefillDraft, passing: list[GGUFCandidate], alone: dict[str, float]):
+        """Gate the per-tensor graph; when it passed into no type and drifted beyond the budget in some,
+        the per-token graph (``prefill_int8.py``) in its place, gated into those. (the draft gated last,
+        ``_gate_all``'s answer for it with the first verdicts kept)."""
+        with_graph, verdicts, gates, drifted = self._gate_all(draft, passing, alone)
+        if with_graph or not drifted:
+            return draft, (with_graph, verdicts, gates)
+        draft.discard()
+        draft = draft_prefill(self.text, self.reference_lm(), self.dst, "int8", activations="per-token",
+                              step=self.step)
+        with_graph, second, gates, _ = self._gate_all(draft, drifted, alone)
+        return draft, (with_graph, verdicts | {p: f"{verdicts[p]}; per-token: {v}" for p, v in second.items()}, gates)
 
     def _gate_all(self, draft: PrefillDraft, passing: list[GGUFCandidate], alone: dict[str, float]):
         """Gate the graph against every type that could beat the best answer with it: (answer ms with the
-        graph per type that passed, verdict per type, the gated artifact per type that passed)."""
+        graph per type that passed, verdict per type, the gated artifact per type that passed, the types
+        whose hand-over drifted beyond the budget)."""
         best_alone = min(alone.values())
         left = self.plan.memory_left(self.used_bytes)
         with_graph: dict[str, float] = {}
         verdicts: dict[str, str] = {}
         gates: dict[str, Artifact] = {}
+        drifted: list[GGUFCandidate] = []
         for cand in sorted(passing, key=lambda c: alone[c.trial.precision]):
             precision, speed = cand.trial.precision, cand.trial.speed
             decode_ms = 1000.0 * ANSWER_TOKENS / speed["decode_tokens_per_s"]
@@ -133,22 +154,26 @@ class JointChoice:
                     gates[precision] = gate_prefill(draft, cand.path, self.plan.budget["llm"], step=self.step)
                 except ExportError as exc:
                     verdicts[precision] = f"hand-over refused: {exc.message}"
+                    if isinstance(exc, ParityError):
+                        drifted.append(cand)
                     continue
                 g = gates[precision].quantization["speed"]
                 saved = PROMPT_POSITIONS * (g["llamacpp_prefill_ms"] - g["prefill_ms"]) / g["positions"]
                 with_graph[precision] = round(alone[precision] - saved, 3)
-                verdicts[precision] = (f"hand-over within budget; {g['positions']} positions: graph + hand-over "
-                                       f"{g['prefill_ms']:g} ms, llama.cpp {g['llamacpp_prefill_ms']:g} ms")
-        return with_graph, verdicts, gates
+                verdicts[precision] = (f"hand-over within budget ({draft.activations} activations); {g['positions']} "
+                                       f"positions: graph + hand-over {g['prefill_ms']:g} ms, llama.cpp "
+                                       f"{g['llamacpp_prefill_ms']:g} ms")
+        return with_graph, verdicts, gates, drifted
 
     def _record(self, best: tuple[str, str], options: dict[tuple[str, str], tuple[float, int]],
-                verdicts: dict[str, str], gates: dict[str, Artifact], graph_bytes: int, kept_alone: str
+                verdicts: dict[str, str], gates: dict[str, Artifact], draft: PrefillDraft, kept_alone: str
                 ) -> dict[str, Any]:
         precision, engine = best
         answer = options[best][0]
         measured = f"{len(options)} pairs of GGUF type and prefill engine within the budgets"
         if engine == GRAPH:
-            reason = (f"{precision} with the {GRAPH}: {answer:g} ms for a {PROMPT_POSITIONS}-position prompt + "
+            reason = (f"{precision} with the {GRAPH} ({draft.activations} activations): {answer:g} ms for a "
+                      f"{PROMPT_POSITIONS}-position prompt + "
                       f"{ANSWER_TOKENS} tokens, the best of {measured}; {kept_alone} with llama.cpp's prefill "
                       f"{options[(kept_alone, 'llama.cpp')][0]:g} ms")
         elif gates:
@@ -159,7 +184,8 @@ class JointChoice:
         else:
             reason = f"llama.cpp: the {GRAPH} won no pair (" + "; ".join(f"{p}: {v}" for p, v in verdicts.items()) + ")"
         record: dict[str, Any] = {"kept": engine == GRAPH, "engine": "onnxruntime+handoff" if engine == GRAPH
-                                  else "llama.cpp", "gguf": precision, "graph_bytes": graph_bytes,
+                                  else "llama.cpp", "gguf": precision, "graph_bytes": draft.bytes,
+                                  "activations": draft.activations,
                                   "answer_ms": {f"{p}+{e}": ms for (p, e), (ms, _b) in options.items()},
                                   "graph_verdicts": verdicts, "reason": reason,
                                   "gated": {p: a.quantization["speed"] for p, a in gates.items()}}

@@ -299,3 +299,55 @@ def test_other_text_models_decline_the_prefill_graph_with_the_reason(workdir, ki
     with pytest.raises(UnsupportedModelError, match=DECLINED[kind]):
         export_prefill(family.text_model(loaded), family.causal_lm(loaded), tmp_path / "llm.gguf",
                        tmp_path / "llm_prefill.onnx", "f32", DEFAULT_BUDGET["llm"])
+
+
+@pytest.fixture(scope="module")
+def qwen25_vl_text(workdir, tmp_path_factory):
+    """The tiny Qwen2.5-VL's text model, its HF reference and an f32 GGUF of it."""
+    from edgebridge.exporters.families import family_for
+    from edgebridge.exporters.gguf.writer import write_gguf
+
+    model_dir = tiny_model(workdir, "qwen2.5-vl")
+    family = family_for(model_dir)
+    loaded = family.load(model_dir)
+    text = family.text_model(loaded)
+    gguf = tmp_path_factory.mktemp("qwen-text") / "llm.gguf"
+    write_gguf(text, gguf, "f32")
+    return text, family.causal_lm(loaded), gguf
+
+
+def test_per_token_activations_drift_less_and_the_export_falls_back_to_them(qwen25_vl_text, tmp_path):
+    """The per-token int8 graph's hand-over is closer to llama.cpp's own prefill than the per-tensor one's;
+    with a budget between the two, ``--prefill int8`` keeps the per-token graph and records the per-tensor
+    verdict; below both, the export refuses with the per-token figure; above both, per-tensor is kept."""
+    from edgebridge.errors import ParityError
+    from edgebridge.exporters.prefill import draft_prefill, export_prefill, measure_handoff
+
+    text, reference, gguf = qwen25_vl_text
+    kl, size = {}, {}
+    for scheme in ("per-tensor", "per-token"):
+        (tmp_path / scheme).mkdir()
+        draft = draft_prefill(text, reference, tmp_path / scheme / "llm_prefill.onnx", "int8", activations=scheme)
+        assert draft.activations == scheme
+        assert ("MatMulIntegerToFloat" in _op_types(draft.path)) == (scheme == "per-token")
+        kl[scheme], size[scheme] = measure_handoff(draft.graph, gguf, draft.cases)[0]["kl_mean"], draft.bytes
+        draft.discard()
+    assert 0 < kl["per-token"] < kl["per-tensor"], kl
+    dst = tmp_path / "ladder" / "llm_prefill.onnx"
+    dst.parent.mkdir()
+    between = {"kl_mean": (kl["per-token"] * kl["per-tensor"]) ** 0.5}
+    art = export_prefill(text, reference, gguf, dst, "int8", between)
+    assert art.quantization["activations"] == "per-token" and art.parity.passed
+    assert "kl_mean" in art.quantization["refused"]["per-tensor"] and "per-tensor" in art.quantization["refused"]["per-tensor"]
+    assert art.parity.metrics["kl_mean"] <= between["kl_mean"] and "MatMulIntegerToFloat" in _op_types(dst)
+    with pytest.raises(ParityError, match="per-token activations.*kl_mean"):
+        export_prefill(text, reference, gguf, dst, "int8", {"kl_mean": kl["per-token"] / 10})
+    loose = export_prefill(text, reference, gguf, dst, "int8", {"kl_mean": kl["per-tensor"] * 10})
+    assert loose.quantization["activations"] == "per-tensor" and "refused" not in loose.quantization
+    assert loose.quantization["bytes"] == size["per-tensor"]  # written over the per-token files, nothing appended
+
+
+def _op_types(graph) -> set[str]:
+    import onnx
+
+    return {n.op_type for n in onnx.load(str(graph), load_external_data=False).graph.node}

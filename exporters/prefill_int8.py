@@ -1,0 +1,121 @@
+"""The int8 prefill graph's two activation schemes: one scale per MatMul input, or one per prompt position.
+
+``per-tensor`` is onnxruntime's ``quantize_dynamic``: int8 weights, and each MatMul's whole input
+quantized to uint8 at run time with one scale (``DynamicQuantizeMatMul``). One row far from the others
+(a media row, a large-norm position) sets the scale for all of them.
+
+``per-token`` (written here): int8 weights with one scale per output channel, and each MatMul's input
+quantized with one scale per row, i.e. per prompt position; the granularity llama.cpp (blocks of 32
+within a row) and OpenVINO's dynamic quantization (groups of 32) use for their activations. Each MatMul
+``x [.., n, K] @ W [K, N]`` (W a constant) becomes::
+
+    s  = max(|x|) / 127 over each row, at least 1e-12       [.., n, 1]
+    q  = QuantizeLinear(x, s per row, zero point 128)        uint8, round half to even
+    y  = MatMulIntegerToFloat(q, Wq, 1, sw, 128) * s         the integer GEMM and the channel scales in one
+                                                             onnxruntime kernel, then the row scales
+
+uint8 with zero point 128 rather than int8: onnxruntime's int8 x int8 integer GEMM has no fast kernel on
+this CPU (258 vs 36 ms for the bench Qwen2.5-VL's 128 positions). Symmetric rows keep one zero point, so
+the fused kernel takes it.
+
+Measured 2026-11-30 on the bench models (102 next-token distributions of the hand-over gate, 2 threads):
+Qwen2.5-VL (12x768 qwen2), hand-over into q8_0 against llama.cpp's own q8_0 prefill: per-tensor top-1
+0.853 KL 4.2e-4, per-token 0.912 KL 2.8e-4 (against the f32 GGUF: 0.843 -> 0.961); LLaVA (12x768 llama)
+into q8_0 against the f32 GGUF: 0.922 KL 3.6e-4 -> 0.961 KL 1.8e-4. The cost: +8-10% graph time (196
+positions 30.4 -> 33.1 ms, 219 positions 39.5 -> 42.8 ms). So the export tries per-tensor first and
+per-token when per-tensor is beyond the drift budget (``prefill.py``, ``prefill_choice.py``).
+
+Host side: onnx and numpy only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ACTIVATIONS = ("per-tensor", "per-token")
+ZERO_POINT = 128
+EPS = 1e-12
+CONTRIB = "com.microsoft"  # MatMulIntegerToFloat: an onnxruntime CPU kernel
+
+
+def quantize(src: Path, dst: Path, activations: str) -> dict[str, Any]:
+    """Write the f32 graph ``src`` as an int8 graph at ``dst`` (one file, for ``save_external`` to split);
+    returns the method for the manifest."""
+    if activations == "per-tensor":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+        return {"method": "onnxruntime.quantization.quantize_dynamic", "weights": "int8, one scale per tensor",
+                "activations": "per-tensor", "activation_type": "uint8, quantized at run time"}
+    if activations == "per-token":
+        n = _per_token(src, dst)
+        return {"method": "edgebridge per-token int8 (exporters/prefill_int8.py)",
+                "weights": "int8, one scale per output channel", "activations": "per-token",
+                "activation_type": "uint8 (symmetric, zero point 128), one scale per position, quantized at "
+                                   "run time", "matmuls": n}
+    raise ValueError(f"unknown activation scheme {activations!r}; expected one of {ACTIVATIONS}")
+
+
+def _per_token(src: Path, dst: Path) -> int:
+    """Rewrite every MatMul by a constant 2-D weight in ``src``; returns how many."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    weights = {t.name: t for t in graph.initializer}
+    nodes, replaced = [], set()
+    for node in graph.node:
+        w = weights.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if w is None or len(w.dims) != 2:
+            nodes.append(node)
+            continue
+        wq, sw = _weights(numpy_helper.to_array(w))
+        name = f"{node.name or node.output[0]}_int8"
+        graph.initializer.extend([numpy_helper.from_array(wq, name + "_w"), numpy_helper.from_array(sw, name + "_ws")])
+        replaced.add(node.input[1])
+        nodes += _row_quantized_matmul(helper, node.input[0], node.output[0], name)
+    graph.initializer.extend([numpy_helper.from_array(np.array(1 / 127, np.float32), "pt_inv127"),
+                              numpy_helper.from_array(np.array(EPS, np.float32), "pt_eps"),
+                              numpy_helper.from_array(np.array([-1], np.int64), "pt_flat"),
+                              numpy_helper.from_array(np.array(1.0, np.float32), "pt_one"),
+                              numpy_helper.from_array(np.array(ZERO_POINT, np.uint8), "pt_zero")])
+    kept = [t for t in graph.initializer if t.name not in replaced]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    if not any(o.domain == CONTRIB for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(CONTRIB, 1))
+    onnx.save_model(model, str(dst), save_as_external_data=True, location=dst.name + ".data")
+    return len(replaced)
+
+
+def _weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``W [K, N]`` -> (int8 weights, one f32 scale per output channel); symmetric, +-127."""
+    w = w.astype(np.float32)
+    scale = np.maximum(np.abs(w).max(axis=0), EPS) / 127.0
+    return np.clip(np.rint(w / scale), -127, 127).astype(np.int8), scale.astype(np.float32)
+
+
+def _row_quantized_matmul(helper: Any, x: str, y: str, name: str) -> list[Any]:
+    """The nodes computing ``y = x @ W`` with ``x`` quantized per row (the module docstring)."""
+    def node(op: str, inputs: list[str], out: str, **attrs: Any) -> Any:
+        return helper.make_node(op, inputs, [out], **attrs)
+
+    t = lambda s: f"{name}_{s}"
+    return [
+        node("Abs", [x], t("abs")),
+        node("ReduceMax", [t("abs")], t("amax"), axes=[-1], keepdims=1),
+        node("Mul", [t("amax"), "pt_inv127"], t("s0")),
+        node("Max", [t("s0"), "pt_eps"], t("s")),                  # [.., n, 1]
+        node("Reshape", [t("s"), "pt_flat"], t("s_rows")),         # [n]: QuantizeLinear's per-axis scale
+        node("Shape", [t("s_rows")], t("n")),
+        node("Expand", ["pt_zero", t("n")], t("zero_rows")),
+        node("QuantizeLinear", [x, t("s_rows"), t("zero_rows")], t("q"), axis=-2),
+        node("MatMulIntegerToFloat", [t("q"), t("w"), "pt_one", t("ws"), "pt_zero"], t("y0"), domain=CONTRIB),
+        node("Mul", [t("y0"), t("s")], y),
+    ]
