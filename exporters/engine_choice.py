@@ -13,21 +13,19 @@ runs the recorded engine when asked for ``--backend auto`` (the default; ``edgeb
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgebridge.exporters.quantize import TIE
+from edgebridge.exporters.quantize import TIE, TIMING_ROUNDS as ROUNDS
 from edgebridge.formats import FORMATS
 from edgebridge.manifest import StaticShape
 from edgebridge.runtimes.registry import open_encoder
 from edgebridge.runtimes.static_shapes import run_static
 from edgebridge.stages import DEFAULT_BACKEND
-from edgebridge.timing import median_ms
+from edgebridge.timing import alternating_medians, median_ms
 
-ROUNDS = 3
 RUNS = 5
 
 
@@ -38,15 +36,13 @@ def choose_engine(files: dict[str, list[Path]], inputs: dict[str, np.ndarray], s
     sessions = {FORMATS[fmt].backend: open_encoder(FORMATS[fmt].backend, paths,
                                                    **({"precision": "f32"} if fmt == "openvino" else {}))
                 for fmt, paths in files.items()}
-    times: dict[str, list[float]] = {b: [] for b in sessions}
     try:
-        for _ in range(ROUNDS):
-            for backend, session in sessions.items():
-                times[backend].append(median_ms(lambda s=session: run_item(s, inputs, static), runs=RUNS))
+        times = alternating_medians(list(sessions), lambda b: {"ms": median_ms(
+            lambda: run_item(sessions[b], inputs, static), runs=RUNS)}, ROUNDS)
     finally:
         for session in sessions.values():
             session.close()
-    latency = {b: round(statistics.median(t), 3) for b, t in times.items()}
+    latency = {b: round(t["ms"], 3) for b, t in times.items()}
     fastest = min(latency, key=latency.__getitem__)
     clear = all(ms > latency[fastest] * (1 + TIE) for b, ms in latency.items() if b != fastest)
     backend = fastest if clear else DEFAULT_BACKEND  # both formats are written: onnxruntime is among them

@@ -57,6 +57,26 @@ def test_memory_budget_refuses_what_does_not_fit_with_the_reason():
     assert "--max-memory" in info.value.hint
 
 
+def test_latency_ranks_the_side_by_side_timings_of_those_within_budget():
+    trials = [_trial("int8", 100, 9.0, passed=False), _trial("f16", 200, 5.0), _trial("f32", 400, 3.0)]
+    seen = []
+
+    def retime(passing):  # the second, side-by-side timing finds f16 the faster
+        seen.append([t.precision for t in passing])
+        for t in passing:
+            t.speed = {"latency_ms": {"f16": 2.0, "f32": 3.0}[t.precision]}
+        return "timed again"
+
+    by_name = {t.precision: t for t in trials}
+    kept, _, selection = choose("enc ({precision})", list(by_name), by_name.__getitem__, None, _plan("latency"),
+                                "encoder", retime=retime)
+    assert seen == [["f16", "f32"]] and kept.precision == "f16" and selection["timing"] == "timed again"
+    assert selection["within_budget"] == {"f16": 2.0, "f32": 3.0}
+    _, _, size = choose("enc ({precision})", list(by_name), by_name.__getitem__, None, _plan("size"), "encoder",
+                        retime=retime)
+    assert len(seen) == 1 and "timing" not in size  # only a latency target ranks by time
+
+
 def test_without_a_target_the_first_within_budget_is_kept():
     trials = [_trial("int8", 100, 9.0), _trial("f32", 400, 3.0)]
     kept, tried, selection = _choose(trials, _plan(None))
@@ -94,6 +114,8 @@ def test_cli_export_defaults_to_latency_and_records_every_measured_candidate(wor
             passing = {t["precision"]: t for t in q["trials"] if t["passed"]}
             values = q["selection"]["within_budget"]
             assert set(values) == set(passing) and art.precision in passing
+            # more than one within budget: timed again side by side, and the recorded speeds are those medians
+            assert ("alternating rounds" in q["selection"].get("timing", "")) == (len(passing) > 1)
             if fmt == "gguf":  # chosen together with the prefill engine: checked below
                 _check_joint_choice(manifest)
                 continue

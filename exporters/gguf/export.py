@@ -30,12 +30,13 @@ from edgebridge.errors import ExportError, ParityError
 from edgebridge.exporters.families.base import Family, Loaded
 from edgebridge.exporters.gguf.archs import arch_spec
 from edgebridge.exporters.gguf.writer import TextModel, write_gguf
-from edgebridge.exporters.quantize import QuantPlan, Trial, check_memory, choose, verdict
+from edgebridge.exporters.quantize import TIMING_ROUNDS, QuantPlan, Trial, check_memory, choose, verdict
 from edgebridge.exporters.quantize.gguf_quant import quantize_gguf, tensor_types
 from edgebridge.manifest import Artifact, Parity, PromptLayout
 from edgebridge.parity import enforce, logit_metrics, violations
 from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
 from edgebridge.runtimes.llamacpp.gguf_check import check_expected, read_gguf_info
+from edgebridge.timing import alternating_medians
 
 STRICT_TOLERANCE = {"max_abs": 1e-3}
 N_TOKENS = 24
@@ -255,10 +256,19 @@ def _choose_precision(text: TextModel, f32_path: Path, layout: PromptLayout, pla
                                        ref_logits, budget)
         return tried[precision].trial
 
+    def retime(passing: list[Trial]) -> str:
+        speeds = alternating_medians([t.precision for t in passing], lambda p: _speed(tried[p].path, text_cases),
+                                     TIMING_ROUNDS)
+        for t in passing:
+            t.speed = {k: round(v, 1) for k, v in speeds[t.precision].items()}
+        return (f"the {len(passing)} types within budget timed again side by side: medians of {TIMING_ROUNDS} "
+                "alternating rounds")
+
     candidates = plan.candidates("llm")
     kept, trials, selection = choose("llm (GGUF {precision})", candidates, evaluate,
                                      "Raise the budget (--max-drift llm.kl_mean=..., llm.top1_agreement=...) "
-                                     "or choose a larger precision (--quantize llm=q8_0).", plan, "llm", used_bytes)
+                                     "or choose a larger precision (--quantize llm=q8_0).", plan, "llm", used_bytes,
+                                     retime)
     chosen = tried[kept.precision]
     if pairing is not None and selection is not None:
         chosen, selection = pairing(chosen, [tried[t.precision] for t in trials if t.passed], selection)

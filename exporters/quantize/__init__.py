@@ -41,6 +41,10 @@ AUTO_ORDER = {
     "llm": ["q4_0", "q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16", "f32"],
 }
 TIE = 0.05  # a profile target's measures closer than this to the best count as equal (timing noise)
+TIMING_ROUNDS = 3  # side-by-side timings: rounds that alternate the candidates (edgebridge.timing.alternating_medians)
+# A profile target's second timing of the candidates within budget, side by side: updates each trial's
+# ``speed`` and says how it was measured.
+Retime = Callable[[list["Trial"]], str]
 DEFAULT_BUDGET: dict[str, dict[str, float]] = {
     "encoder": {"cosine_min": 0.99},
     "llm": {"top1_agreement": 0.90, "kl_mean": 0.05},
@@ -196,13 +200,16 @@ def over_memory(size: int, left: float | None) -> str | None:
 
 
 def choose(label: str, candidates: list[str], evaluate: Callable[[str], Trial], hint: str | None, plan: QuantPlan,
-           kind: str, used_bytes: int = 0) -> tuple[Trial, list[Trial], dict[str, Any] | None]:
+           kind: str, used_bytes: int = 0, retime: Retime | None = None
+           ) -> tuple[Trial, list[Trial], dict[str, Any] | None]:
     """Pick a precision for one artifact: (kept trial, every trial, the selection record or None).
 
     Without a profile target: the first candidate within the budgets (``choose_within_budget``). With
     one, every candidate is measured and the best by the target's ranking within the budgets is kept.
     ``kind`` is ``encoder`` or ``llm``; ``used_bytes`` the weights already kept for the run (the
-    memory budget's remainder is what a candidate may take).
+    memory budget's remainder is what a candidate may take). ``retime``: with a latency target, the
+    candidates within budget are timed again side by side before they are ranked (each was timed once,
+    right after it was written, minutes apart from the others).
     """
     left = plan.memory_left(used_bytes)
 
@@ -222,17 +229,21 @@ def choose(label: str, candidates: list[str], evaluate: Callable[[str], Trial], 
     if not passing:
         _refuse(label, trials[-1], hint or memory_hint)
     rank = ranking(plan.target, kind)
+    timing = retime(passing) if retime is not None and plan.target == "latency" and len(passing) > 1 else None
     values = {t.precision: round(rank.value(t.speed, t.bytes), 3) for t in passing}
     sizes = {t.precision: t.bytes for t in passing}
     ties = within_tie(values)
     kept = next(t for t in passing if t.precision == smallest_of_best(values, sizes))
     budgets = "drift and memory budgets" if left is not None else "drift budget"
     tied = f"; within {TIE:.0%} of the best, so the smallest of {len(ties)}" if len(ties) > 1 else ""
-    return kept, trials, {
+    selection = {
         "target": plan.target, "measure": rank.measure, "unit": rank.unit, "within_budget": values,
         "reason": f"{kept.precision}: {rank.measure} {values[kept.precision]:g} ({rank.unit}), the best of the "
                   f"{len(passing)} of {len(trials)} candidates within the {budgets} measured on this machine{tied}",
     }
+    if timing:
+        selection["timing"] = timing
+    return kept, trials, selection
 
 
 def within_tie(values: dict[Any, float]) -> list[Any]:
