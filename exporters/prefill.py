@@ -144,7 +144,7 @@ class PrefillModule(torch.nn.Module):
         return logits, torch.stack(ks).half(), torch.stack(vs).half()
 
 
-def write_graph(text: TextModel, dst: Path, precision: str, scratch: Path, activations: str = "per-tensor"
+def write_graph(text: TextModel, dst: Path, precision: str, scratch: Path, activations: str = ACTIVATIONS[0]
                 ) -> dict[str, Any]:
     """Export the prefill graph of ``text`` to ``dst`` at ``precision`` (int8: with ``activations`` quantized
     per tensor or per token, ``prefill_int8.py``); returns the method for the manifest."""
@@ -361,11 +361,11 @@ def export_prefill(text: TextModel, reference_lm: torch.nn.Module, gguf_path: Pa
     (slower by ~10%, closer to the float graph: ``prefill_int8.py``) before the export refuses it; the
     artifact's ``quantization.refused`` keeps the first verdict."""
     draft = draft_prefill(text, reference_lm, dst, precision, step=step)
-    if draft.precision != "int8":
-        return gate_prefill(draft, gguf_path, budget, step=step)
     try:
         return gate_prefill(draft, gguf_path, budget, step=step)
     except ParityError as exc:
+        if draft.activations != "per-tensor":  # an f32 graph has no other scheme to try
+            raise
         refused = {draft.activations: exc.message}
     draft.discard()
     art = gate_prefill(draft_prefill(text, reference_lm, dst, precision, activations="per-token", step=step),

@@ -120,8 +120,9 @@ class JointChoice:
 
     def _gate_ladder(self, draft: PrefillDraft, passing: list[GGUFCandidate], alone: dict[str, float]):
         """Gate the per-tensor graph; when it passed into no type and drifted beyond the budget in some,
-        the per-token graph (``prefill_int8.py``) in its place, gated into those. (the draft gated last,
-        ``_gate_all``'s answer for it with the first verdicts kept)."""
+        write the per-token graph (``prefill_int8.py``) in its place and gate it into those. Returns the
+        draft gated last and its (answer ms with the graph, verdicts (the per-tensor ones kept in front),
+        gated artifacts)."""
         with_graph, verdicts, gates, drifted = self._gate_all(draft, passing, alone)
         if with_graph or not drifted:
             return draft, (with_graph, verdicts, gates)
