@@ -83,7 +83,8 @@ def _per_token(src: Path, dst: Path) -> int:
                               numpy_helper.from_array(np.array([-1], np.int64), "pt_flat"),
                               numpy_helper.from_array(np.array(1.0, np.float32), "pt_one"),
                               numpy_helper.from_array(np.array(ZERO_POINT, np.uint8), "pt_zero")])
-    kept = [t for t in graph.initializer if t.name not in replaced]
+    used = {name for n in nodes for name in n.input}  # a float weight another node reads (a tied table) stays
+    kept = [t for t in graph.initializer if t.name not in replaced or t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
     del graph.node[:]
@@ -112,7 +113,7 @@ def _row_quantized_matmul(helper: Any, x: str, y: str, name: str) -> list[Any]:
         node("ReduceMax", [t("abs")], t("amax"), axes=[-1], keepdims=1),
         node("Mul", [t("amax"), "pt_inv127"], t("s0")),
         node("Max", [t("s0"), "pt_eps"], t("s")),                  # [.., n, 1]
-        node("Reshape", [t("s"), "pt_flat"], t("s_rows")),         # [n]: QuantizeLinear's per-axis scale
+        node("Reshape", [t("s"), "pt_flat"], t("s_rows")),         # [n] (batch 1): the per-axis scale
         node("Shape", [t("s_rows")], t("n")),
         node("Expand", ["pt_zero", t("n")], t("zero_rows")),
         node("QuantizeLinear", [x, t("s_rows"), t("zero_rows")], t("q"), axis=-2),
