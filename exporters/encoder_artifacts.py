@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from edgebridge.bundle import BundleWriter
-from edgebridge.exporters.engine_choice import choose_engine, run_item
+from edgebridge.exporters.engine_choice import choose_engine, run_item, side_by_side_ms, timing_options
 from edgebridge.exporters.encoder import (
     OPSET,
     Case,
@@ -37,7 +37,7 @@ from edgebridge.formats import FORMATS
 from edgebridge.manifest import Artifact, Component, Parity, StaticShape
 from edgebridge.runtimes.registry import open_encoder
 from edgebridge.runtimes.static_shapes import conform
-from edgebridge.timing import alternating_medians, median_ms
+from edgebridge.timing import median_ms
 
 Step = Callable[[str], None]
 
@@ -115,12 +115,10 @@ def _export_format(prep: _Prepared, fmt: str, writer: BundleWriter, scratch: Pat
         return tried[precision].trial
 
     def retime(passing: list[Trial]) -> str:
-        backend, inputs = FORMATS[fmt].backend, _timing_input(prep)
-        opts = {"precision": "f32"} if fmt == "openvino" else {}
-        times = alternating_medians([t.precision for t in passing], lambda p: {"latency_ms": _latency_ms(
-            backend, tried[p].files, inputs, prep.static, **opts)}, TIMING_ROUNDS)
+        times = side_by_side_ms({t.precision: (fmt, tried[t.precision].files) for t in passing},
+                                _timing_input(prep), prep.static)
         for t in passing:
-            t.speed = {"latency_ms": round(times[t.precision]["latency_ms"], 3)}
+            t.speed = {"latency_ms": times[t.precision]}
         return (f"the {len(passing)} precisions within budget timed again side by side: medians of "
                 f"{TIMING_ROUNDS} alternating rounds")
 
@@ -160,7 +158,7 @@ def _trial(prep: _Prepared, fmt: str, precision: str, scratch: Path, plan: Quant
     files, method = _produce(fmt, precision, prep.onnx_f32, scratch / enc.component / fmt / precision,
                              enc.component, prep.quant_calib, plan.options)
     backend = FORMATS[fmt].backend
-    engine_opts = {"precision": "f32"} if fmt == "openvino" else {}
+    engine_opts = timing_options(fmt)
     opts = {**engine_opts, "artifact_precision": precision, "static": prep.static}
     if precision == "f32":  # the strict gate, on seeded inputs at two batch sizes
         parity = measure_encoder(backend, files, prep.cases, enc.tokens_per_item, tolerance, **opts)

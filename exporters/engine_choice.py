@@ -14,7 +14,7 @@ runs the recorded engine when asked for ``--backend auto`` (the default; ``edgeb
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, TypeVar
 
 import numpy as np
 
@@ -27,22 +27,14 @@ from edgebridge.stages import DEFAULT_BACKEND
 from edgebridge.timing import alternating_medians, median_ms
 
 RUNS = 5
+K = TypeVar("K")
 
 
 def choose_engine(files: dict[str, list[Path]], inputs: dict[str, np.ndarray], static: StaticShape | None
                   ) -> dict[str, Any]:
     """The ``engine_choice`` record of a component whose kept artifacts per format are ``files`` (onnx among
     them): ``backend``, the measured ``latency_ms`` per backend, and the reason."""
-    sessions = {FORMATS[fmt].backend: open_encoder(FORMATS[fmt].backend, paths,
-                                                   **({"precision": "f32"} if fmt == "openvino" else {}))
-                for fmt, paths in files.items()}
-    try:
-        times = alternating_medians(list(sessions), lambda b: {"ms": median_ms(
-            lambda: run_item(sessions[b], inputs, static), runs=RUNS)}, ROUNDS)
-    finally:
-        for session in sessions.values():
-            session.close()
-    latency = {b: round(t["ms"], 3) for b, t in times.items()}
+    latency = side_by_side_ms({FORMATS[fmt].backend: (fmt, paths) for fmt, paths in files.items()}, inputs, static)
     fastest = min(latency, key=latency.__getitem__)
     clear = all(ms > latency[fastest] * (1 + TIE) for b, ms in latency.items() if b != fastest)
     backend = fastest if clear else DEFAULT_BACKEND  # both formats are written: onnxruntime is among them
@@ -50,6 +42,28 @@ def choose_engine(files: dict[str, list[Path]], inputs: dict[str, np.ndarray], s
     figures = ", ".join(f"{b} {ms:g} ms" for b, ms in latency.items())
     return {"backend": backend, "latency_ms": latency,
             "reason": f"{backend}: {why} ({figures} per item on this machine, medians of {ROUNDS} alternating rounds)"}
+
+
+def side_by_side_ms(artifacts: Mapping[K, tuple[str, list[Path]]], inputs: dict[str, np.ndarray],
+                    static: StaticShape | None) -> dict[K, float]:
+    """ms per item of each ``(format, files)`` artifact: every session open for the whole comparison, medians
+    of ``ROUNDS`` rounds that alternate them (``RUNS`` runs each); the sessions closed on any exit."""
+    sessions: dict[K, Any] = {}
+    try:
+        for key, (fmt, files) in artifacts.items():
+            sessions[key] = open_encoder(FORMATS[fmt].backend, files, **timing_options(fmt))
+        times = alternating_medians(list(sessions), lambda k: {"ms": median_ms(
+            lambda: run_item(sessions[k], inputs, static), runs=RUNS)}, ROUNDS)
+    finally:
+        for session in sessions.values():
+            session.close()
+    return {k: round(t["ms"], 3) for k, t in times.items()}
+
+
+def timing_options(fmt: str) -> dict[str, Any]:
+    """How the export opens a ``fmt`` artifact to time it: OpenVINO at f32 execution precision, the
+    runtime's default for it."""
+    return {"precision": "f32"} if fmt == "openvino" else {}
 
 
 def run_item(session: Any, inputs: dict[str, np.ndarray], static: StaticShape | None) -> Any:
