@@ -39,7 +39,7 @@ from edgebridge.runtimes.llamacpp import LlamaSettings
 from edgebridge.runtimes.llamacpp.sampler import Sampler
 from edgebridge.runtimes.llamacpp.session import LLMSession, PrefillResult, open_bundle_session
 from edgebridge.sampling import GenerationConfig
-from edgebridge.stages import ModalityStage, StageOptions, StageOutput, open_stage, preprocessing_notes
+from edgebridge.stages import ModalityStage, StageOptions, StageOutput, open_stage, preprocessing_notes, warm_up
 from edgebridge.timing import GenerationTimings, StageTimes, now_ms
 
 __all__ = ["GenerationResult", "GenerationStream", "Pipeline"]
@@ -120,6 +120,7 @@ class Pipeline:
         reports = {s.component: s.report for s in stages.values()}
         warnings = [f"{name}: {r.fallback_reason}; ran on {r.executed}." for name, r in reports.items()
                     if r.fallback_reason]
+        warnings += warm_up(stages)  # before the LLM loads: its peak does not stack on the LLM's memory
         llm = open_bundle_session(bundle, _llm_settings(llm_settings, placement, llm_device, device, gpu_layers),
                                   threads=threads, n_ctx=n_ctx, reuse_prefix=reuse_prefix, fast_prefill=fast_prefill,
                                   recorded_settings=llm_settings is None)

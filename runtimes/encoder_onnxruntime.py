@@ -102,6 +102,10 @@ class OnnxRuntimeEncoder:
     def close(self) -> None:
         self.session = None
 
+    def release_file_pages(self) -> int:
+        """Nothing to hand back: onnxruntime reads the weights into its own memory, it maps no file."""
+        return 0
+
     def node_times(self, inputs: dict[str, np.ndarray]) -> list[tuple[str, float]]:
         """(node name, microseconds) in execution order for one run, from onnxruntime's profiler.
 

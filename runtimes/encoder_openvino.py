@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebridge.errors import BackendError, BackendUnavailableError, CorruptArtifactError
+from edgebridge.runtimes.mapped_pages import release_file_pages
 from edgebridge.runtimes.registry import DEVICES, DeviceReport, default_threads, register_encoder
 
 PRECISIONS = ("f32", "bf16", "f16", "auto")
@@ -102,6 +103,7 @@ class OpenVinoEncoder:
         self.output_shapes = [[d.get_length() if d.is_static else None for d in o.get_partial_shape()]
                               for o in self.compiled.outputs]
         self._core, self._model, self._target, self._config = core, model, target, config
+        self._bin_path = bin_path
         executed = ",".join(self.compiled.get_property("EXECUTION_DEVICES"))
         try:
             ran_precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
@@ -124,6 +126,11 @@ class OpenVinoEncoder:
 
     def close(self) -> None:
         self.request = self.compiled = self._model = None
+
+    def release_file_pages(self) -> int:
+        """After a first inference: the resident pages of the mapped ``.bin`` handed back (bytes); the
+        CPU plugin has copied the weights into its own layouts by then (``mapped_pages``)."""
+        return release_file_pages(self._bin_path)
 
     def node_times(self, inputs: dict[str, np.ndarray]) -> list[tuple[str, float]]:
         """(node name, microseconds) in execution order for one run, from OpenVINO's perf counters.

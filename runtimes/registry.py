@@ -57,6 +57,11 @@ class EncoderSession(Protocol):
         """Free the engine's session (weights, arenas) now; the session is not run again."""
         ...
 
+    def release_file_pages(self) -> int:
+        """Hand back the resident pages of weight files the session mapped and, after its first run, no
+        longer reads; the bytes handed back (0 where it maps none)."""
+        ...
+
 
 def run_named(session: EncoderSession, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run a session and key its outputs by name (graphs with many outputs: decoders with KV caches)."""

@@ -145,3 +145,53 @@ def test_close_frees_every_engine_at_once(workdir, clip_llama_f32, photo):
             assert pipe.llm.engine._ctx is None and pipe.embedding_cache._items == {}
     finally:
         gc.enable()
+
+
+def test_released_file_pages_are_read_back_unchanged_and_written_ones_are_kept(tmp_path):
+    """``release_file_pages`` drops the resident pages of a read-only mapping (they are read again from
+    the file when touched) and leaves a writable mapping alone (dropping it would lose the writes)."""
+    import mmap
+
+    from edgebridge.runtimes.mapped_pages import mapped_ranges, release_file_pages
+
+    data = np.random.default_rng(0).integers(0, 256, 4 << 20, dtype=np.uint8)
+    path = tmp_path / "weights.bin"
+    path.write_bytes(data.tobytes())
+
+    def resident() -> int:
+        return sum(r for *_, r in mapped_ranges(path))
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        view = np.frombuffer(m, np.uint8)
+        assert int(view.sum(dtype=np.int64)) == int(data.sum(dtype=np.int64))  # every page touched
+        before = resident()
+        assert before == data.nbytes
+        assert release_file_pages(path) == before
+        assert resident() == 0
+        assert np.array_equal(view, data)  # mapped again from the file
+        del view
+    with open(path, "r+b") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_WRITE) as m:
+        m[:4] = b"edge"
+        assert mapped_ranges(path) == [] and release_file_pages(path) == 0
+        assert m[:4] == b"edge"
+
+
+def test_openvino_encoder_is_warmed_up_at_load_and_hands_back_its_weight_pages(clip_llama_f32, photo):
+    """An OpenVINO tower runs once at load on a neutral image, then its ``.bin`` pages are handed back:
+    none resident after load, and the encoder's output on a real image is the same before and after
+    another release. An onnxruntime tower is not warmed up (it maps no weights)."""
+    from edgebridge import Pipeline
+    from edgebridge.runtimes.mapped_pages import mapped_ranges
+
+    with Pipeline.from_bundle(clip_llama_f32.bundle, encoder_backend="openvino") as pipe:
+        stage = pipe.stages["image"]
+        details = pipe.stages["image"].report.details
+        assert details["warm_up_ms"] > 0 and details["released_file_mb"] > 0
+        bin_path = next(clip_llama_f32.bundle.glob("*.bin"))
+        assert mapped_ranges(bin_path) and sum(r for *_, r in mapped_ranges(bin_path)) == 0
+        inputs = stage.prepare([photo]).inputs
+        first = stage.session.run(inputs)[0]
+        stage.session.release_file_pages()
+        np.testing.assert_array_equal(stage.session.run(inputs)[0], first)
+    with Pipeline.from_bundle(clip_llama_f32.bundle, encoder_backend="onnxruntime") as pipe:
+        assert "warm_up_ms" not in pipe.stages["image"].report.details
