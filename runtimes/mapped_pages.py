@@ -22,14 +22,13 @@ from pathlib import Path
 MADV_DONTNEED = 4  # Linux: drop the range's pages; a later read maps them again from the file
 
 
-def mapped_ranges(path: str | Path, smaps: str | None = None) -> list[tuple[int, int, int]]:
+def mapped_ranges(path: str | Path) -> list[tuple[int, int, int]]:
     """``(start, end, resident bytes)`` of each read-only mapping of ``path`` in this process."""
     target = os.path.realpath(path)
-    if smaps is None:
-        try:
-            smaps = Path("/proc/self/smaps").read_text()
-        except OSError:
-            return []
+    try:
+        smaps = Path("/proc/self/smaps").read_text()
+    except OSError:
+        return []
     ranges, current = [], None
     for line in smaps.splitlines():
         fields = line.split()

@@ -185,7 +185,7 @@ def test_openvino_encoder_is_warmed_up_at_load_and_hands_back_its_weight_pages(c
 
     with Pipeline.from_bundle(clip_llama_f32.bundle, encoder_backend="openvino") as pipe:
         stage = pipe.stages["image"]
-        details = pipe.stages["image"].report.details
+        details = stage.report.details
         assert details["warm_up_ms"] > 0 and details["released_file_mb"] > 0
         bin_path = next(clip_llama_f32.bundle.glob("*.bin"))
         assert mapped_ranges(bin_path) and sum(r for *_, r in mapped_ranges(bin_path)) == 0
