@@ -11,10 +11,11 @@ The graph (``llm_prefill.onnx``; see ``runtimes/llamacpp/kv_handoff.py`` for how
                                  order (the GGUF writer interleaves the rotary halves of llama/mistral)
          v       [L, C, n] f16   every layer's values, one row per channel (llama.cpp's transposed V)
 
-It is built from the same ``TextModel`` the GGUF writer reads, so both hold the same weights.
-``int8`` quantizes its MatMul weights and, at run time, their inputs: per tensor (onnxruntime
-``quantize_dynamic``) first, per token when that drifts beyond the budget (``prefill_int8.py``); the
-token-embedding Gather stays float.
+It is built from the same ``TextModel`` the GGUF writer reads, so both hold the same weights; an int8
+graph for a GGUF takes that GGUF's own weights, dequantized (``gguf/weights.py``: the hand-over then
+differs from llama.cpp's prefill by the graph's rounding alone). ``int8`` quantizes its MatMul weights
+and, at run time, their inputs: per tensor (onnxruntime ``quantize_dynamic``) first, per token when
+that drifts beyond the budget (``prefill_int8.py``); the token-embedding Gather stays float.
 
 Gates, both recorded in the manifest:
 1. the graph's logits against the family's HF model on seeded ids + injected embeddings:
@@ -37,6 +38,7 @@ import torch
 from edgebridge.errors import ExportError, ParityError, UnsupportedModelError
 from edgebridge.exporters.gguf.export import N_CTX, SEED, text_logits
 from edgebridge.exporters.gguf.archs import arch_spec
+from edgebridge.exporters.gguf.weights import gguf_weights
 from edgebridge.exporters.gguf.writer import TextModel
 from edgebridge.exporters.onnx_files import data_file, save_external
 from edgebridge.exporters.prefill_int8 import ACTIVATIONS, quantize as quantize_int8
@@ -296,7 +298,9 @@ class PrefillDraft:
 
     @property
     def label(self) -> str:
-        return f"int8, {self.activations} activations" if self.activations else self.precision
+        if not self.activations:
+            return self.precision
+        return f"int8, {self.activations} activations, {self.method['weights']} weights"
 
     def discard(self) -> None:
         """Close the graph's session and delete its files."""
@@ -306,10 +310,12 @@ class PrefillDraft:
 
 
 def draft_prefill(text: TextModel, reference_lm: torch.nn.Module, dst: Path, precision: str, *,
-                  activations: str = ACTIVATIONS[0], step: Callable[[str], None] = lambda _: None) -> PrefillDraft:
+                  activations: str = ACTIVATIONS[0], weights_from: Path | None = None,
+                  step: Callable[[str], None] = lambda _: None) -> PrefillDraft:
     """Write the prefill graph of ``text`` at ``dst`` and check its logits against transformers (the f32
     graph is held to ``STRICT_TOLERANCE``; the int8 one's figures are recorded). ``activations``: how an
-    int8 graph quantizes its MatMul inputs (``prefill_int8.ACTIVATIONS``)."""
+    int8 graph quantizes its MatMul inputs (``prefill_int8.ACTIVATIONS``); ``weights_from``: the GGUF
+    whose weights an int8 graph takes (``gguf/weights.py``), else the float ones."""
     precision = canonical_precision(precision)  # fp32, the old spelling, still accepted
     if precision not in PREFILL_PRECISIONS:
         raise ExportError(f"unknown prefill precision '{precision}'.",
@@ -319,9 +325,13 @@ def draft_prefill(text: TextModel, reference_lm: torch.nn.Module, dst: Path, pre
     check_supported(text.model_type)
     vocab_rows = min(int(text.config.vocab_size), int(reference_lm.get_input_embeddings().weight.shape[0]))
     cases = _cases(reference_lm, vocab_rows, mrope=arch_spec(text.model_type).mrope)
+    weights = "float"
+    if precision == "int8" and weights_from is not None:
+        text, weights = gguf_weights(text, weights_from)
     with tempfile.TemporaryDirectory(prefix="edgebridge-prefill-") as scratch:
-        step(f"prefill graph: exporting ONNX ({precision}{f', {activations} activations' if precision == 'int8' else ''})")
+        step(f"prefill graph: exporting ONNX ({precision}{f', {activations} activations, {weights} weights' if precision == 'int8' else ''})")
         method = write_graph(text, dst, precision, Path(scratch), activations)
+    method["weights"] = weights
     step("prefill graph: logits against transformers")
     graph = PrefillGraph(dst, precision=precision)
     ours = np.stack([graph.run(c["ids"], c["media"], c["mask"], c.get("positions"))[0] for c in cases])
@@ -360,7 +370,7 @@ def export_prefill(text: TextModel, reference_lm: torch.nn.Module, gguf_path: Pa
     graph whose per-tensor activations drift beyond the budget is written again with per-token ones
     (slower by ~10%, closer to the float graph: ``prefill_int8.py``) before the export refuses it; the
     artifact's ``quantization.refused`` keeps the first verdict."""
-    draft = draft_prefill(text, reference_lm, dst, precision, step=step)
+    draft = draft_prefill(text, reference_lm, dst, precision, weights_from=gguf_path, step=step)
     try:
         return gate_prefill(draft, gguf_path, budget, step=step)
     except ParityError as exc:
@@ -368,7 +378,7 @@ def export_prefill(text: TextModel, reference_lm: torch.nn.Module, gguf_path: Pa
             raise
         refused = {draft.activations: exc.message}
     draft.discard()
-    art = gate_prefill(draft_prefill(text, reference_lm, dst, precision, activations="per-token", step=step),
-                       gguf_path, budget, step=step)
+    art = gate_prefill(draft_prefill(text, reference_lm, dst, precision, activations="per-token",
+                                     weights_from=gguf_path, step=step), gguf_path, budget, step=step)
     art.quantization["refused"] = refused
     return art

@@ -14,11 +14,11 @@ gemma decoders, Qwen3-VL ...) keeps llama.cpp, with the reason; so does a graph 
   type within the budgets that could still win is gated, each pair ranked by the answer time
   (``targets.py``) with the graph's measured saving per prompt position, and the best kept (ties within
   the margin: the fewest bytes, so llama.cpp alone).
-- Two int8 graphs (``prefill_int8.py``): per-tensor activations (faster) are gated first; when that graph
-  passes into no type and drifted beyond the budget in some, the per-token one (~10% slower, closer to
-  the float graph) is written in its place and gated into those. Only one graph is on disk at a time, so
-  a per-tensor pass in one type ends the ladder: a per-token pair that might have ranked better elsewhere
-  is not tried (the bench Qwen2.5-VL refuses per-tensor in every type; the bench LLaVA passes it).
+- One graph per type, from that type's own weights (``gguf/weights.py``: the bench Qwen2.5-VL's per-token
+  hand-over into q6_k went from top-1 0.882, refused, to 0.922), per-tensor activations (faster) first and
+  per-token ones (~10% slower, closer to the float graph: ``prefill_int8.py``) where those drift beyond
+  the budget. Only the graph of the best pair so far stays on disk, beside the bundle's prefill path,
+  and the winner is moved there.
 - The GGUF type fixed (``choose_prefill``): the graph is kept only when it measured faster than
   llama.cpp's prefill of the same positions (by more than the tie margin) and fits the memory budget.
 """
@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgebridge.errors import ExportError, ParityError, UnsupportedModelError
-from edgebridge.exporters.onnx_files import data_file
+from edgebridge.exporters.onnx_files import data_file, save_external
 from edgebridge.exporters.gguf.export import GGUFCandidate
 from edgebridge.exporters.prefill import PrefillDraft, check_supported, draft_prefill, export_prefill, gate_prefill
+from edgebridge.exporters.prefill_int8 import ACTIVATIONS
 from edgebridge.exporters.quantize import TIE, QuantPlan, over_memory, smallest_of_best
 from edgebridge.exporters.quantize.targets import ANSWER_TOKENS, PROMPT_POSITIONS
 from edgebridge.manifest import Artifact
@@ -97,104 +98,134 @@ class JointChoice:
         by_type = {c.trial.precision: c for c in passing}
         alone = selection["within_budget"]  # answer ms of each type with llama.cpp's prefill
         options = {(p, "llama.cpp"): (ms, by_type[p].trial.bytes) for p, ms in alone.items()}
-        kept_alone = searched.trial.precision
+        graphs = None
         try:
             check_supported(self.text.model_type)
-            draft = draft_prefill(self.text, self.reference_lm(), self.dst, "int8", step=self.step)
+            graphs = _Graphs(self, self.reference_lm(), alone)
+            for cand in sorted(passing, key=lambda c: alone[c.trial.precision]):
+                graphs.try_type(cand)
         except ExportError as exc:  # a text model the graph does not reproduce, or one too large for it
-            _remove(self.dst)
+            if graphs is not None:
+                graphs.discard()
             self.record = {"kept": False, "engine": "llama.cpp", "reason": f"no prefill graph: {exc.message}"}
             return searched, selection
-        draft, (with_graph, verdicts, gates) = self._gate_ladder(draft, passing, alone)
-        options |= {(p, GRAPH): (ms, by_type[p].trial.bytes + draft.bytes) for p, ms in with_graph.items()}
+        options |= {(p, GRAPH): (ms, by_type[p].trial.bytes + graphs.gated[p]["bytes"])
+                    for p, ms in graphs.with_graph.items()}
         precision, engine = best = _best(options)
-        self.record = self._record(best, options, verdicts, gates, draft, kept_alone)
-        joint = {**selection, "with_prefill_graph": with_graph}
+        self.record = self._record(best, options, graphs, searched.trial.precision)
+        joint = {**selection, "with_prefill_graph": graphs.with_graph}
         if engine == GRAPH:
-            self.graph = gates[precision]
+            self.graph = graphs.settle(precision, self.dst)
             self.graph.quantization["selection"] = self.record
             joint["reason"] = f"{self.record['reason']} (with llama.cpp's prefill alone: {selection['reason']})"
         else:
-            draft.discard()
+            graphs.discard()
         return by_type[precision], joint
 
-    def _gate_ladder(self, draft: PrefillDraft, passing: list[GGUFCandidate], alone: dict[str, float]):
-        """Gate the per-tensor graph; when it passed into no type and drifted beyond the budget in some,
-        write the per-token graph (``prefill_int8.py``) in its place and gate it into those. Returns the
-        draft gated last and its (answer ms with the graph, verdicts (the per-tensor ones kept in front),
-        gated artifacts)."""
-        with_graph, verdicts, gates, drifted = self._gate_all(draft, passing, alone)
-        if with_graph or not drifted:
-            return draft, (with_graph, verdicts, gates)
-        draft.discard()
-        draft = draft_prefill(self.text, self.reference_lm(), self.dst, "int8", activations="per-token",
-                              step=self.step)
-        with_graph, second, gates, _ = self._gate_all(draft, drifted, alone)
-        return draft, (with_graph, verdicts | {p: f"{verdicts[p]}; per-token: {v}" for p, v in second.items()}, gates)
-
-    def _gate_all(self, draft: PrefillDraft, passing: list[GGUFCandidate], alone: dict[str, float]):
-        """Gate the graph against every type that could beat the best answer with it: (answer ms with the
-        graph per type that passed, verdict per type, the gated artifact per type that passed, the types
-        whose hand-over drifted beyond the budget)."""
-        best_alone = min(alone.values())
-        left = self.plan.memory_left(self.used_bytes)
-        with_graph: dict[str, float] = {}
-        verdicts: dict[str, str] = {}
-        gates: dict[str, Artifact] = {}
-        drifted: list[GGUFCandidate] = []
-        for cand in sorted(passing, key=lambda c: alone[c.trial.precision]):
-            precision, speed = cand.trial.precision, cand.trial.speed
-            decode_ms = 1000.0 * ANSWER_TOKENS / speed["decode_tokens_per_s"]
-            over = over_memory(cand.trial.bytes + draft.bytes, left)
-            if decode_ms >= best_alone:
-                verdicts[precision] = f"not tried: its {ANSWER_TOKENS}-token decode alone takes {decode_ms:.1f} ms"
-            elif over:
-                verdicts[precision] = f"with the graph, {over}"
-            else:
-                try:
-                    gates[precision] = gate_prefill(draft, cand.path, self.plan.budget["llm"], step=self.step)
-                except ExportError as exc:
-                    verdicts[precision] = f"hand-over refused: {exc.message}"
-                    if isinstance(exc, ParityError):
-                        drifted.append(cand)
-                    continue
-                g = gates[precision].quantization["speed"]
-                saved = PROMPT_POSITIONS * (g["llamacpp_prefill_ms"] - g["prefill_ms"]) / g["positions"]
-                with_graph[precision] = round(alone[precision] - saved, 3)
-                verdicts[precision] = (f"hand-over within budget ({draft.activations} activations); {g['positions']} "
-                                       f"positions: graph + hand-over {g['prefill_ms']:g} ms, llama.cpp "
-                                       f"{g['llamacpp_prefill_ms']:g} ms")
-        return with_graph, verdicts, gates, drifted
-
     def _record(self, best: tuple[str, str], options: dict[tuple[str, str], tuple[float, int]],
-                verdicts: dict[str, str], gates: dict[str, Artifact], draft: PrefillDraft, kept_alone: str
-                ) -> dict[str, Any]:
+                graphs: "_Graphs", kept_alone: str) -> dict[str, Any]:
         precision, engine = best
         answer = options[best][0]
         measured = f"{len(options)} pairs of GGUF type and prefill engine within the budgets"
         if engine == GRAPH:
-            reason = (f"{precision} with the {GRAPH} ({draft.activations} activations): {answer:g} ms for a "
-                      f"{PROMPT_POSITIONS}-position prompt + "
+            kept = graphs.gated[precision]
+            reason = (f"{precision} with the {GRAPH} ({kept['activations']} activations, {kept['weights']} "
+                      f"weights): {answer:g} ms for a {PROMPT_POSITIONS}-position prompt + "
                       f"{ANSWER_TOKENS} tokens, the best of {measured}; {kept_alone} with llama.cpp's prefill "
                       f"{options[(kept_alone, 'llama.cpp')][0]:g} ms")
-        elif gates:
-            fastest = min((p for p, e in options if e == GRAPH), key=lambda p: options[(p, GRAPH)][0])
+        elif graphs.gated:
+            fastest = min(graphs.with_graph, key=graphs.with_graph.get)
             reason = (f"llama.cpp: {precision} answers in {answer:g} ms, the best of {measured} (within {TIE:.0%} "
                       f"of the best the fewest bytes); the fastest pair with the graph, {fastest}, "
                       f"{options[(fastest, GRAPH)][0]:g} ms")
         else:
-            reason = f"llama.cpp: the {GRAPH} won no pair (" + "; ".join(f"{p}: {v}" for p, v in verdicts.items()) + ")"
+            reason = (f"llama.cpp: the {GRAPH} won no pair ("
+                      + "; ".join(f"{p}: {v}" for p, v in graphs.verdicts.items()) + ")")
         record: dict[str, Any] = {"kept": engine == GRAPH, "engine": "onnxruntime+handoff" if engine == GRAPH
-                                  else "llama.cpp", "gguf": precision, "graph_bytes": draft.bytes,
-                                  "activations": draft.activations,
+                                  else "llama.cpp", "gguf": precision,
                                   "answer_ms": {f"{p}+{e}": ms for (p, e), (ms, _b) in options.items()},
-                                  "graph_verdicts": verdicts, "reason": reason,
-                                  "gated": {p: a.quantization["speed"] for p, a in gates.items()}}
-        gated = gates.get(precision)
-        if gated is not None:
-            g = gated.quantization["speed"]
-            record |= {"graph_ms": g["prefill_ms"], "llamacpp_ms": g["llamacpp_prefill_ms"], "positions": g["positions"]}
+                                  "graph_verdicts": graphs.verdicts, "reason": reason, "gated": graphs.gated}
+        if engine == GRAPH:
+            g = graphs.gated[precision]
+            record |= {"graph_ms": g["prefill_ms"], "llamacpp_ms": g["llamacpp_prefill_ms"], "positions": g["positions"],
+                       "graph_bytes": g["bytes"], "activations": g["activations"], "weights": g["weights"]}
         return record
+
+
+class _Graphs:
+    """One ``JointChoice``'s int8 graphs: one per GGUF type that could still win, written from that type's own
+    weights (``gguf/weights.py``) and gated into it; per-tensor activations first, per-token when those drift
+    beyond the budget (``prefill_int8.py``). Each graph that passed stays on disk until the choice is made
+    (as the GGUF candidates do): the pair kept may not be the fastest one (within the tie margin, the
+    fewest bytes), so it cannot be settled earlier."""
+
+    def __init__(self, choice: JointChoice, reference: Any, alone: dict[str, float]) -> None:
+        self.choice, self.reference, self.alone = choice, reference, alone
+        self.left = choice.plan.memory_left(choice.used_bytes)
+        self.with_graph: dict[str, float] = {}  # answer ms with the graph, per type it passed into
+        self.verdicts: dict[str, str] = {}
+        self.gated: dict[str, dict[str, Any]] = {}  # per type it passed into: speed, bytes, scheme, weights
+        self.passed: dict[str, tuple[PrefillDraft, Artifact]] = {}
+
+    def try_type(self, cand: GGUFCandidate) -> None:
+        precision = cand.trial.precision
+        decode_ms = 1000.0 * ANSWER_TOKENS / cand.trial.speed["decode_tokens_per_s"]
+        if decode_ms >= min(self.alone.values()):
+            self.verdicts[precision] = f"not tried: its {ANSWER_TOKENS}-token decode alone takes {decode_ms:.1f} ms"
+            return
+        refused = ""
+        for activations in ACTIVATIONS:
+            draft = draft_prefill(self.choice.text, self.reference, _draft_path(self.choice.dst, precision), "int8",
+                                  activations=activations, weights_from=cand.path, step=self.choice.step)
+            over = over_memory(cand.trial.bytes + draft.bytes, self.left)
+            if over:
+                draft.discard()
+                self.verdicts[precision] = refused + f"with the graph, {over}"
+                return
+            try:
+                art = gate_prefill(draft, cand.path, self.choice.plan.budget["llm"], step=self.choice.step)
+            except ExportError as exc:
+                draft.discard()
+                self.verdicts[precision] = refused + f"hand-over refused ({draft.label}): {exc.message}"
+                if not isinstance(exc, ParityError):
+                    return
+                refused = self.verdicts[precision] + "; "
+                continue
+            self._passed(precision, draft, art, refused)
+            return
+
+    def _passed(self, precision: str, draft: PrefillDraft, art: Artifact, refused: str) -> None:
+        """Record the pair's answer time and keep its graph."""
+        g = art.quantization["speed"]
+        saved = PROMPT_POSITIONS * (g["llamacpp_prefill_ms"] - g["prefill_ms"]) / g["positions"]
+        self.with_graph[precision] = round(self.alone[precision] - saved, 3)
+        self.gated[precision] = {**g, "bytes": draft.bytes, "activations": draft.activations,
+                                 "weights": draft.method["weights"]}
+        self.verdicts[precision] = refused + (f"hand-over within budget ({draft.label}); {g['positions']} positions: "
+                                              f"graph + hand-over {g['prefill_ms']:g} ms, llama.cpp "
+                                              f"{g['llamacpp_prefill_ms']:g} ms")
+        self.passed[precision] = (draft, art)
+
+    def settle(self, precision: str, dst: Path) -> Artifact:
+        """The graph for ``precision`` moved to the bundle's prefill path (its artifact names those files);
+        the others deleted."""
+        draft, art = self.passed.pop(precision)
+        self.discard()
+        draft.graph.close()
+        save_external(draft.path, dst)
+        draft.discard()
+        art.files = [dst.name, data_file(dst).name]
+        return art
+
+    def discard(self) -> None:
+        for draft, _art in self.passed.values():
+            draft.discard()
+        self.passed.clear()
+
+
+def _draft_path(dst: Path, precision: str) -> Path:
+    """Where the graph for one GGUF type is written while the choice runs (beside the bundle's path)."""
+    return dst.with_name(f"{dst.stem}.{precision}{dst.suffix}")
 
 
 def _best(options: dict[tuple[str, str], tuple[float, int]]) -> tuple[str, str]:

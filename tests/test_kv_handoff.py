@@ -351,3 +351,60 @@ def _op_types(graph) -> set[str]:
     import onnx
 
     return {n.op_type for n in onnx.load(str(graph), load_external_data=False).graph.node}
+
+
+@pytest.mark.parametrize("kind", ["qwen2.5-vl", "llava"])
+def test_gguf_weights_read_back_the_text_model_through_an_f32_gguf_and_the_quantized_ones_otherwise(
+        workdir, kind, tmp_path):
+    """``gguf_weights`` maps every matrix back to transformers' name and layout (llama's rotary rows
+    un-interleaved): through an f32 GGUF the text model's own tensors, exactly; through q8_0 the
+    quantized ones (close, not equal), named by their type; vectors untouched."""
+    import torch
+
+    from edgebridge.exporters.families import family_for
+    from edgebridge.exporters.gguf.weights import gguf_weights
+    from edgebridge.exporters.gguf.writer import write_gguf
+    from edgebridge.exporters.quantize.gguf_quant import quantize_gguf
+
+    model_dir = tiny_model(workdir, kind) if kind != "llava" else _tiny_llava_llama(workdir)
+    text = family_for(model_dir).text_model(family_for(model_dir).load(model_dir))
+    f32, q8 = tmp_path / "f32.gguf", tmp_path / "q8_0.gguf"
+    write_gguf(text, f32, "f32")
+    quantize_gguf(f32, q8, "q8_0")
+    same, kind_f32 = gguf_weights(text, f32)
+    near, kind_q8 = gguf_weights(text, q8)
+    assert (kind_f32, kind_q8) == ("f32", "q8_0")
+    matrices = [k for k, t in text.state_dict.items() if t.ndim >= 2]
+    assert any(".self_attn.q_proj." in k for k in matrices)
+    for name, want in text.state_dict.items():
+        want = want.to(torch.float32)
+        torch.testing.assert_close(same.state_dict[name], want, rtol=0, atol=0)
+        if name in matrices:
+            diff = (near.state_dict[name] - want).abs().max().item()
+            assert 0 < diff <= want.abs().max().item() / 100, (name, diff)
+        else:
+            assert near.state_dict[name] is text.state_dict[name]
+
+
+def _tiny_llava_llama(workdir):
+    from tests.conftest import tiny_llava
+
+    return tiny_llava(workdir, ("clip", "llama"))
+
+
+def test_an_int8_graph_from_the_ggufs_own_weights_hands_over_closer(qwen25_vl_text, tmp_path):
+    """Into a q8_0 GGUF, the graph written from its dequantized weights drifts less from llama.cpp's own
+    prefill than the one from the float weights (one rounding instead of two), and says so in its method."""
+    from edgebridge.exporters.prefill import draft_prefill, measure_handoff
+    from edgebridge.exporters.quantize.gguf_quant import quantize_gguf
+
+    text, reference, f32 = qwen25_vl_text
+    q8 = tmp_path / "q8_0.gguf"
+    quantize_gguf(f32, q8, "q8_0")
+    kl = {}
+    for label, source in (("float", None), ("q8_0", q8)):
+        draft = draft_prefill(text, reference, tmp_path / f"{label}.onnx", "int8", weights_from=source)
+        assert draft.method["weights"] == label and label in draft.label
+        kl[label] = measure_handoff(draft.graph, q8, draft.cases)[0]["kl_mean"]
+        draft.discard()
+    assert 0 < kl["q8_0"] < kl["float"], kl

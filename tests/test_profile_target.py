@@ -142,11 +142,15 @@ def _check_joint_choice(manifest) -> None:
         saved = PROMPT_POSITIONS * (g["llamacpp_prefill_ms"] - g["prefill_ms"]) / g["positions"]
         assert ms == pytest.approx(alone[p] - saved, abs=1e-2)
     options = {(p, False): (ms, passing[p]["bytes"]) for p, ms in alone.items()}
-    options |= {(p, True): (ms, passing[p]["bytes"] + choice["graph_bytes"]) for p, ms in with_graph.items()}
+    options |= {(p, True): (ms, passing[p]["bytes"] + choice["gated"][p]["bytes"]) for p, ms in with_graph.items()}
     best = min(ms for ms, _ in options.values())
     tied = [k for k, (ms, _) in options.items() if ms <= best * (1 + TIE)]
     assert (gguf.precision, choice["kept"]) == min(tied, key=lambda k: (options[k][1], options[k][0]))
     assert choice["kept"] == ("prefill" in manifest.llm.artifacts) and choice["gguf"] == gguf.precision
+    for p, g in choice["gated"].items():  # each graph was written from its own GGUF type's weights
+        assert g["weights"] == p, (p, g)
+    if choice["kept"]:
+        assert manifest.llm.artifacts["prefill"].quantization["weights"] == gguf.precision
 
 
 @pytest.mark.slow
@@ -200,6 +204,7 @@ def test_latency_target_decides_the_prefill_engine_and_says_why(workdir, tmp_pat
     assert choice["gated"] and set(lifted.llm.artifacts["gguf"].quantization["selection"]["with_prefill_graph"])
     _check_joint_choice(lifted)
     assert choice["kept"] == (tmp_path / "lifted" / "llm_prefill.onnx").exists()
+    assert not list((tmp_path / "lifted").glob("llm_prefill.*.onnx*"))  # the other types' graphs deleted
     fixed = {"encoder_formats": ["onnx"], "profile_target": "latency", "quantize": "encoder=f32,llm=f16",
              "max_drift": LIFTED}  # fixed precisions: the same weights, so the same bytes, in both exports
     free = export_bundle(model, tmp_path / "b", **fixed)

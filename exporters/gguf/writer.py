@@ -56,6 +56,12 @@ def _permute_rotary(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, head_dim // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def unpermute_rotary(w: np.ndarray, n_head: int) -> np.ndarray:
+    """``_permute_rotary`` undone: llama.cpp's interleaved rotary rows -> HF's split halves."""
+    head_dim = w.shape[0] // n_head
+    return w.reshape(n_head, head_dim // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
 def _tensors(text: TextModel, spec: ArchSpec, dtype: str) -> Iterable[tuple[str, np.ndarray]]:
     cfg = text.config
     names = gguf.get_tensor_name_map(spec.gguf_arch, cfg.num_hidden_layers)
