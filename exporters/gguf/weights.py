@@ -32,6 +32,9 @@ def gguf_weights(text: TextModel, path: Path) -> tuple[TextModel, str]:
     names = gguf.get_tensor_name_map(spec.gguf_arch, cfg.num_hidden_layers)
     reader = gguf.GGUFReader(str(path))
     tensors = {t.name: t for t in reader.tensors}
+    # llama.cpp's NORM rotary wants q / k rows interleaved (the writer's permutation, undone here)
+    permuted = {".self_attn.q_proj.": cfg.num_attention_heads,
+                ".self_attn.k_proj.": cfg.num_key_value_heads} if spec.permute_qk else {}
     state, types = {}, Counter()
     for hf_name, tensor in text.state_dict.items():
         if tensor.ndim < 2:
@@ -43,10 +46,13 @@ def gguf_weights(text: TextModel, path: Path) -> tuple[TextModel, str]:
         if stored is None:
             raise ExportError(f"the GGUF {path.name} has no tensor '{name}' for '{hf_name}'.",
                               hint="The GGUF was not written from this model; re-export.")
-        data = gguf.quants.dequantize(stored.data, stored.tensor_type).reshape(tuple(tensor.shape))
-        heads = {".self_attn.q_proj.": cfg.num_attention_heads, ".self_attn.k_proj.": cfg.num_key_value_heads}
-        for part, n_head in heads.items():
-            if spec.permute_qk and part in hf_name:
+        data = gguf.quants.dequantize(stored.data, stored.tensor_type)
+        if data.size != tensor.numel():
+            raise ExportError(f"the GGUF {path.name}'s '{name}' holds {data.size} values, the model's '{hf_name}' "
+                              f"{tensor.numel()}.", hint="The GGUF was not written from this model; re-export.")
+        data = data.reshape(tuple(tensor.shape))
+        for part, n_head in permuted.items():
+            if part in hf_name:
                 data = unpermute_rotary(data, n_head)
         state[hf_name] = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
         types[stored.tensor_type.name.lower()] += 1
