@@ -204,6 +204,7 @@ class _Graphs:
         self.verdicts[precision] = refused + (f"hand-over within budget ({draft.label}); {g['positions']} positions: "
                                               f"graph + hand-over {g['prefill_ms']:g} ms, llama.cpp "
                                               f"{g['llamacpp_prefill_ms']:g} ms")
+        draft.graph.close()  # its session holds the int8 weights in memory; the choice needs only the files
         self.passed[precision] = (draft, art)
 
     def settle(self, precision: str, dst: Path) -> Artifact:
@@ -211,7 +212,6 @@ class _Graphs:
         the others deleted."""
         draft, art = self.passed.pop(precision)
         self.discard()
-        draft.graph.close()
         save_external(draft.path, dst)
         draft.discard()
         art.files = [dst.name, data_file(dst).name]
