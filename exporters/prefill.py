@@ -310,12 +310,12 @@ class PrefillDraft:
 
 
 def draft_prefill(text: TextModel, reference_lm: torch.nn.Module, dst: Path, precision: str, *,
-                  activations: str = ACTIVATIONS[0], weights_from: Path | None = None,
+                  activations: str = ACTIVATIONS[0], weights: str = "float",
                   step: Callable[[str], None] = lambda _: None) -> PrefillDraft:
     """Write the prefill graph of ``text`` at ``dst`` and check its logits against transformers (the f32
     graph is held to ``STRICT_TOLERANCE``; the int8 one's figures are recorded). ``activations``: how an
-    int8 graph quantizes its MatMul inputs (``prefill_int8.ACTIVATIONS``); ``weights_from``: the GGUF
-    whose weights an int8 graph takes (``gguf/weights.py``), else the float ones."""
+    int8 graph quantizes its MatMul inputs (``prefill_int8.ACTIVATIONS``); ``weights``: what ``text``
+    holds, ``float`` or the GGUF type it was read back from (``gguf_weights``), recorded."""
     precision = canonical_precision(precision)  # fp32, the old spelling, still accepted
     if precision not in PREFILL_PRECISIONS:
         raise ExportError(f"unknown prefill precision '{precision}'.",
@@ -325,9 +325,6 @@ def draft_prefill(text: TextModel, reference_lm: torch.nn.Module, dst: Path, pre
     check_supported(text.model_type)
     vocab_rows = min(int(text.config.vocab_size), int(reference_lm.get_input_embeddings().weight.shape[0]))
     cases = _cases(reference_lm, vocab_rows, mrope=arch_spec(text.model_type).mrope)
-    weights = "float"
-    if precision == "int8" and weights_from is not None:
-        text, weights = gguf_weights(text, weights_from)
     with tempfile.TemporaryDirectory(prefix="edgebridge-prefill-") as scratch:
         step(f"prefill graph: exporting ONNX ({precision}{f', {activations} activations, {weights} weights' if precision == 'int8' else ''})")
         method = write_graph(text, dst, precision, Path(scratch), activations)
@@ -370,7 +367,10 @@ def export_prefill(text: TextModel, reference_lm: torch.nn.Module, gguf_path: Pa
     graph whose per-tensor activations drift beyond the budget is written again with per-token ones
     (slower by ~10%, closer to the float graph: ``prefill_int8.py``) before the export refuses it; the
     artifact's ``quantization.refused`` keeps the first verdict."""
-    draft = draft_prefill(text, reference_lm, dst, precision, weights_from=gguf_path, step=step)
+    weights = "float"
+    if canonical_precision(precision) == "int8":  # the f32 graph is held to transformers' float weights
+        text, weights = gguf_weights(text, gguf_path)
+    draft = draft_prefill(text, reference_lm, dst, precision, weights=weights, step=step)
     try:
         return gate_prefill(draft, gguf_path, budget, step=step)
     except ParityError as exc:
@@ -379,6 +379,6 @@ def export_prefill(text: TextModel, reference_lm: torch.nn.Module, gguf_path: Pa
         refused = {draft.activations: exc.message}
     draft.discard()
     art = gate_prefill(draft_prefill(text, reference_lm, dst, precision, activations="per-token",
-                                     weights_from=gguf_path, step=step), gguf_path, budget, step=step)
+                                     weights=weights, step=step), gguf_path, budget, step=step)
     art.quantization["refused"] = refused
     return art

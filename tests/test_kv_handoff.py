@@ -401,9 +401,11 @@ def test_an_int8_graph_from_the_ggufs_own_weights_hands_over_closer(qwen25_vl_te
     text, reference, f32 = qwen25_vl_text
     q8 = tmp_path / "q8_0.gguf"
     quantize_gguf(f32, q8, "q8_0")
+    from edgebridge.exporters.gguf.weights import gguf_weights
+
     kl = {}
-    for label, source in (("float", None), ("q8_0", q8)):
-        draft = draft_prefill(text, reference, tmp_path / f"{label}.onnx", "int8", weights_from=source)
+    for label, source in (("float", text), ("q8_0", gguf_weights(text, q8)[0])):
+        draft = draft_prefill(source, reference, tmp_path / f"{label}.onnx", "int8", weights=label)
         assert draft.method["weights"] == label and label in draft.label
         kl[label] = measure_handoff(draft.graph, q8, draft.cases)[0]["kl_mean"]
         draft.discard()
