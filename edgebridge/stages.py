@@ -267,13 +267,13 @@ class EncoderStage:
 
     def warm_up(self) -> dict[str, float] | None:
         """One inference on a neutral item, then the engine's mapped weight pages handed back; recorded
-        in the device report (``warm_up_ms``, ``released_file_mb``). OpenVINO only: its CPU plugin
-        compiles kernels and copies the weights into its own layouts at the first inference, not at
-        load (the bench Qwen2.5-VL tower's first call took 230 ms, later ones 116; after a 94 ms
+        in the device report (``warm_up_ms``, ``released_file_mb``). Only sessions whose ``warm_up_pays``:
+        OpenVINO's CPU plugin compiles kernels and copies the weights into its own layouts at the first
+        inference, not at load (the bench Qwen2.5-VL tower's first call took 230 ms, later ones 116; after a 94 ms
         warm-up the first 768-patch call took 139), and the ``.bin`` pages it read stay resident
         though it does not read them again (``mapped_pages``). None where nothing was done."""
         make = WARM_UP_ITEMS.get(self.modality)
-        if make is None or self.session.backend != "openvino":
+        if make is None or not self.session.warm_up_pays:
             return None
         start = now_ms()
         self._encode(self.prepare([make()]))

@@ -59,6 +59,7 @@ def session_options(threads: int) -> "onnxruntime.SessionOptions":
 
 class OnnxRuntimeEncoder:
     backend = "onnxruntime"
+    warm_up_pays = False  # weights prepacked when the session opens; nothing mapped to hand back
 
     def __init__(self, files: list[Path], *, device: str = "CPU", threads: int | None = None,
                  artifact_precision: str = "f32", **_: object) -> None:

@@ -64,6 +64,7 @@ def _pick_device(requested: str, available: list[str]) -> tuple[str, str | None]
 
 class OpenVinoEncoder:
     backend = "openvino"
+    warm_up_pays = True  # kernels compiled and weights copied at the first inference (``release_file_pages``)
 
     def __init__(self, files: list[Path], *, device: str = "CPU", threads: int | None = None,
                  precision: str | None = "f32", artifact_precision: str = "f32", **_: object) -> None:

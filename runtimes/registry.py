@@ -46,6 +46,7 @@ class EncoderSession(Protocol):
     input_names: list[str]
     output_names: list[str]
     output_shapes: list[list[int | None]]  # the graph's own output shapes (None: a dynamic axis)
+    warm_up_pays: bool  # a first run at load saves the first call work and frees memory (``stages.warm_up``)
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 

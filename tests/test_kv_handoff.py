@@ -29,7 +29,7 @@ from edgebridge.runtimes.llamacpp.kv_handoff import (
     parse_layout,
 )
 from edgebridge.testing import BUILDERS
-from tests.conftest import PROMPT, exported_llava, run_cli, tiny_model
+from tests.conftest import PROMPT, exported_llava, run_cli, tiny_llava, tiny_model
 from tests.test_torch_free import BLOCKER, HOST_ONLY_MODULES
 
 pytestmark = pytest.mark.slow
@@ -366,7 +366,7 @@ def test_gguf_weights_read_back_the_text_model_through_an_f32_gguf_and_the_quant
     from edgebridge.exporters.gguf.writer import write_gguf
     from edgebridge.exporters.quantize.gguf_quant import quantize_gguf
 
-    model_dir = tiny_model(workdir, kind) if kind != "llava" else _tiny_llava_llama(workdir)
+    model_dir = tiny_model(workdir, kind) if kind != "llava" else tiny_llava(workdir, ("clip", "llama"))
     text = family_for(model_dir).text_model(family_for(model_dir).load(model_dir))
     f32, q8 = tmp_path / "f32.gguf", tmp_path / "q8_0.gguf"
     write_gguf(text, f32, "f32")
@@ -384,12 +384,6 @@ def test_gguf_weights_read_back_the_text_model_through_an_f32_gguf_and_the_quant
             assert 0 < diff <= want.abs().max().item() / 100, (name, diff)
         else:
             assert near.state_dict[name] is text.state_dict[name]
-
-
-def _tiny_llava_llama(workdir):
-    from tests.conftest import tiny_llava
-
-    return tiny_llava(workdir, ("clip", "llama"))
 
 
 def test_an_int8_graph_from_the_ggufs_own_weights_hands_over_closer(qwen25_vl_text, tmp_path):
