@@ -28,6 +28,7 @@ from edgebridge.runtimes.llamacpp.kv_handoff import (
     compare_states,
     parse_layout,
 )
+from edgebridge.runtimes.llamacpp.session import PrefillSpeed
 from edgebridge.testing import BUILDERS
 from tests.conftest import PROMPT, exported_llava, run_cli, tiny_llava, tiny_model
 from tests.test_torch_free import BLOCKER, HOST_ONLY_MODULES
@@ -121,6 +122,32 @@ def test_greedy_tokens_equal_llamacpp_prefill(llama_fp32, photo, setting):
         assert c.timings["reused_prefix_positions"] >= a.prompt_tokens - 2
         assert c.timings["prefill_engine"] == "llama.cpp"
         assert c.token_ids == d.token_ids
+
+
+def test_a_new_image_after_a_shared_header_is_prefilled_by_the_graph(llama_fp32, photo):
+    """The text before the image is cached from the previous call; keeping it would leave the rest of the
+    prompt to llama.cpp's prefill (the graph starts at position 0). Where the graph's rate is the faster
+    the prefix yields and the graph prefills everything; where llama.cpp's is, the prefix is kept. The
+    rates are set here both ways (the export's measured ones are checked to be the ones loaded)."""
+    other = np.ascontiguousarray(photo[:, ::-1])
+    fast, plain = _pair(llama_fp32.bundle, LlamaSettings())
+    with fast, plain:
+        recorded = llama_fp32.manifest.llm.artifacts["prefill"].quantization["speed"]
+        assert fast.llm.prefill_speed == PrefillSpeed.from_record(recorded)
+        assert "prefix_rule" in fast.llm.report.details["prefill"]
+        fast.llm.prefill_speed = PrefillSpeed(128, 10.0, 20.0)
+        fast.generate(PROMPT, images=[photo], max_new_tokens=4)
+        a = fast.generate(PROMPT, images=[other], max_new_tokens=8)
+        b = plain.generate(PROMPT, images=[other], max_new_tokens=8)
+        assert a.timings["prefill_engine"] == "onnxruntime+handoff" and a.timings["reused_prefix_positions"] == 0
+        assert a.token_ids == b.token_ids
+        fast.llm.prefill_speed = PrefillSpeed(128, 20.0, 10.0)
+        c = fast.generate(PROMPT, images=[photo], max_new_tokens=8)
+        d = plain.generate(PROMPT, images=[photo], max_new_tokens=8)
+        assert c.timings["prefill_engine"] == "llama.cpp" and c.timings["reused_prefix_positions"] > 0
+        assert c.token_ids == d.token_ids
+    assert PrefillSpeed.from_record(None) is None and PrefillSpeed.from_record({"positions": 128}) is None
+    assert PrefillSpeed.from_record({"positions": 128, "prefill_ms": 0, "llamacpp_prefill_ms": 5}) is None
 
 
 QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"

@@ -196,8 +196,8 @@ def captured_log() -> Iterator[list[str]]:
     _CAPTURES.append(lines)
     try:
         yield lines
-    finally:
-        _CAPTURES.remove(lines)
+    finally:  # by identity: a nested capture can hold equal lines, and list.remove would take the first equal one
+        del _CAPTURES[next(i for i, c in enumerate(_CAPTURES) if c is lines)]
 
 
 def weight_buffers(lines: list[str]) -> dict[str, float]:

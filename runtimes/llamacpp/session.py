@@ -12,6 +12,11 @@ are prefilled:
 It also keeps the KV-cache prefix across calls (``reuse_prefix``): what each cached position holds
 (a token id, or row r of an embedding run with a given digest); a new prompt keeps the longest
 common prefix and prefills only the rest. Results are the same as prefilling everything (tested).
+A kept prefix means llama.cpp prefills the rest (the graph starts at position 0), so where the graph
+would take the whole prompt, the prefix is kept only when llama.cpp's prefill of the rest is faster
+than the graph's of everything, by the rates the export measured (``PrefillSpeed``). Measured on the
+bench Qwen2.5-VL: a new image after the same chat header kept 3 positions and prefilled the other
+~300 with llama.cpp, 92-100 ms against 44 ms through the graph (a whole first token 230 vs 178 ms).
 
 Nothing outside this package touches ctypes, llama.cpp's private handles or the hand-over.
 Imports no torch and no transformers.
@@ -40,11 +45,40 @@ MediaEmbeddings = Mapping[tuple[str, int], np.ndarray]  # (modality, run index) 
 
 
 @dataclass(frozen=True)
+class PrefillSpeed:
+    """The export's timing of one text prompt of ``positions`` positions: through the graph and the
+    hand-over, and through llama.cpp's own prefill (same GGUF, same machine)."""
+
+    positions: int
+    graph_ms: float
+    llamacpp_ms: float
+
+    @classmethod
+    def from_record(cls, speed: Mapping[str, object] | None) -> "PrefillSpeed | None":
+        """From the prefill artifact's ``quantization.speed``; None when it is missing or not positive."""
+        try:
+            made = cls(int(speed["positions"]), float(speed["prefill_ms"]), float(speed["llamacpp_prefill_ms"]))
+        except (TypeError, KeyError, ValueError):
+            return None
+        return made if min(made.positions, made.graph_ms, made.llamacpp_ms) > 0 else None
+
+    def graph_beats_reuse(self, n_positions: int, kept: int) -> bool:
+        """Whether the graph's prefill of all ``n_positions`` is faster than llama.cpp's of the ones after
+        ``kept`` (both taken as linear in positions: at prompt lengths attention is a small share)."""
+        return n_positions * self.graph_ms < (n_positions - kept) * self.llamacpp_ms
+
+    def describe(self) -> str:
+        return (f"a kept prefix yields to the graph when its prefill of the whole prompt is faster: "
+                f"{self.graph_ms:g} ms vs llama.cpp {self.llamacpp_ms:g} ms for {self.positions} positions at export")
+
+
+@dataclass(frozen=True)
 class PrefillGraphSpec:
-    """Where a bundle's prefill graph is and the precision of its weights."""
+    """Where a bundle's prefill graph is, the precision of its weights and its measured speed."""
 
     path: Path
     precision: str
+    speed: PrefillSpeed | None = None
 
 
 @dataclass(frozen=True)
@@ -61,14 +95,19 @@ class LLMSession:
     """One llama.cpp context, the prefill strategy chosen at load, and the KV-prefix record."""
 
     def __init__(self, llm: LlamaCppLLM, handoff: KVHandoff | None, *, reuse_prefix: bool = True,
-                 warnings: list[str] | None = None, token_rows: TokenRows | None = None) -> None:
+                 warnings: list[str] | None = None, token_rows: TokenRows | None = None,
+                 prefill_speed: PrefillSpeed | None = None) -> None:
         self.engine = llm
         self.handoff = handoff
+        # None: no measured rates, a shared prefix is always kept (bundles exported before they were recorded)
+        self.prefill_speed = prefill_speed if handoff is not None else None
         # prefix-LM bundles (PaliGemma): the whole prompt is one non-causal batch of embeddings
         self.token_rows = token_rows
         self.warnings = list(warnings or [])
         self._kv = KVPrefix() if reuse_prefix else None
         llm.report.details["prefill"] = handoff.describe() if handoff else {"engine": LLAMACPP}
+        if self.prefill_speed is not None and reuse_prefix:
+            llm.report.details["prefill"]["prefix_rule"] = self.prefill_speed.describe()
 
     @classmethod
     def open(cls, gguf: Path, settings: LlamaSettings, *, expect_architecture: str | None = None,
@@ -90,7 +129,8 @@ class LLMSession:
                 handoff = KVHandoff.attach(llm, graph)
             except HandoffUnavailable as exc:
                 warnings.append(f"llm prefill: {exc}; llama.cpp prefills instead.")
-        return cls(llm, handoff, reuse_prefix=reuse_prefix, warnings=warnings)
+        return cls(llm, handoff, reuse_prefix=reuse_prefix, warnings=warnings,
+                   prefill_speed=prefill_graph.speed if prefill_graph is not None else None)
 
     # --- what the plan and the decode loop need -------------------------------------------------
 
@@ -138,7 +178,7 @@ class LLMSession:
             raise InputError("the prompt is empty.", hint="Give a prompt or at least one image/audio input.")
         self._check(plan, embeds)
         signature = self._signature(plan, embeds)
-        keep, from_pos = _cut(plan, self._kv.keep_for(signature) if self._kv is not None else 0)
+        keep, from_pos = _cut(plan, self._prefix_to_keep(plan, signature))
         self.engine.reset(keep, from_pos)
         reused = self.engine.n_past
         if self._kv is not None:
@@ -209,6 +249,15 @@ class LLMSession:
                 logits = self.engine.eval_embeddings(embeds[(run.modality, run.index)][offset:], want, axes,
                                                      causal=not run.bidirectional)
         return logits
+
+    def _prefix_to_keep(self, plan: PromptPlan, signature: list[Hashable]) -> int:
+        """Positions of the cached prefix to keep: all shared ones, or none where the graph prefilling the
+        whole prompt is faster than llama.cpp prefilling the rest."""
+        shared = self._kv.keep_for(signature) if self._kv is not None else 0
+        if shared and self.prefill_speed is not None and self.token_rows is None and self._handoff_takes(plan) \
+                and self.prefill_speed.graph_beats_reuse(plan.n_positions, shared):
+            return 0
+        return shared
 
     def _handoff_takes(self, plan: PromptPlan) -> bool:
         """The prefill graph attends causally in row order: not for bidirectional media runs; (t, h, w)
@@ -294,11 +343,11 @@ def open_bundle_session(bundle: Bundle, settings: LlamaSettings, *, threads: int
     settings = settings.with_(n_ctx=n_ctx or min(settings.n_ctx, ctx_train), threads=threads or settings.threads)
     settings = _batch_for_two_way_attention(bundle, settings)
     graph = llm.artifacts.get("prefill") if fast_prefill else None
+    graph_spec = PrefillGraphSpec(bundle.path(graph.files[0]), graph.precision,
+                                  PrefillSpeed.from_record((graph.quantization or {}).get("speed"))) if graph else None
     session = LLMSession.open(bundle.path(gguf.files[0]), settings, expect_architecture=gguf.details.get("architecture"),
                            expect_n_embd=int(llm.inputs[0].shape[-1]), reuse_prefix=reuse_prefix,
-                           prefix_lm=bundle.manifest.prompt.prefix_lm,
-                           prefill_graph=PrefillGraphSpec(bundle.path(graph.files[0]), graph.precision) if graph
-                           else None)
+                           prefix_lm=bundle.manifest.prompt.prefix_lm, prefill_graph=graph_spec)
     if settings.n_ctx > ctx_train:
         session.warnings.append(f"llm: n_ctx {settings.n_ctx} is beyond the {ctx_train} positions the model was "
                                 "trained on; answers past them degrade.")
