@@ -26,9 +26,12 @@ for every system:
   same text prompt as long as the image prompt), for the decode-overhead ratio.
 
 Every system runs in its own child process (so peak RSS is its own; the children of edgebridge
-never import torch), in one invocation: ``--rounds`` round-robin passes over all systems with
-``--runs`` timed runs each (after a warm-up run), samples pooled, so a slow spell of this noisy
-machine hits every system alike. Medians. Prints
+never import torch), in one invocation. edgebridge's and VLMPipeline's children are all loaded at
+once and then driven sample by sample in turn (``--warmup`` + ``--runs`` x ``--rounds`` samples per
+mode each): this machine's slow spells last tens of seconds, longer than a system's whole round, so
+only call-by-call turns give every system the same mix of them. The other peers run ``--rounds``
+round-robin passes of one child each (``--runs`` timed runs after a warm-up), samples pooled.
+Medians. Prints
 ratio tables and the quantized artifacts' measured drift (written at export into the manifest);
 writes everything to ``BENCH_DIR/peers-<time>.json``. Asserts nothing.
 
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -88,31 +92,47 @@ PAIRED = ("f16", "q8_0", "q4_0")  # bundles whose GGUF also runs bare (the prefi
 OPTIMUM, TRANSFORMERS = "optimum-intel OpenVINO (fp16)", "transformers eager (fp32)"
 # OpenVINO GenAI's C++ VLMPipeline, the strongest CPU peer (the `bench` extra): name -> weight format
 GENAI = {"OpenVINO GenAI VLMPipeline (fp16)": "fp16", "OpenVINO GenAI VLMPipeline (int8 weights)": "int8"}
+TURN_PAUSE_S = 0.05  # between two systems' turns: the last one's worker threads stop spinning
 
 
 # --- children: one system each ---------------------------------------------------------------
 
-def child_edgebridge(spec: dict[str, Any]) -> dict[str, Any]:
-    from edgebridge import Pipeline
-    from edgebridge.profiling import Profiler
-    from edgebridge.profiling.system import reset_peak_rss
+class EdgebridgeSystem:
+    """One edgebridge configuration, one sample at a time (``sample``), so the driver can interleave it
+    call by call with the other systems. The caches a user gets (embedding cache, KV-prefix reuse) are
+    on in both modes, as VLMPipeline's are: cold gives them a new image every call (the chat header is
+    all it shares with the call before), warm the same photo and alternating questions; each mode on a
+    freshly loaded pipeline."""
 
-    reset_peak_rss()
-    profiler = Profiler(warmup=spec["warmup"])
-    n = spec["warmup"] + spec["runs"]
-    cold_images = varied_images(Path(spec["image"]), n, BENCH_DIR)
-    for mode in ("cold", "warm"):
-        # the caches a user gets (embedding cache, KV-prefix reuse) on in both modes, as VLMPipeline's are:
-        # cold gives them a new image every call, the chat header still shared with the previous call
-        with Pipeline.from_bundle(spec["bundle"], encoder_backend=spec["backend"], threads=spec["threads"],
-                                  precision="f32", verify=False) as pipe:
-            for i in range(n):
-                image, prompt = (cold_images[i], spec["prompts"][0]) if mode == "cold" else \
-                    (spec["image"], spec["prompts"][i % 2])
-                result = pipe.generate(prompt, images=[str(image)], max_new_tokens=spec["tokens"],
-                                       stop_at_eos=False)
-                profiler.record(result, mode)
-    return {mode: profiler.configurations[mode].to_dict() for mode in ("cold", "warm")}
+    def __init__(self, spec: dict[str, Any]) -> None:
+        from edgebridge.profiling import Profiler
+        from edgebridge.profiling.system import reset_peak_rss
+
+        reset_peak_rss()
+        self.spec, self.profiler = spec, Profiler(warmup=spec["warmup"])
+        self.mode: str | None = None
+        self.pipe = None
+
+    def sample(self, mode: str, i: int) -> None:
+        from edgebridge import Pipeline
+
+        spec = self.spec
+        if mode != self.mode:
+            if self.pipe is not None:
+                self.pipe.close()
+            self.pipe = Pipeline.from_bundle(spec["bundle"], encoder_backend=spec["backend"], threads=spec["threads"],
+                                             precision="f32", verify=False)
+            self.mode = mode
+        image, prompt = (spec["cold_images"][i], spec["prompts"][0]) if mode == "cold" else \
+            (spec["image"], spec["prompts"][i % 2])
+        result = self.pipe.generate(prompt, images=[image], max_new_tokens=spec["tokens"], stop_at_eos=False)
+        self.profiler.record(result, mode)
+
+    def result(self) -> dict[str, Any]:
+        if self.pipe is not None:
+            self.pipe.close()
+        return {mode: self.profiler.configurations[mode].to_dict() for mode in ("cold", "warm")
+                if mode in self.profiler.configurations}
 
 
 def child_peer(spec: dict[str, Any]) -> dict[str, Any]:
@@ -203,52 +223,63 @@ def varied_images(photo: Path, n: int, work: Path) -> list[Path]:
     return paths
 
 
-def child_genai(spec: dict[str, Any]) -> dict[str, Any]:
-    """VLMPipeline, 2 threads: cold = a different image every call, warm = the same image and alternating
-    questions (its own image cache and prefix cache on); TTFT = wall time of a one-token generate with the
-    image decoded inside it; decode rate from its own TPOT over ``tokens`` tokens."""
-    import numpy as np
-    import openvino as ov
-    import openvino_genai as og
-    from PIL import Image
+class GenaiSystem:
+    """VLMPipeline, 2 threads, one sample at a time: cold = a different image every call, warm = the same
+    image and alternating questions (its own image cache and prefix cache on); TTFT = wall time of a
+    one-token generate with the image decoded inside it; decode rate from its own TPOT over ``tokens``
+    tokens (cold samples)."""
 
-    from edgebridge.profiling import Configuration
-    from edgebridge.profiling.system import reset_peak_rss
+    def __init__(self, spec: dict[str, Any]) -> None:
+        import openvino_genai as og
 
-    reset_peak_rss()
-    pipe = og.VLMPipeline(spec["genai_dir"], "CPU", PERFORMANCE_HINT="LATENCY", INFERENCE_NUM_THREADS=spec["threads"])
-    one, many = og.GenerationConfig(), og.GenerationConfig()
-    one.max_new_tokens = 1
-    many.max_new_tokens = many.min_new_tokens = spec["tokens"]
-    one.apply_chat_template = many.apply_chat_template = False  # the same prompt text as every other system
-    n = spec["warmup"] + spec["runs"]
-    cold_images = varied_images(Path(spec["image"]), n, BENCH_DIR)
-    out = {}
-    for mode in ("cold", "warm"):
-        conf = Configuration(name=spec["system"], kind="baseline", settings={"engine": "openvino_genai.VLMPipeline",
-                                                                              "weights": spec["weights"]})
-        for i in range(n):
-            path, prompt = (cold_images[i], spec["prompts"][0]) if mode == "cold" else \
-                (Path(spec["image"]), spec["prompts"][i % 2])
-            start = time.perf_counter()
-            image = ov.Tensor(np.asarray(Image.open(path).convert("RGB"))[None])
-            result = pipe.generate(prompt, images=[image], generation_config=one)
-            ttft = (time.perf_counter() - start) * 1000
-            if i < spec["warmup"]:
-                conf.warmup_dropped += 1
-                continue
-            conf.runs += 1
-            conf.add("ttft_ms", ttft)
-            conf.add("genai_ttft_ms", result.perf_metrics.get_ttft().mean)
-            conf.add("encode_bridge_ms", result.perf_metrics.get_prepare_embeddings_duration().mean)
-            if mode == "cold":
-                decode = pipe.generate(prompt, images=[image], generation_config=many).perf_metrics
-                conf.add("decode_tokens_per_s", 1000.0 / decode.get_tpot().mean)
-        out[mode] = {**conf.to_dict(), "prompt_tokens": int(result.perf_metrics.get_num_input_tokens())}
-    return out
+        from edgebridge.profiling import Configuration
+        from edgebridge.profiling.system import reset_peak_rss
+
+        reset_peak_rss()
+        self.spec = spec
+        self.pipe = og.VLMPipeline(spec["genai_dir"], "CPU", PERFORMANCE_HINT="LATENCY",
+                                   INFERENCE_NUM_THREADS=spec["threads"])
+        self.one, self.many = og.GenerationConfig(), og.GenerationConfig()
+        self.one.max_new_tokens = 1
+        self.many.max_new_tokens = self.many.min_new_tokens = spec["tokens"]
+        self.one.apply_chat_template = self.many.apply_chat_template = False  # the same prompt text as the others
+        self.confs = {mode: Configuration(name=spec["system"], kind="baseline", settings={
+            "engine": "openvino_genai.VLMPipeline", "weights": spec["weights"]}) for mode in ("cold", "warm")}
+        self.prompt_tokens: dict[str, int] = {}
+
+    def sample(self, mode: str, i: int) -> None:
+        import numpy as np
+        import openvino as ov
+        from PIL import Image
+
+        spec, conf = self.spec, self.confs[mode]
+        path, prompt = (spec["cold_images"][i], spec["prompts"][0]) if mode == "cold" else \
+            (spec["image"], spec["prompts"][i % 2])
+        start = time.perf_counter()
+        image = ov.Tensor(np.asarray(Image.open(path).convert("RGB"))[None])
+        result = self.pipe.generate(prompt, images=[image], generation_config=self.one)
+        ttft = (time.perf_counter() - start) * 1000
+        self.prompt_tokens[mode] = int(result.perf_metrics.get_num_input_tokens())
+        if i < spec["warmup"]:
+            conf.warmup_dropped += 1
+            return
+        conf.runs += 1
+        conf.add("ttft_ms", ttft)
+        conf.add("genai_ttft_ms", result.perf_metrics.get_ttft().mean)
+        conf.add("encode_bridge_ms", result.perf_metrics.get_prepare_embeddings_duration().mean)
+        if mode == "cold":
+            decode = self.pipe.generate(prompt, images=[image], generation_config=self.many).perf_metrics
+            conf.add("decode_tokens_per_s", 1000.0 / decode.get_tpot().mean)
+
+    def result(self) -> dict[str, Any]:
+        return {mode: {**conf.to_dict(), "prompt_tokens": self.prompt_tokens.get(mode)}
+                for mode, conf in self.confs.items() if conf.runs}
 
 
-CHILDREN = {"edgebridge": child_edgebridge, "peer": child_peer, "pair": child_pair, "genai": child_genai}
+SYSTEMS = {"edgebridge": EdgebridgeSystem, "genai": GenaiSystem}  # the ones the lockstep driver interleaves
+
+
+CHILDREN = {"peer": child_peer, "pair": child_pair}  # one-shot children, the round-robin driver's
 
 
 def merge(into: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
@@ -289,13 +320,99 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def child_main(spec_text: str, out: Path) -> None:
+    spec = json.loads(spec_text)
+    out.write_text(json.dumps(finished(CHILDREN[spec["kind"]](spec))))
+
+
+def finished(result: dict[str, Any]) -> dict[str, Any]:
+    """A child's result with what only the child can say: its own peak RSS, whether torch was loaded."""
     from edgebridge.profiling.system import peak_rss_bytes
 
-    spec = json.loads(spec_text)
-    result = CHILDREN[spec["kind"]](spec)
-    result["peak_rss_bytes"] = peak_rss_bytes()
-    result["torch_imported"] = "torch" in sys.modules
-    out.write_text(json.dumps(result))
+    return {**result, "peak_rss_bytes": peak_rss_bytes(), "torch_imported": "torch" in sys.modules}
+
+
+def lockstep_child(spec_text: str, out: Path) -> None:
+    """A system that takes one sample per command from the driver (a JSON line on stdin) and answers
+    each on its own copy of stdout ("ready", "ok", "done" or a JSON error); what the libraries print
+    goes to stderr."""
+    import traceback
+
+    answers = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    try:
+        spec = json.loads(spec_text)
+        system = SYSTEMS[spec["kind"]](spec)
+        answers.write("ready\n")
+        for line in sys.stdin:
+            command = json.loads(line)
+            if command.get("finish"):
+                break
+            system.sample(command["mode"], command["i"])
+            answers.write("ok\n")
+        out.write_text(json.dumps(finished(system.result())))
+        answers.write("done\n")
+    except Exception:  # noqa: BLE001 - the driver reports it as this system's failure
+        answers.write(json.dumps({"error": "\n".join(traceback.format_exc().strip().splitlines()[-12:])}) + "\n")
+        raise SystemExit(1) from None
+
+
+class LockstepChild:
+    """The driver's end of one ``lockstep_child`` process."""
+
+    def __init__(self, spec: dict[str, Any], index: int) -> None:
+        self.out = BENCH_DIR / f"peers-lockstep-{index}.json"
+        self.out.unlink(missing_ok=True)
+        log = open(BENCH_DIR / f"peers-lockstep-{index}.log", "w")  # noqa: SIM115 - the child's lifetime
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__)), "--child", json.dumps(spec), "--child-out",
+                                      str(self.out), "--lockstep-child"], cwd=ROOT, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=log, text=True)
+        log.close()
+
+    def answer(self, command: dict[str, Any] | None = None) -> str:
+        if command is not None:
+            self.proc.stdin.write(json.dumps(command) + "\n")
+            self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip() or f'{{"error": "exited with {self.proc.wait()}"}}'
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def run_lockstep(specs: dict[str, dict[str, Any]], samples: int) -> dict[str, dict[str, Any]]:
+    """Every system loaded in its own process at once, then driven one sample at a time in turn:
+    ``samples`` per mode (cold, then warm), system after system. The machine's slow spells here last
+    tens of seconds (one llama.cpp decode loop alone drifts between ~330 and ~415 tok/s), longer than
+    a system's whole round, so call-by-call turns are what give every system the same mix of them."""
+    children: dict[str, LockstepChild] = {}
+    failed: dict[str, dict[str, Any]] = {}
+
+    def fail(system: str, line: str) -> None:
+        error = json.loads(line).get("error", line) if line.startswith("{") else line
+        print(f"  {system}: FAILED\n    " + "\n    ".join(error.splitlines()[-6:]), flush=True)
+        failed[system] = {"error": error}
+        children.pop(system).close()
+
+    for index, (system, spec) in enumerate(specs.items()):
+        children[system] = LockstepChild(spec, index)
+        line = children[system].answer()  # loaded one at a time, not side by side
+        if line != "ready":
+            fail(system, line)
+    for mode in ("cold", "warm"):
+        print(f"  {mode}: {samples} samples per system, in turn", flush=True)
+        for i in range(samples):
+            for system in list(children):
+                time.sleep(TURN_PAUSE_S)
+                line = children[system].answer({"mode": mode, "i": i})
+                if line != "ok":
+                    fail(system, line)
+    results = dict(failed)
+    for system, child in children.items():
+        line = child.answer({"finish": True})
+        results[system] = json.loads(child.out.read_text()) if line == "done" else {"error": line}
+        child.close()
+    return results
 
 
 # --- the driver --------------------------------------------------------------------------------
@@ -436,7 +553,9 @@ def genai_specs(model: Path, common: dict[str, Any]) -> dict[str, dict[str, Any]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=4, help="timed runs per system and round")
-    parser.add_argument("--rounds", type=int, default=3, help="round-robin passes over all systems")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds: edgebridge and VLMPipeline take runs x rounds samples per mode in turn; "
+                             "the other systems run one child per round, round-robin")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
@@ -444,9 +563,10 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated parts of system names: run only the systems that contain one")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--lockstep-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child_main(args.child, args.child_out)
+        (lockstep_child if args.lockstep_child else child_main)(args.child, args.child_out)
         return
     print(f"machine: {machine()}")
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
@@ -454,8 +574,10 @@ def main() -> None:
     print("exports (reused when present):", flush=True)
     bundles = export_bundles(model, args.model)
     optimum_dir = optimum_export(model)
+    samples = args.warmup + args.runs * args.rounds
     common = {"runs": args.runs, "warmup": args.warmup, "tokens": args.tokens, "threads": args.threads,
-              "image": str(sample_image()), "model": str(model), "prompts": PROMPTS_BY_MODEL[args.model]}
+              "image": str(sample_image()), "model": str(model), "prompts": PROMPTS_BY_MODEL[args.model],
+              "cold_images": [str(p) for p in varied_images(sample_image(), samples, BENCH_DIR)]}
     specs = {system: {**common, "kind": "peer", "system": system, "optimum_dir": str(optimum_dir)}
              for system in (TRANSFORMERS, OPTIMUM)}
     specs.update(genai_specs(model, common))
@@ -464,22 +586,24 @@ def main() -> None:
     wanted = [w.strip() for w in (args.only or "").split(",") if w.strip()]
     if wanted:
         specs = {system: spec for system, spec in specs.items() if any(w in system for w in wanted)}
-    results: dict[str, dict[str, Any]] = {}
-    # Round-robin: every system runs once per round, so a slow spell of the machine hits them all.
-    for r in range(args.rounds):
+    interleaved = {system: spec for system, spec in specs.items() if spec["kind"] in SYSTEMS}
+    print("edgebridge and VLMPipeline, one process each, sample by sample in turn:", flush=True)
+    results: dict[str, dict[str, Any]] = run_lockstep(interleaved, samples) if interleaved else {}
+    # The peers without a sample-at-a-time child: round-robin, every system once per round.
+    others = {system: spec for system, spec in specs.items() if system not in interleaved}
+    pairs = {f"bare llama-cpp-python ({key})": key for key in PAIRED}
+    pairs = {system: key for system, key in pairs.items() if not wanted or any(w in system for w in wanted)}
+    for r in range(args.rounds if others or pairs else 0):
         print(f"round {r + 1}/{args.rounds} (one child process per system):", flush=True)
-        for system, spec in specs.items():
+        for system, spec in others.items():
             results[system] = merge(results.get(system), run_child(spec))
         positions = next((res["cold"]["prompt_tokens"] for res in results.values()
                           if (res.get("cold") or {}).get("prompt_tokens")), 200)
-        for key in PAIRED:
-            info = bundles[key]
-            system = f"bare llama-cpp-python ({key})"
-            if wanted and not any(w in system for w in wanted):
-                continue
+        for system, key in pairs.items():
+            path = bundles[key]["path"]
             results[system] = merge(results.get(system), run_child(
-                {**common, "kind": "pair", "system": system, "bundle": str(info["path"]),
-                 "gguf": str(info["path"] / "llm.gguf"), "prompt_positions": positions}))
+                {**common, "kind": "pair", "system": system, "bundle": str(path), "gguf": str(path / "llm.gguf"),
+                 "prompt_positions": positions}))
     report(results, bundles)
     out = BENCH_DIR / f"peers-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps({"machine": machine(), "settings": {**common, "rounds": args.rounds}, "results": results,
