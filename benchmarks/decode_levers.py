@@ -7,6 +7,8 @@ prompt (an image prompt's length), greedy decode of ``--tokens`` tokens, per lev
 
 - the GGUF type (f32, f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0), with its drift against the f32 GGUF from the
   default export's own trials (``bundle-llava-bench-default``; within the default budget or not);
+- type mixes (``MIXES``: llama.cpp's quantizer with per-tensor type overrides, e.g. q8_0 with the FFN
+  at q6_k), their drift measured here the same way (the reference texts, f32 GGUF as reference);
 - the KV-cache type (f16, q8_0), flash attention on/off, 1 vs 2 threads (on q8_0);
 - our per-token step (``LlamaCppLLM.eval_tokens`` + numpy argmax, what the pipeline runs) against a
   bare ``llama_cpp.Llama`` on the same GGUF: the Python overhead per token;
@@ -34,13 +36,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 TYPES = ("f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")
+# name -> (base type, {tensor-name regex: type}): fewer bytes than q8_0 where the drift allows
+MIXES = {
+    "q8_0, FFN q6_k": ("q8_0", {"ffn_(up|gate|down)": "q6_k"}),
+    "q8_0, FFN up/gate q6_k": ("q8_0", {"ffn_(up|gate)": "q6_k"}),
+    "q6_k, output q8_0": ("q6_k", {"^output\\.weight$": "q8_0"}),
+}
+GGML_TYPES = {"q8_0": 8, "q6_k": 14}  # ggml.h: GGML_TYPE_Q8_0, GGML_TYPE_Q6_K
 NGRAM, DRAFT = 3, 8
 BATCHES = (1, 2, 4, 8)
 
 
 def _configs() -> dict[str, dict]:
     """name -> GGUF type and llama.cpp settings (the pipeline's defaults unless named)."""
-    configs = {f"{t}": {"gguf": t} for t in TYPES}
+    configs = {f"{t}": {"gguf": t} for t in (*TYPES, *MIXES)}
     configs["q8_0, KV q8_0"] = {"gguf": "q8_0", "kv_type": "q8_0", "flash_attn": True}  # a quantized V needs FA
     configs["q8_0, flash attention"] = {"gguf": "q8_0", "flash_attn": True}
     configs["q8_0, 1 thread"] = {"gguf": "q8_0", "threads": 1}
@@ -151,6 +160,48 @@ def _bare(path: Path, context: int, tokens: int, threads: int) -> float:
         bare.close()
 
 
+def _mix(f32: Path, dst: Path, base: str, overrides: dict[str, str]) -> Path:
+    """``f32`` quantized to ``base`` with the tensors matching each regex at its own type (written once)."""
+    import ctypes
+
+    import llama_cpp
+
+    from edgebridge.exporters.quantize.gguf_quant import LLM_FTYPES
+    from edgebridge.runtimes.llamacpp._lib import llama
+
+    if dst.is_file():
+        return dst
+    lib = llama()
+    params = lib.llama_model_quantize_default_params()
+    params.ftype = getattr(lib, LLM_FTYPES[base])
+    patterns = [p.encode() for p in overrides]  # kept alive through the call
+    table = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()  # ends with a null pattern
+    for row, pattern, kind in zip(table, patterns, overrides.values()):
+        row.pattern, row.type = pattern, GGML_TYPES[kind]
+    params.tt_overrides = ctypes.cast(table, type(params.tt_overrides))
+    if lib.llama_model_quantize(str(f32).encode(), str(dst).encode(), params) != 0:
+        raise RuntimeError(f"llama.cpp could not write {dst.name}")
+    return dst
+
+
+def _measured_drift(f32: Path, path: Path) -> str:
+    """Drift of ``path`` against the f32 GGUF on the export's reference texts, as its trials measure it."""
+    from edgebridge.exporters.gguf.export import N_CTX, reference_text_cases, run_llamacpp
+    from edgebridge.exporters.quantize import DEFAULT_BUDGET, verdict
+    from edgebridge.parity import logit_metrics
+    from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
+
+    cases = reference_text_cases(f32, add_bos=True)
+    logits = []
+    for gguf in (f32, path):
+        with LlamaCppLLM(gguf, LlamaSettings(n_ctx=N_CTX)) as llm:
+            logits.append(run_llamacpp(llm, cases))
+    metrics = logit_metrics(logits[1], logits[0])
+    passed, _ = verdict(metrics, DEFAULT_BUDGET["llm"])
+    return (f"top1 {metrics['top1_agreement']:.3f}, KL {metrics['kl_mean']:.2g} "
+            f"({'within' if passed else 'over'} budget)")
+
+
 def _drift(bench_dir: Path) -> dict[str, str]:
     """GGUF type -> its drift against the f32 GGUF, from the default export's trials (if exported)."""
     manifest = bench_dir / "bundle-llava-bench-default" / "edgebridge.json"
@@ -162,14 +213,14 @@ def _drift(bench_dir: Path) -> dict[str, str]:
 
 
 def _genai_decode(bench_dir: Path) -> float | None:
-    """OpenVINO GenAI's fastest cold decode tok/s from the newest peers.py result, if any."""
-    runs = sorted(bench_dir.glob("peers-2*.json"))  # dated results, not the children's scratch file
-    if not runs:
-        return None
-    results = json.loads(runs[-1].read_text())["results"]
-    rates = [r["cold"]["stages"]["decode_tokens_per_s"]["p50"] for name, r in results.items()
-             if name.startswith("OpenVINO GenAI") and "cold" in r and "decode_tokens_per_s" in r["cold"].get("stages", {})]
-    return max(rates) if rates else None
+    """OpenVINO GenAI's fastest cold decode tok/s from the newest peers.py result that measured it, if any."""
+    for run in sorted(bench_dir.glob("peers-2*.json"), reverse=True):  # dated results, not the children's files
+        results = json.loads(run.read_text())["results"]
+        rates = [r["cold"]["stages"]["decode_tokens_per_s"]["p50"] for name, r in results.items()
+                 if name.startswith("OpenVINO GenAI") and "decode_tokens_per_s" in (r.get("cold") or {}).get("stages", {})]
+        if rates:
+            return max(rates)
+    return None
 
 
 def main() -> None:
@@ -184,6 +235,9 @@ def main() -> None:
     from edgebridge.profiling.system import memory_bandwidth
 
     paths = bench_ggufs(bench_model("llava", vision="clip", text="llama"), BENCH_DIR / "ggufs")
+    mixed = {name: _mix(paths["f32"], BENCH_DIR / "ggufs" / f"llm-mix-{i}.gguf", base, overrides)
+             for i, (name, (base, overrides)) in enumerate(MIXES.items())}
+    paths.update(mixed)
     configs = _configs()
     rates: dict[str, list[float]] = {name: [] for name in configs}
     traffic: dict[str, float] = {}
@@ -202,6 +256,7 @@ def main() -> None:
                 rates[name].append(rate)
     bw = statistics.median(bandwidth)
     drift, genai = _drift(BENCH_DIR), _genai_decode(BENCH_DIR)
+    drift.update({name: _measured_drift(paths["f32"], path) for name, path in mixed.items()})
     print(machine())
     print(f"streaming bandwidth (read + write, numpy copy, {args.threads} threads): {bw / 1e9:.1f} GB/s")
     rows = []
