@@ -93,7 +93,7 @@ def export(
                                                                  "loads (an encoder format per component + GGUF)."),
     quantize: Optional[str] = typer.Option(
         None, help="auto, or COMPONENT=PRECISION pairs: encoder[.onnx|.openvino]=f16|int8|int8-static|int4, "
-                   "llm=f16|q8_0|q6_k|q5_k_m|q4_k_m|q4_0 (each may be auto)."),
+                   "llm=f16|q8_0|q8_0-ffn-q6_k|q6_k|q5_k_m|q4_k_m|q4_0 (each may be auto)."),
     max_drift: List[str] = typer.Option(
         [], help="Drift budget, COMPONENT.METRIC=VALUE (repeatable): encoder.cosine_min=0.99, llm.kl_mean=0.05, "
                  "llm.top1_agreement=0.9."),

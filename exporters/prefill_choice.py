@@ -175,10 +175,11 @@ class _Graphs:
             self.verdicts[precision] = f"not tried: its {ANSWER_TOKENS}-token decode alone takes {decode_ms:.1f} ms"
             return
         refused = ""
-        text, weights = gguf_weights(self.choice.text, cand.path)
+        # the graph's weights named by the candidate: a mix's file type says only its base type
+        text, _ = gguf_weights(self.choice.text, cand.path)
         for activations in ACTIVATIONS:
             draft = draft_prefill(text, self.reference, _draft_path(self.choice.dst, precision), "int8",
-                                  activations=activations, weights=weights, step=self.choice.step)
+                                  activations=activations, weights=precision, step=self.choice.step)
             over = over_memory(cand.trial.bytes + draft.bytes, self.left)
             if over:
                 draft.discard()

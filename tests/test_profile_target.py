@@ -17,7 +17,7 @@ from edgebridge.exporters.quantize.targets import ANSWER_TOKENS, PROMPT_POSITION
 from tests.conftest import run_cli, tiny_llava
 
 ORDER = {"onnx": ["int8-static", "int8", "f16", "f32"], "openvino": ["int4", "int8-static", "int8", "f16", "f32"],
-         "gguf": ["q4_0", "q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16", "f32"]}
+         "gguf": ["q4_0", "q4_k_m", "q5_k_m", "q6_k", "q8_0-ffn-q6_k", "q8_0", "f16", "f32"]}
 
 
 def _trial(precision: str, size: int, ms: float, passed: bool = True) -> Trial:

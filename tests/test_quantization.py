@@ -193,7 +193,7 @@ def test_auto_keeps_the_first_candidate_within_budget(workdir, tmp_path):
             assert all(t["verdict"] != "within budget" for t in trials[:-1])
             order = {"onnx": ["int8-static", "int8", "f16", "f32"],
                      "openvino": ["int4", "int8-static", "int8", "f16", "f32"],
-                     "gguf": ["q4_0", "q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16", "f32"]}[fmt]
+                     "gguf": ["q4_0", "q4_k_m", "q5_k_m", "q6_k", "q8_0-ffn-q6_k", "q8_0", "f16", "f32"]}[fmt]
             assert [t["precision"] for t in trials] == order[: len(trials)]
 
 
@@ -331,3 +331,30 @@ def test_quantized_gguf_decodes_with_extra_buffer_types_and_exits_cleanly(quanti
     first_on, first_off = np.array(on["first"]), np.array(off["first"])
     assert np.abs(first_on - first_off).max() <= 0.05 * first_off.std(), np.abs(first_on - first_off).max()
     assert on["tokens"] == off["tokens"]
+
+
+def test_a_mix_keeps_its_base_type_and_puts_the_ffn_at_its_own(tmp_path):
+    """``q8_0-ffn-q6_k``: llama.cpp's quantizer with per-tensor overrides; on a llama whose FFN rows take
+    K-quant blocks (256 wide), every FFN matrix is q6_k and every other matrix q8_0, the record says so,
+    and llama.cpp runs it with logits close to the f32 GGUF's."""
+    from edgebridge.exporters.quantize.gguf_quant import quantize_gguf, tensor_types
+    from edgebridge.runtimes.llamacpp import LlamaCppLLM
+    from tests.test_text_archs import _causal_lm, _gguf
+
+    model, _ = _causal_lm("llama", tmp_path, hidden_size=256, intermediate_size=512, num_attention_heads=4,
+                          num_key_value_heads=2, head_dim=64)
+    f32 = _gguf("llama", tmp_path, model)
+    record = quantize_gguf(f32, tmp_path / "mix.gguf", "q8_0-ffn-q6_k")
+    matrices = {name: kind for name, kind in tensor_types(tmp_path / "mix.gguf").items()
+                if name.startswith("blk.") and name.endswith(".weight") and "norm" not in name}
+    assert matrices and record["overrides"] == {"ffn_(up|gate|down)": "q6_k"}
+    assert {kind for name, kind in matrices.items() if ".ffn_" in name} == {"q6_k"}
+    assert {kind for name, kind in matrices.items() if ".attn_" in name} == {"q8_0"}
+    ids = list(range(1, 30))
+    logits = []
+    for path in (f32, tmp_path / "mix.gguf"):
+        with LlamaCppLLM(path, LlamaSettings(n_ctx=64)) as llm:
+            logits.append(np.array(llm.eval_tokens(ids)))
+    assert np.isfinite(logits[1]).all() and 0 < np.abs(logits[1] - logits[0]).max() < 0.1 * np.abs(logits[0]).max()
+    with pytest.raises(ExportError, match="q8_0-ffn-q6_k"):
+        quantize_gguf(f32, tmp_path / "bad.gguf", "q7_x")

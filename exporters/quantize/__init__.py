@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 from edgebridge.errors import ExportError
-from edgebridge.exporters.quantize.gguf_quant import LLM_FTYPES
+from edgebridge.exporters.quantize.gguf_quant import LLM_FTYPES, LLM_MIXES
 from edgebridge.exporters.quantize.onnx_quant import PRECISIONS as ONNX_PRECISIONS
 from edgebridge.exporters.quantize.openvino_quant import PRECISIONS as OPENVINO_PRECISIONS
 from edgebridge.exporters.quantize.targets import ranking
@@ -34,11 +34,11 @@ from edgebridge.manifest import canonical_precision
 from edgebridge.parity import LOWER_BOUNDS, UPPER_BOUNDS, enforce, violations
 
 ENCODER_PRECISIONS = {"onnx": ONNX_PRECISIONS, "openvino": OPENVINO_PRECISIONS}
-LLM_PRECISIONS = ("f32", "f16", *LLM_FTYPES)
+LLM_PRECISIONS = ("f32", "f16", *LLM_FTYPES, *LLM_MIXES)
 AUTO_ORDER = {
     "onnx": ["int8-static", "int8", "f16", "f32"],
     "openvino": ["int4", "int8-static", "int8", "f16", "f32"],
-    "llm": ["q4_0", "q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16", "f32"],
+    "llm": ["q4_0", "q4_k_m", "q5_k_m", "q6_k", "q8_0-ffn-q6_k", "q8_0", "f16", "f32"],
 }
 TIE = 0.05  # a profile target's measures closer than this to the best count as equal (timing noise)
 TIMING_ROUNDS = 3  # side-by-side timings: rounds that alternate the candidates (edgebridge.timing.alternating_medians)
