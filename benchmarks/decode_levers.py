@@ -42,7 +42,6 @@ MIXES = {
     "q8_0, FFN up/gate q6_k": ("q8_0", {"ffn_(up|gate)": "q6_k"}),
     "q6_k, output q8_0": ("q6_k", {"^output\\.weight$": "q8_0"}),
 }
-GGML_TYPES = {"q8_0": 8, "q6_k": 14}  # ggml.h: GGML_TYPE_Q8_0, GGML_TYPE_Q6_K
 NGRAM, DRAFT = 3, 8
 BATCHES = (1, 2, 4, 8)
 
@@ -162,25 +161,10 @@ def _bare(path: Path, context: int, tokens: int, threads: int) -> float:
 
 def _mix(f32: Path, dst: Path, base: str, overrides: dict[str, str]) -> Path:
     """``f32`` quantized to ``base`` with the tensors matching each regex at its own type (written once)."""
-    import ctypes
+    from edgebridge.exporters.quantize.gguf_quant import quantize_with_overrides
 
-    import llama_cpp
-
-    from edgebridge.exporters.quantize.gguf_quant import LLM_FTYPES
-    from edgebridge.runtimes.llamacpp._lib import llama
-
-    if dst.is_file():
-        return dst
-    lib = llama()
-    params = lib.llama_model_quantize_default_params()
-    params.ftype = getattr(lib, LLM_FTYPES[base])
-    patterns = [p.encode() for p in overrides]  # kept alive through the call
-    table = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()  # ends with a null pattern
-    for row, pattern, kind in zip(table, patterns, overrides.values()):
-        row.pattern, row.type = pattern, GGML_TYPES[kind]
-    params.tt_overrides = ctypes.cast(table, type(params.tt_overrides))
-    if lib.llama_model_quantize(str(f32).encode(), str(dst).encode(), params) != 0:
-        raise RuntimeError(f"llama.cpp could not write {dst.name}")
+    if not dst.is_file():
+        quantize_with_overrides(f32, dst, base, overrides)
     return dst
 
 

@@ -43,36 +43,34 @@ def tensor_types(path: Path) -> dict[str, str]:
 
 
 def quantize_gguf(src: Path, dst: Path, precision: str, threads: int | None = None) -> dict[str, Any]:
-    """Quantize the f32 GGUF ``src`` into ``dst``; returns method and per-tensor types."""
+    """Quantize the f32 GGUF ``src`` into ``dst`` at a type or a named mix; returns method and per-tensor types."""
     if precision not in LLM_FTYPES and precision not in LLM_MIXES:
         raise ExportError(f"GGUF quantization takes {', '.join((*LLM_FTYPES, *LLM_MIXES))}, not '{precision}'.")
     base, overrides = LLM_MIXES.get(precision, (precision, {}))
+    return quantize_with_overrides(src, dst, base, overrides, threads, label=precision)
+
+
+def quantize_with_overrides(src: Path, dst: Path, base: str, overrides: dict[str, str], threads: int | None = None,
+                            label: str | None = None) -> dict[str, Any]:
+    """``src`` quantized to the type ``base``, the tensors whose names match a regex of ``overrides`` to its
+    type (``GGML_TYPES``); returns method and per-tensor types."""
     lib = llama()
     params = lib.llama_model_quantize_default_params()
     params.ftype = getattr(lib, LLM_FTYPES[base])
     params.nthread = threads or default_threads()
-    table = _override_table(lib, overrides)
-    if table is not None:
+    # llama.cpp reads the overrides up to a null pattern; ctypes keeps each pattern's bytes alive on the table
+    table = (lib.llama_model_tensor_override * (len(overrides) + 1))()
+    for row, (pattern, kind) in zip(table, overrides.items()):
+        row.pattern, row.type = pattern.encode(), GGML_TYPES[kind]
+    if overrides:
         params.tt_overrides = ctypes.cast(table, type(params.tt_overrides))
     rc = lib.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
     if rc != 0 or not Path(dst).is_file():
-        raise ExportError(f"llama.cpp could not quantize the LLM to {precision} (code {rc}; {last_log()}).")
+        raise ExportError(f"llama.cpp could not quantize the LLM to {label or base} (code {rc}; {last_log()}).")
     types = tensor_types(dst)
     counts: dict[str, int] = {}
     for t in types.values():
         counts[t] = counts.get(t, 0) + 1
-    return {"method": "llama_model_quantize", "ftype": LLM_FTYPES[base], **({"overrides": overrides} if overrides else {}),
-            "tensor_type_counts": counts,
+    return {"method": "llama_model_quantize", "ftype": LLM_FTYPES[base],
+            **({"overrides": dict(overrides)} if overrides else {}), "tensor_type_counts": counts,
             "tensor_types": types}
-
-
-def _override_table(lib: Any, overrides: dict[str, str]) -> Any:
-    """llama.cpp's ``llama_model_tensor_override`` array for ``overrides``, ended by a null pattern
-    (None without overrides). The patterns' bytes live as long as the table (kept on it)."""
-    if not overrides:
-        return None
-    table = (lib.llama_model_tensor_override * (len(overrides) + 1))()
-    table._patterns = [pattern.encode() for pattern in overrides]  # noqa: SLF001 - keeps the bytes alive
-    for row, pattern, kind in zip(table, table._patterns, overrides.values()):
-        row.pattern, row.type = pattern, GGML_TYPES[kind]
-    return table
