@@ -168,22 +168,26 @@ def _mix(f32: Path, dst: Path, base: str, overrides: dict[str, str]) -> Path:
     return dst
 
 
-def _measured_drift(f32: Path, path: Path) -> str:
-    """Drift of ``path`` against the f32 GGUF on the export's reference texts, as its trials measure it."""
+def _measured_drift(f32: Path, paths: dict[str, Path]) -> dict[str, str]:
+    """Name -> drift of its GGUF against the f32 GGUF on the export's reference texts, as its trials measure it."""
     from edgebridge.exporters.gguf.export import N_CTX, reference_text_cases, run_llamacpp
     from edgebridge.exporters.quantize import DEFAULT_BUDGET, verdict
     from edgebridge.parity import logit_metrics
     from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
 
     cases = reference_text_cases(f32, add_bos=True)
-    logits = []
-    for gguf in (f32, path):
+
+    def logits(gguf: Path):
         with LlamaCppLLM(gguf, LlamaSettings(n_ctx=N_CTX)) as llm:
-            logits.append(run_llamacpp(llm, cases))
-    metrics = logit_metrics(logits[1], logits[0])
-    passed, _ = verdict(metrics, DEFAULT_BUDGET["llm"])
-    return (f"top1 {metrics['top1_agreement']:.3f}, KL {metrics['kl_mean']:.2g} "
-            f"({'within' if passed else 'over'} budget)")
+            return run_llamacpp(llm, cases)
+
+    reference, drift = logits(f32), {}
+    for name, path in paths.items():
+        metrics = logit_metrics(logits(path), reference)
+        passed, _ = verdict(metrics, DEFAULT_BUDGET["llm"])
+        drift[name] = (f"top1 {metrics['top1_agreement']:.3f}, KL {metrics['kl_mean']:.2g} "
+                       f"({'within' if passed else 'over'} budget)")
+    return drift
 
 
 def _drift(bench_dir: Path) -> dict[str, str]:
@@ -240,7 +244,7 @@ def main() -> None:
                 rates[name].append(rate)
     bw = statistics.median(bandwidth)
     drift, genai = _drift(BENCH_DIR), _genai_decode(BENCH_DIR)
-    drift.update({name: _measured_drift(paths["f32"], path) for name, path in mixed.items()})
+    drift.update(_measured_drift(paths["f32"], mixed))
     print(machine())
     print(f"streaming bandwidth (read + write, numpy copy, {args.threads} threads): {bw / 1e9:.1f} GB/s")
     rows = []

@@ -254,7 +254,7 @@ class LLMSession:
         """Positions of the cached prefix to keep: all shared ones, or none where the graph prefilling the
         whole prompt is faster than llama.cpp prefilling the rest."""
         shared = self._kv.keep_for(signature) if self._kv is not None else 0
-        if shared and self.prefill_speed is not None and self.token_rows is None and self._handoff_takes(plan) \
+        if shared and self.prefill_speed is not None and self._handoff_takes(plan) \
                 and self.prefill_speed.graph_beats_reuse(plan.n_positions, shared):
             return 0
         return shared
