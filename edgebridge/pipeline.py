@@ -151,7 +151,9 @@ class Pipeline:
     # --- generation --------------------------------------------------------------------------
 
     def prepare(self, modality: str, items: Sequence[Any], text: str = "") -> Prepared:
-        """Preprocess and check ``items``; ``text`` feeds encoders that also read the prompt (a Q-Former)."""
+        """Preprocess and check ``items``; ``text`` feeds encoders that also read the prompt (a Q-Former).
+        With the embedding cache on, the same items (by content) may give back an earlier call's object:
+        read it, do not change it."""
         return self.stages[modality].prepare(items, text)
 
     def generate(self, prompt: str, images: Sequence[Any] | None = None, audio: Sequence[Any] | None = None, *,

@@ -26,7 +26,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from edgebridge.bundle import bundle_file
-from edgebridge.caching import EmbeddingCache, digest
+from edgebridge.caching import EmbeddingCache, digest, source_digest
 from edgebridge.errors import BackendUnavailableError, EdgebridgeError, InputError, ManifestError, NonFiniteError
 from edgebridge.manifest import Component, ModalityInput, Role, StaticShape, TextInputs
 from edgebridge.plan import MediaItems
@@ -210,9 +210,17 @@ class EncoderStage:
         self.report = session.report
 
     def prepare(self, items: Sequence[Any], instruction: str = "", options: MediaOptions | None = None) -> Prepared:
-        """Preprocess ``items``; ``instruction`` feeds encoders that also read the prompt (a Q-Former)."""
-        prepared = _preprocess(self.spec, items, options)
+        """Preprocess ``items``; ``instruction`` feeds encoders that also read the prompt (a Q-Former). With
+        a cache, the same items (by content) with the same options give back an earlier call's result."""
         text = self.spec.preprocessing.text_inputs
+        source = None
+        if self.cache is not None:
+            salt = f"{self.component}|{options!r}|{instruction if text is not None else ''}"
+            source = source_digest(items, salt)
+            reused = self.cache.prepared_for(source)
+            if reused is not None:
+                return reused
+        prepared = _preprocess(self.spec, items, options)
         if text is not None and self.text_tokenizer is not None:
             rows = next(iter(prepared.inputs.values())).shape[0]
             ids = np.asarray(self.text_tokenizer.encode(instruction, text.max_length), dtype=np.int64)
@@ -220,6 +228,8 @@ class EncoderStage:
             prepared.inputs.update({text.input_ids: batch, text.attention_mask: np.ones_like(batch)})
         for inputs in prepared.runs or [prepared.inputs]:
             self.check_inputs(inputs)
+        if self.cache is not None:
+            self.cache.keep_prepared(source, prepared)
         return prepared
 
     def check_inputs(self, inputs: dict[str, np.ndarray]) -> None:
@@ -286,10 +296,13 @@ class EncoderStage:
         """Encoder + bridge -> one ``[n_i, D]`` float32 array per run (from the cache when seen before)."""
         key = None
         if self.cache is not None:
-            runs = prepared.runs or [prepared.inputs]
-            # host-side packing also reads each item's info (its original size): part of the key then
-            salt = self.component + (repr(prepared.info) if prepared.pack is not None else "")
-            key = digest({f"{i}:{k}": v for i, run in enumerate(runs) for k, v in run.items()}, salt=salt)
+            if prepared.cache_key is None:  # a reused Prepared keeps its key: no second digest of its arrays
+                runs = prepared.runs or [prepared.inputs]
+                # host-side packing also reads each item's info (its original size): part of the key then
+                salt = self.component + (repr(prepared.info) if prepared.pack is not None else "")
+                prepared.cache_key = digest({f"{i}:{k}": v for i, run in enumerate(runs) for k, v in run.items()},
+                                            salt=salt)
+            key = prepared.cache_key
             hit = self.cache.get(key)
             if hit is not None:
                 return StageOutput(embeddings=hit)

@@ -61,3 +61,44 @@ def test_kv_prefix_keeps_the_common_part():
     assert kv.keep_for([1, 2, 9]) == 2
     assert kv.keep_for([1, 2, 3, 4]) == 3  # the whole prompt: recompute the last position for its logits
     assert kv.keep_for([7]) == 0
+
+
+def test_the_same_items_are_not_preprocessed_again(clip_llama_f32, tmp_path, monkeypatch):
+    """A follow-up about the same image (a path whose bytes did not change, the same array) takes the
+    earlier call's preprocessed item; a file rewritten under the same path is preprocessed again; the
+    answers are those of a pipeline without caches."""
+    import edgebridge.stages as stages
+    from PIL import Image
+
+    calls = []
+    real = stages._preprocess
+    monkeypatch.setattr(stages, "_preprocess", lambda *a: calls.append(1) or real(*a))
+    path = tmp_path / "photo.png"
+    Image.fromarray(data.chelsea()).save(path)
+    follow_up = "USER: <image>\nWhat is in this image? Answer in detail. ASSISTANT:"
+    with Pipeline.from_bundle(clip_llama_f32.bundle) as pipe, \
+            Pipeline.from_bundle(clip_llama_f32.bundle, cache_embeddings=False, reuse_prefix=False) as plain:
+        for prompt in (PROMPT, follow_up):
+            a = pipe.generate(prompt, images=[str(path)], max_new_tokens=8)
+            assert a.token_ids == plain.generate(prompt, images=[str(path)], max_new_tokens=8).token_ids
+        assert len(calls) == 3  # the cached pipeline once, the plain one twice
+        Image.fromarray(np.ascontiguousarray(data.chelsea()[:, ::-1])).save(path)  # new bytes, same path
+        b = pipe.generate(PROMPT, images=[str(path)], max_new_tokens=8)
+        assert len(calls) == 4 and b.token_ids == plain.generate(PROMPT, images=[str(path)], max_new_tokens=8).token_ids
+        photo = data.coffee()
+        pipe.generate(PROMPT, images=[photo], max_new_tokens=4)
+        pipe.generate(follow_up, images=[photo.copy()], max_new_tokens=4)
+        assert len(calls) == 6  # the array once (its copy is the same content); the plain pipeline's call before
+
+
+def test_source_digest_names_content_and_declines_what_it_cannot_read(tmp_path):
+    from edgebridge.caching import source_digest
+
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"123"), b.write_bytes(b"123")
+    assert source_digest([a]) == source_digest([str(b)]) != source_digest([a], salt="options")
+    assert source_digest([a]) != source_digest([a, a]) and source_digest([b"123"]) == source_digest([a])
+    arr = np.zeros((2, 3), np.uint8)
+    assert source_digest([arr]) == source_digest([arr.copy()]) != source_digest([arr.astype(np.int16)])
+    assert source_digest([tmp_path / "missing.png"]) is None and source_digest([tmp_path]) is None
+    assert source_digest([[arr, arr]]) is None  # a list of frames: preprocessing runs

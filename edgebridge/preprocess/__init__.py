@@ -29,6 +29,7 @@ class Prepared:
     # the host side of a bridge (LLaVA-NeXT's unpad + newlines): (item's output rows, its info, the
     # component's bridge record) -> its embeddings
     pack: Callable[[np.ndarray, dict[str, Any], Mapping[str, Any]], np.ndarray] | None = None
+    cache_key: str | None = None  # the embedding cache's key, once computed (``EncoderStage.run``)
 
     def item_embeddings(self, out: np.ndarray, fixed_tokens: int,
                         bridge: Mapping[str, Any] | None = None) -> list[np.ndarray]:
