@@ -47,16 +47,19 @@ def source_digest(items: Sequence[Any], salt: str = "") -> str | None:
     h = hashlib.sha256(salt.encode())
     for item in items:
         if isinstance(item, (str, os.PathLike)):  # a file and its bytes given directly decode alike
-            path = Path(item)
-            if not path.is_file() or path.stat().st_size > MAX_SOURCE_BYTES:
+            try:
+                path = Path(item)
+                if not path.is_file() or path.stat().st_size > MAX_SOURCE_BYTES:
+                    return None
+                kind, data = "encoded", path.read_bytes()
+            except (OSError, ValueError):  # unreadable, a NUL in the name: preprocessing says what is wrong
                 return None
-            kind, data = "encoded", path.read_bytes()
         elif isinstance(item, (bytes, bytearray)):
             kind, data = "encoded", bytes(item)
         elif isinstance(item, Image.Image):
             kind, data = f"pil {item.mode} {item.size}", item.tobytes()
-        elif isinstance(item, np.ndarray):
-            kind, data = f"array {item.dtype} {item.shape}", np.ascontiguousarray(item).tobytes()
+        elif isinstance(item, np.ndarray) and not item.dtype.hasobject:  # the bytes, no copy when contiguous
+            kind, data = f"array {item.dtype} {item.shape}", np.ascontiguousarray(item).reshape(-1).view(np.uint8)
         else:
             return None
         h.update(f"|{kind}|{len(data)}|".encode())

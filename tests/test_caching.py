@@ -102,3 +102,4 @@ def test_source_digest_names_content_and_declines_what_it_cannot_read(tmp_path):
     assert source_digest([arr]) == source_digest([arr.copy()]) != source_digest([arr.astype(np.int16)])
     assert source_digest([tmp_path / "missing.png"]) is None and source_digest([tmp_path]) is None
     assert source_digest([[arr, arr]]) is None  # a list of frames: preprocessing runs
+    assert source_digest(["a\0b"]) is None  # a name the OS refuses: preprocessing says so
