@@ -212,15 +212,19 @@ class EncoderStage:
     def prepare(self, items: Sequence[Any], instruction: str = "", options: MediaOptions | None = None) -> Prepared:
         """Preprocess ``items``; ``instruction`` feeds encoders that also read the prompt (a Q-Former). With
         a cache, the same items (by content) with the same options give back an earlier call's result."""
-        text = self.spec.preprocessing.text_inputs
-        source = None
-        if self.cache is not None:
-            salt = f"{self.component}|{options!r}|{instruction if text is not None else ''}"
-            source = source_digest(items, salt)
-            reused = self.cache.prepared_for(source)
-            if reused is not None:
-                return reused
+        if self.cache is None:
+            return self._prepare_fresh(items, instruction, options)
+        reads_text = self.spec.preprocessing.text_inputs is not None
+        source = source_digest(items, f"{self.component}|{options!r}|{instruction if reads_text else ''}")
+        prepared = self.cache.prepared_for(source)
+        if prepared is None:
+            prepared = self._prepare_fresh(items, instruction, options)
+            self.cache.keep_prepared(source, prepared)
+        return prepared
+
+    def _prepare_fresh(self, items: Sequence[Any], instruction: str, options: MediaOptions | None) -> Prepared:
         prepared = _preprocess(self.spec, items, options)
+        text = self.spec.preprocessing.text_inputs
         if text is not None and self.text_tokenizer is not None:
             rows = next(iter(prepared.inputs.values())).shape[0]
             ids = np.asarray(self.text_tokenizer.encode(instruction, text.max_length), dtype=np.int64)
@@ -228,8 +232,6 @@ class EncoderStage:
             prepared.inputs.update({text.input_ids: batch, text.attention_mask: np.ones_like(batch)})
         for inputs in prepared.runs or [prepared.inputs]:
             self.check_inputs(inputs)
-        if self.cache is not None:
-            self.cache.keep_prepared(source, prepared)
         return prepared
 
     def check_inputs(self, inputs: dict[str, np.ndarray]) -> None:
@@ -286,7 +288,7 @@ class EncoderStage:
         if make is None or not self.session.warm_up_pays:
             return None
         start = now_ms()
-        self._encode(self.prepare([make()]))
+        self._encode(self._prepare_fresh([make()], "", None))  # not kept: no user will ask about it
         record = {"warm_up_ms": round(now_ms() - start, 1),
                   "released_file_mb": round(self.session.release_file_pages() / 2**20, 1)}
         self.report.details.update(record)
