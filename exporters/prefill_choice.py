@@ -17,8 +17,9 @@ gemma decoders, Qwen3-VL ...) keeps llama.cpp, with the reason; so does a graph 
 - One graph per type, from that type's own weights (``gguf/weights.py``: the bench Qwen2.5-VL's per-token
   hand-over into q6_k went from top-1 0.882, refused, to 0.922), per-tensor activations (faster) first and
   per-token ones (~10% slower, closer to the float graph: ``prefill_int8.py``) where those drift beyond
-  the budget. Only the graph of the best pair so far stays on disk, beside the bundle's prefill path,
-  and the winner is moved there.
+  the budget. Every graph that passes stays on disk beside the bundle's prefill path until the pair is
+  chosen (the kept pair need not be the fastest: within the tie margin, the fewest bytes); the winner is
+  moved there and the others removed.
 - The GGUF type fixed (``choose_prefill``): the graph is kept only when it measured faster than
   llama.cpp's prefill of the same positions (by more than the tie margin) and fits the memory budget.
 """
