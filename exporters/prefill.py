@@ -41,6 +41,7 @@ from edgebridge.exporters.gguf.archs import arch_spec
 from edgebridge.exporters.gguf.weights import gguf_weights
 from edgebridge.exporters.gguf.writer import TextModel
 from edgebridge.exporters.onnx_files import data_file, save_external
+from edgebridge.exporters.prefill_attention import fuse_for_prefill
 from edgebridge.exporters.prefill_int8 import ACTIVATIONS, quantize as quantize_int8
 from edgebridge.manifest import Artifact, Parity, canonical_precision
 from edgebridge.parity import enforce, logit_metrics, violations
@@ -66,13 +67,6 @@ CASE_GRIDS = ((0, 0), (3, 4), (0, 0), (3, 4), (4, 6), (4, 6))
 TEACHER_STEPS = 16
 MAX_GRAPH_BYTES = 1_900_000_000  # one ONNX protobuf holds < 2 GiB; bigger graphs would need external data
 FILE_NAME = "llm_prefill.onnx"
-
-
-def rotary_order(head_dim: int) -> list[int]:
-    """HF channel for each llama.cpp channel within a head (llama.cpp row ``2i + j`` <- HF row
-    ``j * d/2 + i``): the order the GGUF writer gives Q and K rows, and so the cached K."""
-    half = head_dim // 2
-    return [j * half + i for i in range(half) for j in range(2)]
 
 
 class TextCausalLM(torch.nn.Module):
@@ -112,14 +106,14 @@ def causal_lm_from(text: TextModel) -> torch.nn.Module:
 
 
 class PrefillModule(torch.nn.Module):
-    """``input_ids, media_embeds, media_mask -> logits, k, v`` (shapes in the module docstring)."""
+    """``input_ids, media_embeds, media_mask -> logits, k, v`` (shapes in the module docstring). ``lm``'s
+    attention runs as onnxruntime's fused kernel, its K rows already in llama.cpp's order, and its last
+    FFN on the last row (``prefill_attention.fuse_for_prefill``)."""
 
-    def __init__(self, lm: torch.nn.Module, permute_k: bool, head_dim: int, mrope: bool = False) -> None:
+    def __init__(self, lm: torch.nn.Module, permute_k: bool, mrope: bool = False) -> None:
         super().__init__()
-        self.lm = lm
-        self.permute_k = permute_k
+        self.lm = fuse_for_prefill(lm, interleaved=permute_k)
         self.mrope = mrope
-        self.register_buffer("order", torch.tensor(rotary_order(head_dim)), persistent=False)
 
     def forward(self, input_ids: torch.Tensor, media_embeds: torch.Tensor, media_mask: torch.Tensor,
                 positions: torch.Tensor | None = None):
@@ -139,8 +133,7 @@ class PrefillModule(torch.nn.Module):
                             cache_position=pos, use_cache=True, past_key_values=DynamicCache(config=self.lm.config))
         ks, vs = [], []
         for layer in out.past_key_values.layers:  # keys / values [1, H, n, d]
-            k = layer.keys[0].index_select(-1, self.order) if self.permute_k else layer.keys[0]
-            ks.append(k.permute(1, 0, 2).flatten(1))  # [n, H * d]
+            ks.append(layer.keys[0].permute(1, 0, 2).flatten(1))  # [n, H * d]
             vs.append(layer.values[0].permute(0, 2, 1).flatten(0, 1))  # [H * d, n]
         logits = self.lm.lm_head(out.last_hidden_state[:, -1])
         return logits, torch.stack(ks).half(), torch.stack(vs).half()
@@ -157,7 +150,7 @@ def write_graph(text: TextModel, dst: Path, precision: str, scratch: Path, activ
         raise UnsupportedModelError(
             f"the text model is {n_bytes / 1e9:.1f} GB in float32; the prefill graph is written as one ONNX "
             "file, which holds less than 2 GB.", hint="Export without --prefill (llama.cpp then prefills).")
-    module = PrefillModule(lm, spec.permute_qk, text.head_dim, mrope=spec.mrope).eval()
+    module = PrefillModule(lm, spec.permute_qk, mrope=spec.mrope).eval()
     n, width = 8, int(text.config.hidden_size)
     example = (torch.zeros(1, n, dtype=torch.long), torch.zeros(1, n, width), torch.zeros(1, n, dtype=torch.bool))
     names = list(GRAPH_INPUTS)
@@ -171,7 +164,8 @@ def write_graph(text: TextModel, dst: Path, precision: str, scratch: Path, activ
                                         "media_mask": {1: "positions"}, "k": {1: "positions"},
                                         "v": {2: "positions"}, MROPE_INPUT: {1: "positions"}})
     method: dict[str, Any] = {"method": "torch.onnx.export (TorchScript)", "opset": OPSET,
-                              "rotary_permuted": spec.permute_qk}
+                              "rotary_permuted": spec.permute_qk, "attention": "com.microsoft.GroupQueryAttention",
+                              "last_layer_ffn": "last position only"}
     final = fp32
     if precision == "int8":
         final = scratch / f"prefill-int8-{activations}.onnx"

@@ -14,6 +14,8 @@ within a row) and OpenVINO's dynamic quantization (groups of 32) use for their a
     y  = MatMulIntegerToFloat(q, Wq, 1, sw, 128) * s         the integer GEMM and the channel scales in one
                                                              onnxruntime kernel, then the row scales
 
+The MatMuls that read one input (Q, K and V; the FFN's gate and up) share its quantized rows.
+
 uint8 with zero point 128 rather than int8: onnxruntime's int8 x int8 integer GEMM has no fast kernel on
 this CPU (258 vs 36 ms for the bench Qwen2.5-VL's 128 positions). Symmetric rows keep one zero point, so
 the fused kernel takes it.
@@ -67,7 +69,7 @@ def _per_token(src: Path, dst: Path) -> int:
     model = onnx.load(str(src))
     graph = model.graph
     weights = {t.name: t for t in graph.initializer}
-    nodes, replaced = [], set()
+    nodes, replaced, rows = [], set(), {}
     for node in graph.node:
         w = weights.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
         if w is None or len(w.dims) != 2:
@@ -77,7 +79,11 @@ def _per_token(src: Path, dst: Path) -> int:
         name = f"{node.name or node.output[0]}_int8"
         graph.initializer.extend([numpy_helper.from_array(wq, name + "_w"), numpy_helper.from_array(sw, name + "_ws")])
         replaced.add(node.input[1])
-        nodes += _row_quantized_matmul(helper, node.input[0], node.output[0], name)
+        x = node.input[0]
+        if x not in rows:  # Q, K and V (the FFN's gate and up) read one input: quantize it once
+            rows[x] = name
+            nodes += _quantized_rows(helper, x, name)
+        nodes += _integer_matmul(helper, rows[x], node.output[0], name)
     graph.initializer.extend([numpy_helper.from_array(np.array(1 / 127, np.float32), "pt_inv127"),
                               numpy_helper.from_array(np.array(EPS, np.float32), "pt_eps"),
                               numpy_helper.from_array(np.array([-1], np.int64), "pt_flat"),
@@ -102,21 +108,30 @@ def _weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(np.rint(w / scale), -127, 127).astype(np.int8), scale.astype(np.float32)
 
 
-def _row_quantized_matmul(helper: Any, x: str, y: str, name: str) -> list[Any]:
-    """The nodes computing ``y = x @ W`` with ``x`` quantized per row (the module docstring)."""
-    def node(op: str, inputs: list[str], out: str, **attrs: Any) -> Any:
-        return helper.make_node(op, inputs, [out], **attrs)
+def _node(helper: Any, op: str, inputs: list[str], out: str, **attrs: Any) -> Any:
+    return helper.make_node(op, inputs, [out], **attrs)
 
+
+def _quantized_rows(helper: Any, x: str, name: str) -> list[Any]:
+    """The nodes quantizing ``x`` per row (the module docstring): ``{name}_q`` uint8 and ``{name}_s`` [.., n, 1]."""
     t = lambda s: f"{name}_{s}"
     return [
-        node("Abs", [x], t("abs")),
-        node("ReduceMax", [t("abs")], t("amax"), axes=[-1], keepdims=1),
-        node("Mul", [t("amax"), "pt_inv127"], t("s0")),
-        node("Max", [t("s0"), "pt_eps"], t("s")),                  # [.., n, 1]
-        node("Reshape", [t("s"), "pt_flat"], t("s_rows")),         # [n] (batch 1): the per-axis scale
-        node("Shape", [t("s_rows")], t("n")),
-        node("Expand", ["pt_zero", t("n")], t("zero_rows")),
-        node("QuantizeLinear", [x, t("s_rows"), t("zero_rows")], t("q"), axis=-2),
-        node("MatMulIntegerToFloat", [t("q"), t("w"), "pt_one", t("ws"), "pt_zero"], t("y0"), domain=CONTRIB),
-        node("Mul", [t("y0"), t("s")], y),
+        _node(helper, "Abs", [x], t("abs")),
+        _node(helper, "ReduceMax", [t("abs")], t("amax"), axes=[-1], keepdims=1),
+        _node(helper, "Mul", [t("amax"), "pt_inv127"], t("s0")),
+        _node(helper, "Max", [t("s0"), "pt_eps"], t("s")),                  # [.., n, 1]
+        _node(helper, "Reshape", [t("s"), "pt_flat"], t("s_rows")),         # [n] (batch 1): the per-axis scale
+        _node(helper, "Shape", [t("s_rows")], t("n")),
+        _node(helper, "Expand", ["pt_zero", t("n")], t("zero_rows")),
+        _node(helper, "QuantizeLinear", [x, t("s_rows"), t("zero_rows")], t("q"), axis=-2),
+    ]
+
+
+def _integer_matmul(helper: Any, rows: str, y: str, name: str) -> list[Any]:
+    """``y = x @ W`` from ``x``'s quantized rows (``_quantized_rows`` under the name ``rows``) and ``name``'s
+    int8 weights: the integer GEMM and the channel scales in one onnxruntime kernel, then the row scales."""
+    return [
+        _node(helper, "MatMulIntegerToFloat", [f"{rows}_q", f"{name}_w", "pt_one", f"{name}_ws", "pt_zero"],
+              f"{name}_y0", domain=CONTRIB),
+        _node(helper, "Mul", [f"{name}_y0", f"{rows}_s"], y),
     ]
