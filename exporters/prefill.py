@@ -164,7 +164,7 @@ def write_graph(text: TextModel, dst: Path, precision: str, scratch: Path, activ
                                         "media_mask": {1: "positions"}, "k": {1: "positions"},
                                         "v": {2: "positions"}, MROPE_INPUT: {1: "positions"}})
     method: dict[str, Any] = {"method": "torch.onnx.export (TorchScript)", "opset": OPSET,
-                              "rotary_permuted": spec.permute_qk, "attention": "com.microsoft.GroupQueryAttention",
+                              "rotary_permuted": spec.permute_qk, "rotary": "com.microsoft.RotaryEmbedding",
                               "last_layer_ffn": "last position only"}
     final = fp32
     if precision == "int8":

@@ -1,18 +1,20 @@
-"""The prefill graph's attention as one onnxruntime kernel, and its last layer's FFN for the last row only.
+"""The prefill graph's rotary as onnxruntime's kernel, and its last layer's FFN for the last row only.
 
 Both are swapped into the float ``*ForCausalLM`` that ``prefill.py`` traces (``fuse_for_prefill``); the
 graph is then held to transformers' own model by the same gates as before.
 
-**Attention** (``FusedAttention``): transformers' eager attention traces to ~30 nodes a layer (rotary by
-Slice / Neg / Concat / Mul / Add, the K rows reordered into llama.cpp's channel order by a Gather, Q.K^T,
-the mask, Softmax, .V, Transposes). onnxruntime's ``com.microsoft.GroupQueryAttention`` does the rotary,
-the causal attention and hands back the rotated K and V in one CPU kernel. For llama.cpp's NORM rope
-(llama, mistral: rotary on interleaved pairs) the Q and K projection rows are written in llama.cpp's
-order and the kernel rotates pairs (``rotary_interleaved``), so its K needs no reorder; Q.K is the same
-under one permutation of both. NEOX models (qwen2, Qwen-VL) keep transformers' order. Measured on the bench
-LLaVA (12x768 llama, 219 positions, 2 threads, onnxruntime 1.32): one layer's rotary + attention + K/V
-out in the kernel 0.68 ms, against ~1.3 ms of the traced nodes it replaces (profile: Gather 3.7 ms,
-attention MatMuls 4, Softmax 1, rotary and layout ops ~6 for 12 layers).
+**Attention** (``FusedAttention``): transformers' eager attention traces to ~30 nodes a layer: rotary by
+Slice / Neg / Concat / Mul / Add on Q and K, then a Gather that reorders the cached K rows into llama.cpp's
+channel order. Here Q and K are rotated by onnxruntime's ``com.microsoft.RotaryEmbedding`` kernel, and
+for llama.cpp's NORM rope (llama, mistral: rotary on interleaved pairs) the Q and K projection rows are
+written in llama.cpp's order and the kernel rotates pairs, so K needs no reorder (Q.K is the same under
+one permutation of both); NEOX models (qwen2, Qwen-VL) keep transformers' order and rotate halves. The
+attention itself stays MatMul / Softmax / MatMul, which onnxruntime fuses and runs faster than its fused
+``GroupQueryAttention`` kernel here. Measured on the bench LLaVA (12x768 llama, 219 positions, int8
+per-tensor) and Qwen2.5-VL (12x768 qwen2, 4 KV heads, 300 positions, int8 per-token), 2 threads,
+onnxruntime 1.32, medians of 20 interleaved runs, both with the last-layer cut below:
+``GroupQueryAttention`` 35.1-35.8 / 48.2-48.3 ms, this 33.0-33.3 / 45.7-45.9 ms; the graph before either
+(transformers' attention traced, every FFN on every row) took 40.5 ms on LLaVA.
 
 **Last layer** (``LastRowNorm``): the graph returns the last position's logits and every layer's K/V;
 the last layer's FFN feeds only the logits, so it runs on the last row (llama.cpp does the same with
@@ -25,7 +27,7 @@ from typing import Any
 
 import torch
 
-CONTRIB_OP = "com.microsoft::GroupQueryAttention"
+ROTARY_OP = "com.microsoft::RotaryEmbedding"
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
@@ -38,44 +40,24 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: 
     return torch.cat([a * c - b * s, a * s + b * c], dim=-1)
 
 
-class GroupQueryAttention(torch.autograd.Function):
-    """``q [1, n, H*d], k / v [1, n, Hkv*d], cos / sin [n, d/2]`` -> attention output ``[1, n, H*d]`` and the
-    rotated keys and the values ``[1, Hkv, n, d]``: causal, positions 0..n-1 of a new sequence. Eager
-    here (the same arithmetic, for tracing and tests); exported as onnxruntime's contrib kernel."""
+class RotaryEmbedding(torch.autograd.Function):
+    """``x [1, n, heads*d]`` rotated by ``cos / sin [n, d/2]`` at positions 0..n-1 (pairs or halves, as
+    ``_rotate``). Eager here; exported as onnxruntime's contrib kernel."""
 
     @staticmethod
-    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                heads: int, kv_heads: int, interleaved: bool, scale: float):
-        n, d = q.shape[1], cos.shape[-1] * 2
-        qr = _rotate(q[0].view(n, heads, d), cos, sin, interleaved).transpose(0, 1)
-        kr = _rotate(k[0].view(n, kv_heads, d), cos, sin, interleaved).transpose(0, 1)
-        vh = v[0].view(n, kv_heads, d).transpose(0, 1)
-        group = heads // kv_heads
-        out = torch.nn.functional.scaled_dot_product_attention(
-            qr, kr.repeat_interleave(group, 0), vh.repeat_interleave(group, 0), is_causal=True, scale=scale)
-        return out.transpose(0, 1).reshape(1, n, heads * d), kr[None], vh[None]
+    def forward(ctx: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, interleaved: bool):
+        n = x.shape[1]
+        return _rotate(x[0].view(n, heads, -1), cos, sin, interleaved).reshape(1, n, -1)
 
     @staticmethod
-    def symbolic(g: Any, q: Any, k: Any, v: Any, cos: Any, sin: Any, heads: int, kv_heads: int, interleaved: bool,
-                 scale: float):
-        from torch.onnx._internal.torchscript_exporter.symbolic_helper import _optional_input_placeholder_tensor
-
-        int32 = 6  # onnx.TensorProto.INT32
-        length = g.op("Gather", g.op("Shape", q), g.op("Constant", value_t=torch.tensor(1)), axis_i=0)
-        total = g.op("Cast", length, to_i=int32)  # a scalar: the sequence's length
-        seqlens = g.op("Reshape", g.op("Sub", total, g.op("Constant", value_t=torch.tensor(1, dtype=torch.int32))),
-                       g.op("Constant", value_t=torch.tensor([1])))  # [1]: the last position's index
-        none = _optional_input_placeholder_tensor(g)
-        out, k_out, v_out = g.op(CONTRIB_OP, q, k, v, none, none, seqlens, total, cos, sin, num_heads_i=heads,
-                                 kv_num_heads_i=kv_heads, do_rotary_i=1, rotary_interleaved_i=int(interleaved),
-                                 scale_f=scale, outputs=3)
-        # the exporter's shape inference does not know the contrib op: give it the shapes ([1, n, H*d] and
-        # [1, Hkv, n, d]; n dynamic)
-        out.setType(q.type())
-        d = None if q.type().varyingSizes()[-1] is None else q.type().varyingSizes()[-1] // heads
-        for cache in (k_out, v_out):
-            cache.setType(q.type().with_sizes([1, kv_heads, None, d]))
-        return out, k_out, v_out
+    def symbolic(g: Any, x: Any, cos: Any, sin: Any, heads: int, interleaved: bool):
+        length = g.op("Gather", g.op("Shape", x), g.op("Constant", value_t=torch.tensor(1)), axis_i=0)
+        positions = g.op("Unsqueeze", g.op("Range", g.op("Constant", value_t=torch.tensor(0)), length,
+                                           g.op("Constant", value_t=torch.tensor(1))),
+                         g.op("Constant", value_t=torch.tensor([0])))  # [1, n]: 0..n-1
+        out = g.op(ROTARY_OP, x, positions, cos, sin, interleaved_i=int(interleaved), num_heads_i=heads)
+        out.setType(x.type())
+        return out
 
 
 def rotary_order(head_dim: int) -> list[int]:
@@ -97,8 +79,9 @@ def _rows_in_order(linear: torch.nn.Linear, heads: int, head_dim: int) -> torch.
 
 
 class FusedAttention(torch.nn.Module):
-    """A transformers llama / mistral / qwen2 / Qwen-VL text attention layer as one ``GroupQueryAttention``;
-    called as transformers calls it, it writes its rotated K and V into the cache it is given."""
+    """A transformers llama / mistral / qwen2 / Qwen-VL text attention layer with its rotary as onnxruntime's
+    kernel; called as transformers calls it (with the additive causal mask the prefill graph builds), it
+    writes its rotated K and its V into the cache it is given."""
 
     def __init__(self, attn: torch.nn.Module, config: Any, interleaved: bool) -> None:
         super().__init__()
@@ -125,12 +108,20 @@ class FusedAttention(torch.nn.Module):
     def forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
                 attention_mask: torch.Tensor | None = None, past_key_values: Any = None, **_: Any):
         cos, sin = (self._half_angles(t) for t in position_embeddings)
-        out, k, v = GroupQueryAttention.apply(self.q_proj(hidden_states), self.k_proj(hidden_states),
-                                              self.v_proj(hidden_states), cos, sin, self.heads, self.kv_heads,
-                                              self.interleaved, self.scale)
+        n, d = hidden_states.shape[1], self.head_dim
+        q = RotaryEmbedding.apply(self.q_proj(hidden_states), cos, sin, self.heads, self.interleaved)
+        k = RotaryEmbedding.apply(self.k_proj(hidden_states), cos, sin, self.kv_heads, self.interleaved)
+        q, k, v = (t.view(1, n, -1, d).transpose(1, 2) for t in (q, k, self.v_proj(hidden_states)))  # [1, H, n, d]
         if past_key_values is not None:
             past_key_values.update(k, v, self.layer_idx)
-        return self.o_proj(out), None
+        group = self.heads // self.kv_heads
+        if group > 1:
+            k, v = (t[:, :, None].expand(1, self.kv_heads, group, n, d).reshape(1, self.heads, n, d) for t in (k, v))
+        scores = torch.matmul(q, k.transpose(2, 3)) * self.scale
+        if attention_mask is not None:
+            scores = scores + attention_mask
+        out = torch.matmul(torch.softmax(scores, dim=-1), v)
+        return self.o_proj(out.transpose(1, 2).reshape(1, n, self.heads * d)), None
 
 
 class LastRowNorm(torch.nn.Module):
