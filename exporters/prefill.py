@@ -136,7 +136,7 @@ class PrefillModule(torch.nn.Module):
             ks.append(layer.keys[0].permute(1, 0, 2).flatten(1))  # [n, H * d]
             vs.append(layer.values[0].permute(0, 2, 1).flatten(0, 1))  # [H * d, n]
         logits = self.lm.lm_head(out.last_hidden_state[:, -1])
-        return logits, torch.stack(ks).half(), torch.stack(vs).half()
+        return logits, torch.stack([k.half() for k in ks]), torch.stack([v.half() for v in vs])  # f16 before the copy
 
 
 def write_graph(text: TextModel, dst: Path, precision: str, scratch: Path, activations: str = ACTIVATIONS[0]
@@ -165,7 +165,7 @@ def write_graph(text: TextModel, dst: Path, precision: str, scratch: Path, activ
                                         "v": {2: "positions"}, MROPE_INPUT: {1: "positions"}})
     method: dict[str, Any] = {"method": "torch.onnx.export (TorchScript)", "opset": OPSET,
                               "rotary_permuted": spec.permute_qk, "rotary": "com.microsoft.RotaryEmbedding",
-                              "last_layer_ffn": "last position only"}
+                              "last_layer": "K and V of every position; query, attention output and FFN of the last"}
     final = fp32
     if precision == "int8":
         final = scratch / f"prefill-int8-{activations}.onnx"

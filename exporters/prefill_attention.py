@@ -16,9 +16,10 @@ onnxruntime 1.32, medians of 20 interleaved runs, both with the last-layer cut b
 ``GroupQueryAttention`` 35.1-35.8 / 48.2-48.3 ms, this 33.0-33.3 / 45.7-45.9 ms; the graph before either
 (transformers' attention traced, every FFN on every row) took 40.5 ms on LLaVA.
 
-**Last layer** (``LastRowNorm``): the graph returns the last position's logits and every layer's K/V;
-the last layer's FFN feeds only the logits, so it runs on the last row (llama.cpp does the same with
-its output ids). The residual add broadcasts that one row over the others, which nothing reads.
+**Last layer** (``FusedAttention(last_row_only=True)``, ``LastRowNorm``): the graph returns the last
+position's logits and every layer's K/V; past the last layer's K and V only the last row feeds the
+logits, so its query, attention output, projection and FFN run on that row (llama.cpp cuts to its output
+rows at the same place). The residual adds broadcast that one row over the others, which nothing reads.
 """
 
 from __future__ import annotations
@@ -83,9 +84,10 @@ class FusedAttention(torch.nn.Module):
     kernel; called as transformers calls it (with the additive causal mask the prefill graph builds), it
     writes its rotated K and its V into the cache it is given."""
 
-    def __init__(self, attn: torch.nn.Module, config: Any, interleaved: bool) -> None:
+    def __init__(self, attn: torch.nn.Module, config: Any, interleaved: bool, last_row_only: bool = False) -> None:
         super().__init__()
         self.layer_idx = attn.layer_idx
+        self.last_row_only = last_row_only  # the last layer: queries and output for the last position only
         self.head_dim = int(attn.head_dim)
         self.heads = int(config.num_attention_heads)
         self.kv_heads = int(config.num_key_value_heads)
@@ -109,9 +111,14 @@ class FusedAttention(torch.nn.Module):
                 attention_mask: torch.Tensor | None = None, past_key_values: Any = None, **_: Any):
         cos, sin = (self._half_angles(t) for t in position_embeddings)
         n, d = hidden_states.shape[1], self.head_dim
-        q = RotaryEmbedding.apply(self.q_proj(hidden_states), cos, sin, self.heads, self.interleaved)
         k = RotaryEmbedding.apply(self.k_proj(hidden_states), cos, sin, self.kv_heads, self.interleaved)
-        q, k, v = (t.view(1, n, -1, d).transpose(1, 2) for t in (q, k, self.v_proj(hidden_states)))  # [1, H, n, d]
+        rows, q_cos, q_sin = hidden_states, cos, sin
+        if self.last_row_only:  # one query, at the last position (a one-row angle table: its row 0)
+            rows, q_cos, q_sin, attention_mask = hidden_states[:, -1:], cos[-1:], sin[-1:], None
+        m = rows.shape[1]
+        q = RotaryEmbedding.apply(self.q_proj(rows), q_cos, q_sin, self.heads, self.interleaved)
+        q = q.view(1, m, -1, d).transpose(1, 2)
+        k, v = (t.view(1, n, -1, d).transpose(1, 2) for t in (k, self.v_proj(hidden_states)))  # [1, H, n, d]
         if past_key_values is not None:
             past_key_values.update(k, v, self.layer_idx)
         group = self.heads // self.kv_heads
@@ -121,7 +128,7 @@ class FusedAttention(torch.nn.Module):
         if attention_mask is not None:
             scores = scores + attention_mask
         out = torch.matmul(torch.softmax(scores, dim=-1), v)
-        return self.o_proj(out.transpose(1, 2).reshape(1, n, self.heads * d)), None
+        return self.o_proj(out.transpose(1, 2).reshape(1, m, self.heads * d)), None
 
 
 class LastRowNorm(torch.nn.Module):
@@ -136,11 +143,12 @@ class LastRowNorm(torch.nn.Module):
 
 
 def fuse_for_prefill(lm: torch.nn.Module, interleaved: bool) -> torch.nn.Module:
-    """Swap ``lm``'s attention layers for ``FusedAttention`` and its last FFN's norm for ``LastRowNorm``, in
+    """Swap ``lm``'s attention layers for ``FusedAttention`` (the last one on the last row) and its last FFN's
+    norm for ``LastRowNorm``, in
     place (``lm`` is the prefill graph's own copy); ``interleaved``: the GGUF's Q / K rows are in
     llama.cpp's NORM rotary order (``ArchSpec.permute_qk``)."""
     layers = lm.model.layers
     for layer in layers:
-        layer.self_attn = FusedAttention(layer.self_attn, lm.config, interleaved)
+        layer.self_attn = FusedAttention(layer.self_attn, lm.config, interleaved, last_row_only=layer is layers[-1])
     layers[-1].post_attention_layernorm = LastRowNorm(layers[-1].post_attention_layernorm)
     return lm

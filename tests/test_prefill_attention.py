@@ -56,7 +56,7 @@ def _causal(n: int) -> torch.Tensor:
 
 def test_the_fused_layer_is_transformers_layer_with_keys_in_llamacpps_order():
     """A llama attention layer (grouped heads) and its ``FusedAttention``: the same output, and the cached
-    keys the same up to llama.cpp's rotary order within each head."""
+    keys the same up to llama.cpp's rotary order within each head; as the last layer, the last row's."""
     from transformers import DynamicCache
 
     config, attn, rotary = _llama_attention(4, 2, 128)
@@ -70,6 +70,14 @@ def test_the_fused_layer_is_transformers_layer_with_keys_in_llamacpps_order():
     order = torch.tensor(rotary_order(32))
     torch.testing.assert_close(our_cache.layers[0].keys, hf_cache.layers[0].keys[..., order], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(our_cache.layers[0].values, hf_cache.layers[0].values)
+    # as the last layer: the last row's output alone, the same cache
+    last_cache = DynamicCache(config=config)
+    with torch.no_grad():
+        last, _ = FusedAttention(attn, config, True, last_row_only=True)(x, cos_sin, _causal(11),
+                                                                          past_key_values=last_cache)
+    assert last.shape == (1, 1, 128)
+    torch.testing.assert_close(last, want[:, -1:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(last_cache.layers[0].keys, our_cache.layers[0].keys)
 
 
 def test_the_exported_layer_holds_the_kernel_and_runs_at_other_lengths(tmp_path):
