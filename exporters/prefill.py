@@ -9,7 +9,8 @@ The graph (``llm_prefill.onnx``; see ``runtimes/llamacpp/kv_handoff.py`` for how
       -> logits  [1, V] f32      the last position's
          k       [L, n, C] f16   every layer's keys, one row per position, in llama.cpp's channel
                                  order (the GGUF writer interleaves the rotary halves of llama/mistral)
-         v       [L, C, n] f16   every layer's values, one row per channel (llama.cpp's transposed V)
+         v       [L, n, C] f16   every layer's values, one row per position (bundles before 2026-12-01:
+                                 [L, C, n], one row per channel; the runtime reads either)
 
 It is built from the same ``TextModel`` the GGUF writer reads, so both hold the same weights; an int8
 graph for a GGUF takes that GGUF's own weights, dequantized (``gguf/weights.py``: the hand-over then
@@ -132,9 +133,9 @@ class PrefillModule(torch.nn.Module):
                             position_ids=positions[:, None, :] if self.mrope else pos[None],
                             cache_position=pos, use_cache=True, past_key_values=DynamicCache(config=self.lm.config))
         ks, vs = [], []
-        for layer in out.past_key_values.layers:  # keys / values [1, H, n, d]
-            ks.append(layer.keys[0].permute(1, 0, 2).flatten(1))  # [n, H * d]
-            vs.append(layer.values[0].permute(0, 2, 1).flatten(0, 1))  # [H * d, n]
+        for layer in out.past_key_values.layers:  # keys / values [1, n, H * d]
+            ks.append(layer.keys[0])  # [n, H * d]: FusedAttention caches rows per position
+            vs.append(layer.values[0])
         logits = self.lm.lm_head(out.last_hidden_state[:, -1])
         return logits, torch.stack([k.half() for k in ks]), torch.stack([v.half() for v in vs])  # f16 before the copy
 
@@ -162,7 +163,7 @@ def write_graph(text: TextModel, dst: Path, precision: str, scratch: Path, activ
                           output_names=list(GRAPH_OUTPUTS), opset_version=OPSET, dynamo=False,
                           dynamic_axes={"input_ids": {1: "positions"}, "media_embeds": {1: "positions"},
                                         "media_mask": {1: "positions"}, "k": {1: "positions"},
-                                        "v": {2: "positions"}, MROPE_INPUT: {1: "positions"}})
+                                        "v": {1: "positions"}, MROPE_INPUT: {1: "positions"}})
     method: dict[str, Any] = {"method": "torch.onnx.export (TorchScript)", "opset": OPSET,
                               "rotary_permuted": spec.permute_qk, "rotary": "com.microsoft.RotaryEmbedding",
                               "last_layer": "K and V of every position; query, attention output and FFN of the last"}

@@ -82,7 +82,8 @@ def _rows_in_order(linear: torch.nn.Linear, heads: int, head_dim: int) -> torch.
 class FusedAttention(torch.nn.Module):
     """A transformers llama / mistral / qwen2 / Qwen-VL text attention layer with its rotary as onnxruntime's
     kernel; called as transformers calls it (with the additive causal mask the prefill graph builds), it
-    writes its rotated K and its V into the cache it is given."""
+    writes its rotated K and its V into the cache it is given as ``[1, n, Hkv*d]``, one row per position
+    (not transformers' ``[1, Hkv, n, d]``: the graph's outputs take them as they are)."""
 
     def __init__(self, attn: torch.nn.Module, config: Any, interleaved: bool, last_row_only: bool = False) -> None:
         super().__init__()
@@ -117,10 +118,11 @@ class FusedAttention(torch.nn.Module):
             rows, q_cos, q_sin, attention_mask = hidden_states[:, -1:], cos[-1:], sin[-1:], None
         m = rows.shape[1]
         q = RotaryEmbedding.apply(self.q_proj(rows), q_cos, q_sin, self.heads, self.interleaved)
-        q = q.view(1, m, -1, d).transpose(1, 2)
-        k, v = (t.view(1, n, -1, d).transpose(1, 2) for t in (k, self.v_proj(hidden_states)))  # [1, H, n, d]
-        if past_key_values is not None:
+        v = self.v_proj(hidden_states)
+        if past_key_values is not None:  # one row per position, as llama.cpp's cache holds them: no transposes
             past_key_values.update(k, v, self.layer_idx)
+        q = q.view(1, m, -1, d).transpose(1, 2)
+        k, v = (t.view(1, n, -1, d).transpose(1, 2) for t in (k, v))  # [1, H, n, d]
         group = self.heads // self.kv_heads
         if group > 1:
             k, v = (t[:, :, None].expand(1, self.kv_heads, group, n, d).reshape(1, self.heads, n, d) for t in (k, v))

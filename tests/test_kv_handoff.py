@@ -99,6 +99,41 @@ def test_state_equals_llamacpps_own_layout(which, setting, request):
     assert min(cosines) >= (0.99999 if which == "llama_fp32" else 0.99), cosines
 
 
+def _per_channel_copy(graph_path, dst):
+    """The graph as bundles before 2026-12-01 wrote it: V ``[L, C, n]`` (a Transpose appended)."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(graph_path))
+    out = model.graph.output[2]
+    dims = [d.dim_value or d.dim_param for d in out.type.tensor_type.shape.dim]
+    for node in model.graph.node:
+        node.output[:] = ["v_rows" if o == "v" else o for o in node.output]
+    model.graph.node.append(helper.make_node("Transpose", ["v_rows"], ["v"], perm=[0, 2, 1]))
+    model.graph.output.remove(out)
+    model.graph.output.append(helper.make_tensor_value_info("v", out.type.tensor_type.elem_type,
+                                                            [dims[0], dims[2], dims[1]]))
+    onnx.save_model(model, str(dst), save_as_external_data=True, location=dst.name + ".data")
+    return dst
+
+
+@pytest.mark.parametrize("setting", ["default", "flash_attn"])
+def test_graphs_with_values_per_channel_still_hand_over_the_same_state(llama_fp32, setting, tmp_path):
+    """The graph gives V one row per position now; a bundle's older graph (one row per channel) gives
+    the same llama.cpp state byte for byte, with V kept per channel (flash attention off) or per cell."""
+    gguf, graph_path, art = _files(llama_fp32)
+    new = PrefillGraph(graph_path, precision=art.precision)
+    old = PrefillGraph(_per_channel_copy(graph_path, tmp_path / "old.onnx"), precision=art.precision)
+    assert new.v_per_position and not old.v_per_position
+    with LlamaCppLLM(gguf, SETTINGS[setting].with_(n_ctx=256)) as llm:
+        ids = (np.arange(23) * 7 + 3) % llm.n_vocab
+        llm.eval_tokens(ids.tolist(), logits="none")
+        layout, _ = parse_layout(llm.read_seq_state())
+        media, mask = np.random.default_rng(0).standard_normal((23, llm.n_embd)).astype(np.float32), ids % 2 == 0
+    blobs = [build_state(*graph.run(ids, media, mask)[1:], layout) for graph in (new, old)]
+    assert layout.v_trans == (setting == "default") and np.array_equal(blobs[0], blobs[1])
+
+
 def _pair(bundle, settings, **kw):
     return (Pipeline.from_bundle(bundle, llm_settings=settings, **kw),
             Pipeline.from_bundle(bundle, llm_settings=settings, fast_prefill=False, **kw))

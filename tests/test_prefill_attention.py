@@ -56,7 +56,8 @@ def _causal(n: int) -> torch.Tensor:
 
 def test_the_fused_layer_is_transformers_layer_with_keys_in_llamacpps_order():
     """A llama attention layer (grouped heads) and its ``FusedAttention``: the same output, and the cached
-    keys the same up to llama.cpp's rotary order within each head; as the last layer, the last row's."""
+    keys the same up to llama.cpp's rotary order within each head (rows per position, as llama.cpp caches
+    them); as the last layer, the last row's."""
     from transformers import DynamicCache
 
     config, attn, rotary = _llama_attention(4, 2, 128)
@@ -68,8 +69,9 @@ def test_the_fused_layer_is_transformers_layer_with_keys_in_llamacpps_order():
         got, _ = FusedAttention(attn, config, interleaved=True)(x, cos_sin, _causal(11), past_key_values=our_cache)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     order = torch.tensor(rotary_order(32))
-    torch.testing.assert_close(our_cache.layers[0].keys, hf_cache.layers[0].keys[..., order], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(our_cache.layers[0].values, hf_cache.layers[0].values)
+    rows = lambda t: t.transpose(1, 2).reshape(1, 11, -1)  # noqa: E731 - [1, H, n, d] -> one row per position
+    torch.testing.assert_close(our_cache.layers[0].keys, rows(hf_cache.layers[0].keys[..., order]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(our_cache.layers[0].values, rows(hf_cache.layers[0].values))
     # as the last layer: the last row's output alone, the same cache
     last_cache = DynamicCache(config=config)
     with torch.no_grad():

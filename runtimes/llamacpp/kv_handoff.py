@@ -57,7 +57,7 @@ MAX_POSITIONS = 2048
 GRAPH_INPUTS = ("input_ids", "media_embeds", "media_mask")  # [1, n] int64, [1, n, D] f32, [1, n] bool
 MROPE_INPUT = "positions"  # [3, n] int64 (t, h, w) per row: M-RoPE graphs only
 TOKEN_NULL = -1  # llama.h: LLAMA_TOKEN_NULL, an embedding row's token in an M-RoPE cell
-GRAPH_OUTPUTS = ("logits", "k", "v")  # [1, V] f32, [L, n, C] f16, [L, C, n] f16
+GRAPH_OUTPUTS = ("logits", "k", "v")  # [1, V] f32, [L, n, C] f16, [L, n, C] f16 (older graphs: [L, C, n])
 
 
 class HandoffUnavailable(BackendUnavailableError):
@@ -231,6 +231,12 @@ class PrefillGraph:
                 f"outputs {self.session.output_names}).", hint="Re-export the bundle with --prefill.")
         self.precision = precision
         self.mrope = MROPE_INPUT in names
+        # v [L, n, C] (one row per position, graphs since 2026-12-01) or [L, C, n]: the dynamic axis tells
+        v_shape = self.session.output_shapes[2]
+        if len(v_shape) != 3 or (v_shape[1] is None) == (v_shape[2] is None):
+            raise BackendError(f"'{Path(path).name}' gives values of shape {v_shape}; expected [L, n, C] or [L, C, n] "
+                               "with n dynamic.", hint="Re-export the bundle with --prefill.")
+        self.v_per_position = v_shape[1] is None
 
     def run(self, ids: np.ndarray, media: np.ndarray, mask: np.ndarray, positions: np.ndarray | None = None
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -247,7 +253,9 @@ class PrefillGraph:
         elif positions is not None:
             raise InputError("this prefill graph numbers positions in order; it takes no (t, h, w) positions.")
         logits, k, v = self.session.run(feed)
-        return logits[0], k, v
+        # [L, C, n] as a view: build_state copies V per position (flash attention's cache) without a
+        # transpose from a per-position graph, and transposes once where llama.cpp keeps V per channel
+        return logits[0], k, v.transpose(0, 2, 1) if self.v_per_position else v
 
     def close(self) -> None:
         self.session.close()
