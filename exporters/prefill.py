@@ -108,8 +108,8 @@ def causal_lm_from(text: TextModel) -> torch.nn.Module:
 
 class PrefillModule(torch.nn.Module):
     """``input_ids, media_embeds, media_mask -> logits, k, v`` (shapes in the module docstring). ``lm``'s
-    attention runs as onnxruntime's fused kernel, its K rows already in llama.cpp's order, and its last
-    FFN on the last row (``prefill_attention.fuse_for_prefill``)."""
+    rotary runs as onnxruntime's kernel, its K rows already in llama.cpp's order, and its last layer past
+    K/V on the last row (``prefill_attention.fuse_for_prefill``)."""
 
     def __init__(self, lm: torch.nn.Module, permute_k: bool, mrope: bool = False) -> None:
         super().__init__()
@@ -134,7 +134,7 @@ class PrefillModule(torch.nn.Module):
                             cache_position=pos, use_cache=True, past_key_values=DynamicCache(config=self.lm.config))
         ks, vs = [], []
         for layer in out.past_key_values.layers:  # keys / values [1, n, H * d]
-            ks.append(layer.keys[0])  # [n, H * d]: FusedAttention caches rows per position
+            ks.append(layer.keys[0])  # [n, H * d]: PrefillAttention caches rows per position
             vs.append(layer.values[0])
         logits = self.lm.lm_head(out.last_hidden_state[:, -1])
         return logits, torch.stack([k.half() for k in ks]), torch.stack([v.half() for v in vs])  # f16 before the copy

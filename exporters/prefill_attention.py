@@ -1,9 +1,9 @@
-"""The prefill graph's rotary as onnxruntime's kernel, and its last layer's FFN for the last row only.
+"""The prefill graph's rotary as onnxruntime's kernel, and its last layer past K/V for the last row only.
 
 Both are swapped into the float ``*ForCausalLM`` that ``prefill.py`` traces (``fuse_for_prefill``); the
 graph is then held to transformers' own model by the same gates as before.
 
-**Attention** (``FusedAttention``): transformers' eager attention traces to ~30 nodes a layer: rotary by
+**Attention** (``PrefillAttention``): transformers' eager attention traces to ~30 nodes a layer: rotary by
 Slice / Neg / Concat / Mul / Add on Q and K, then a Gather that reorders the cached K rows into llama.cpp's
 channel order. Here Q and K are rotated by onnxruntime's ``com.microsoft.RotaryEmbedding`` kernel, and
 for llama.cpp's NORM rope (llama, mistral: rotary on interleaved pairs) the Q and K projection rows are
@@ -12,11 +12,11 @@ one permutation of both); NEOX models (qwen2, Qwen-VL) keep transformers' order 
 attention itself stays MatMul / Softmax / MatMul, which onnxruntime fuses and runs faster than its fused
 ``GroupQueryAttention`` kernel here. Measured on the bench LLaVA (12x768 llama, 219 positions, int8
 per-tensor) and Qwen2.5-VL (12x768 qwen2, 4 KV heads, 300 positions, int8 per-token), 2 threads,
-onnxruntime 1.32, medians of 20 interleaved runs, both with the last-layer cut below:
+onnxruntime 1.32, medians of 20 interleaved runs, both with the last layer's FFN on the last row:
 ``GroupQueryAttention`` 35.1-35.8 / 48.2-48.3 ms, this 33.0-33.3 / 45.7-45.9 ms; the graph before either
 (transformers' attention traced, every FFN on every row) took 40.5 ms on LLaVA.
 
-**Last layer** (``FusedAttention(last_row_only=True)``, ``LastRowNorm``): the graph returns the last
+**Last layer** (``PrefillAttention(last_row_only=True)``, ``LastRowNorm``): the graph returns the last
 position's logits and every layer's K/V; past the last layer's K and V only the last row feeds the
 logits, so its query, attention output, projection and FFN run on that row (llama.cpp cuts to its output
 rows at the same place). The residual adds broadcast that one row over the others, which nothing reads.
@@ -79,7 +79,7 @@ def _rows_in_order(linear: torch.nn.Linear, heads: int, head_dim: int) -> torch.
     return out
 
 
-class FusedAttention(torch.nn.Module):
+class PrefillAttention(torch.nn.Module):
     """A transformers llama / mistral / qwen2 / Qwen-VL text attention layer with its rotary as onnxruntime's
     kernel; called as transformers calls it (with the additive causal mask the prefill graph builds), it
     writes its rotated K and its V into the cache it is given as ``[1, n, Hkv*d]``, one row per position
@@ -145,12 +145,11 @@ class LastRowNorm(torch.nn.Module):
 
 
 def fuse_for_prefill(lm: torch.nn.Module, interleaved: bool) -> torch.nn.Module:
-    """Swap ``lm``'s attention layers for ``FusedAttention`` (the last one on the last row) and its last FFN's
-    norm for ``LastRowNorm``, in
-    place (``lm`` is the prefill graph's own copy); ``interleaved``: the GGUF's Q / K rows are in
-    llama.cpp's NORM rotary order (``ArchSpec.permute_qk``)."""
+    """Swap ``lm``'s attention layers for ``PrefillAttention`` (the last one on the last row) and its last
+    FFN's norm for ``LastRowNorm``, in place (``lm`` is the prefill graph's own copy); ``interleaved``: the
+    GGUF's Q / K rows are in llama.cpp's NORM rotary order (``ArchSpec.permute_qk``)."""
     layers = lm.model.layers
     for layer in layers:
-        layer.self_attn = FusedAttention(layer.self_attn, lm.config, interleaved, last_row_only=layer is layers[-1])
+        layer.self_attn = PrefillAttention(layer.self_attn, lm.config, interleaved, last_row_only=layer is layers[-1])
     layers[-1].post_attention_layernorm = LastRowNorm(layers[-1].post_attention_layernorm)
     return lm

@@ -9,7 +9,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from edgebridge.exporters.prefill_attention import ROTARY_OP, FusedAttention, RotaryEmbedding, rotary_order
+from edgebridge.exporters.prefill_attention import ROTARY_OP, PrefillAttention, RotaryEmbedding, rotary_order
 
 
 def _kernel(heads: int, interleaved: bool) -> ort.InferenceSession:
@@ -54,8 +54,8 @@ def _causal(n: int) -> torch.Tensor:
     return torch.full((n, n), torch.finfo(torch.float32).min).triu(1)[None, None]
 
 
-def test_the_fused_layer_is_transformers_layer_with_keys_in_llamacpps_order():
-    """A llama attention layer (grouped heads) and its ``FusedAttention``: the same output, and the cached
+def test_the_prefill_layer_is_transformers_layer_with_keys_in_llamacpps_order():
+    """A llama attention layer (grouped heads) and its ``PrefillAttention``: the same output, and the cached
     keys the same up to llama.cpp's rotary order within each head (rows per position, as llama.cpp caches
     them); as the last layer, the last row's."""
     from transformers import DynamicCache
@@ -66,7 +66,7 @@ def test_the_fused_layer_is_transformers_layer_with_keys_in_llamacpps_order():
     hf_cache, our_cache = DynamicCache(config=config), DynamicCache(config=config)
     with torch.no_grad():
         want, _ = attn(x, cos_sin, _causal(11), past_key_values=hf_cache)
-        got, _ = FusedAttention(attn, config, interleaved=True)(x, cos_sin, _causal(11), past_key_values=our_cache)
+        got, _ = PrefillAttention(attn, config, interleaved=True)(x, cos_sin, _causal(11), past_key_values=our_cache)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     order = torch.tensor(rotary_order(32))
     rows = lambda t: t.transpose(1, 2).reshape(1, 11, -1)  # noqa: E731 - [1, H, n, d] -> one row per position
@@ -75,7 +75,7 @@ def test_the_fused_layer_is_transformers_layer_with_keys_in_llamacpps_order():
     # as the last layer: the last row's output alone, the same cache
     last_cache = DynamicCache(config=config)
     with torch.no_grad():
-        last, _ = FusedAttention(attn, config, True, last_row_only=True)(x, cos_sin, _causal(11),
+        last, _ = PrefillAttention(attn, config, True, last_row_only=True)(x, cos_sin, _causal(11),
                                                                           past_key_values=last_cache)
     assert last.shape == (1, 1, 128)
     torch.testing.assert_close(last, want[:, -1:], atol=1e-5, rtol=1e-5)
@@ -83,19 +83,19 @@ def test_the_fused_layer_is_transformers_layer_with_keys_in_llamacpps_order():
 
 
 def test_the_exported_layer_holds_the_kernel_and_runs_at_other_lengths(tmp_path):
-    """A traced ``FusedAttention`` exports the contrib node for Q and K (not transformers' Slice / Neg /
+    """A traced ``PrefillAttention`` exports the contrib node for Q and K (not transformers' Slice / Neg /
     Concat rotary) and gives the eager layer's output at a length other than the traced one."""
     config, attn, rotary = _llama_attention(2, 2, 64)
 
     class Layer(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.fused, self.rotary = FusedAttention(attn, config, interleaved=True), rotary
+            self.attention, self.rotary = PrefillAttention(attn, config, interleaved=True), rotary
 
         def forward(self, x):
             pos = torch.cumsum(torch.ones_like(x[0, :, 0], dtype=torch.long), 0) - 1
             causal = torch.where(pos[None, :] <= pos[:, None], 0.0, torch.finfo(torch.float32).min)
-            return self.fused(x, self.rotary(x, pos[None]), causal[None, None])[0]
+            return self.attention(x, self.rotary(x, pos[None]), causal[None, None])[0]
 
     path, layer = tmp_path / "layer.onnx", Layer().eval()
     with torch.no_grad():
