@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from edgebridge.exporters.gguf.writer import permute_rotary
+
 ROTARY_OP = "com.microsoft::RotaryEmbedding"
 
 
@@ -61,21 +63,14 @@ class RotaryEmbedding(torch.autograd.Function):
         return out
 
 
-def rotary_order(head_dim: int) -> list[int]:
-    """HF channel for each llama.cpp channel within a head (llama.cpp row ``2i + j`` <- HF row
-    ``j * d/2 + i``): the order the GGUF writer gives Q and K rows, and so the cached K."""
-    half = head_dim // 2
-    return [j * half + i for i in range(half) for j in range(2)]
-
-
-def _rows_in_order(linear: torch.nn.Linear, heads: int, head_dim: int) -> torch.nn.Linear:
-    """A copy of ``linear`` whose output rows are in llama.cpp's rotary order within each head."""
-    order = torch.tensor([h * head_dim + i for h in range(heads) for i in rotary_order(head_dim)])
+def _rows_in_order(linear: torch.nn.Linear, heads: int) -> torch.nn.Linear:
+    """A copy of ``linear`` whose output rows are in llama.cpp's rotary order within each head, as the GGUF
+    writer puts them (``permute_rotary``)."""
     out = torch.nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
     with torch.no_grad():
-        out.weight.copy_(linear.weight[order])
+        out.weight.copy_(torch.from_numpy(permute_rotary(linear.weight.numpy(), heads)))
         if linear.bias is not None:
-            out.bias.copy_(linear.bias[order])
+            out.bias.copy_(torch.from_numpy(permute_rotary(linear.bias.numpy(), heads)))
     return out
 
 
@@ -96,8 +91,8 @@ class PrefillAttention(torch.nn.Module):
         self.interleaved = interleaved
         scaling = getattr(attn, "rope_scaling", None) or {}
         self.mrope_section = list(scaling.get("mrope_section") or [])
-        self.q_proj = _rows_in_order(attn.q_proj, self.heads, self.head_dim) if interleaved else attn.q_proj
-        self.k_proj = _rows_in_order(attn.k_proj, self.kv_heads, self.head_dim) if interleaved else attn.k_proj
+        self.q_proj = _rows_in_order(attn.q_proj, self.heads) if interleaved else attn.q_proj
+        self.k_proj = _rows_in_order(attn.k_proj, self.kv_heads) if interleaved else attn.k_proj
         self.v_proj, self.o_proj = attn.v_proj, attn.o_proj
 
     def _half_angles(self, table: torch.Tensor) -> torch.Tensor:

@@ -85,7 +85,7 @@ def test_gguf_rotary_permutation_matters(workdir, monkeypatch, tmp_path):
     import edgebridge.exporters.gguf.writer as writer
 
     model_dir = tiny_llava(workdir, ("clip", "llama"))
-    monkeypatch.setattr(writer, "_permute_rotary", lambda w, n_head: w)
+    monkeypatch.setattr(writer, "permute_rotary", lambda w, n_head: w)
     with pytest.raises(ParityError, match="GGUF f32") as info:
         export_bundle(model_dir, tmp_path / "b", encoder_formats=["onnx"], llm_dtype="f32")
     assert info.value.figure == "max_abs" and info.value.value > 1e-2

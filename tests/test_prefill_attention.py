@@ -9,7 +9,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from edgebridge.exporters.prefill_attention import ROTARY_OP, PrefillAttention, RotaryEmbedding, rotary_order
+from edgebridge.exporters.gguf.writer import permute_rotary
+from edgebridge.exporters.prefill_attention import ROTARY_OP, PrefillAttention, RotaryEmbedding
 
 
 def _kernel(heads: int, interleaved: bool) -> ort.InferenceSession:
@@ -68,7 +69,7 @@ def test_the_prefill_layer_is_transformers_layer_with_keys_in_llamacpps_order():
         want, _ = attn(x, cos_sin, _causal(11), past_key_values=hf_cache)
         got, _ = PrefillAttention(attn, config, interleaved=True)(x, cos_sin, _causal(11), past_key_values=our_cache)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    order = torch.tensor(rotary_order(32))
+    order = torch.from_numpy(permute_rotary(np.arange(32), 1))  # the HF channel of each llama.cpp channel
     rows = lambda t: t.transpose(1, 2).reshape(1, 11, -1)  # noqa: E731 - [1, H, n, d] -> one row per position
     torch.testing.assert_close(our_cache.layers[0].keys, rows(hf_cache.layers[0].keys[..., order]), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(our_cache.layers[0].values, rows(hf_cache.layers[0].values))

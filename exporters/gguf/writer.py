@@ -50,14 +50,14 @@ class TextModel:
         return getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
 
 
-def _permute_rotary(w: np.ndarray, n_head: int) -> np.ndarray:
+def permute_rotary(w: np.ndarray, n_head: int) -> np.ndarray:
     """HF [n_head * head_dim, ...] rows with split rotary halves -> llama.cpp's interleaved order."""
     head_dim = w.shape[0] // n_head
     return w.reshape(n_head, 2, head_dim // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def unpermute_rotary(w: np.ndarray, n_head: int) -> np.ndarray:
-    """``_permute_rotary`` undone: llama.cpp's interleaved rotary rows -> HF's split halves."""
+    """``permute_rotary`` undone: llama.cpp's interleaved rotary rows -> HF's split halves."""
     head_dim = w.shape[0] // n_head
     return w.reshape(n_head, head_dim // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
@@ -79,9 +79,9 @@ def _tensors(text: TextModel, spec: ArchSpec, dtype: str) -> Iterable[tuple[str,
             )
         data = tensor.detach().to(torch.float32).cpu().numpy()
         if spec.permute_qk and ".self_attn.q_proj." in hf_name:
-            data = _permute_rotary(data, cfg.num_attention_heads)
+            data = permute_rotary(data, cfg.num_attention_heads)
         elif spec.permute_qk and ".self_attn.k_proj." in hf_name:
-            data = _permute_rotary(data, cfg.num_key_value_heads)
+            data = permute_rotary(data, cfg.num_key_value_heads)
         if spec.norm_plus_one and hf_name.endswith("norm.weight"):
             data = data + 1.0  # gemma's RMSNorm multiplies by (1 + w); llama.cpp's by w
         # llama.cpp keeps norms and biases in f32 whatever the file type
