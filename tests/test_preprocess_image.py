@@ -91,3 +91,25 @@ def test_arrays_nan_float_and_bad_shapes():
         load_image(12345)
     gray = load_image(np.zeros((8, 9), dtype=np.uint8))
     assert gray.mode == "RGB" and gray.size == (9, 8)
+
+
+@pytest.mark.parametrize("spec", [
+    {"rescale_factor": 1 / 255, "mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]},
+    {"rescale_factor": 1 / 255, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},  # SigLIP / Gemma 3
+    {"rescale_factor": 1 / 255, "mean": 0.5, "std": 0.25},  # one value for every channel
+    {"rescale_factor": 1 / 255},  # rescale only
+    {"mean": [100.0, 110.0, 120.0], "std": [50.0, 60.0, 70.0]},  # normalize only
+])
+def test_the_byte_tables_give_the_float_arithmetics_bits(spec):
+    """``normalized_chw`` looks uint8 pixels up in per-channel tables: bit for bit what rescaling and
+    normalizing in floats gives (the HF-matching arithmetic), for every byte value; floats still compute."""
+    from edgebridge.preprocess.image import normalized_chw, rescale_normalize
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (31, 17, 3), dtype=np.uint8)
+    pixels[0, :16, 0] = np.arange(16)  # the extremes among them
+    pixels[1, :16, 1] = np.arange(240, 256)
+    for arr in (pixels, pixels.astype(np.float32) / 3):
+        got, want = normalized_chw(arr, spec), rescale_normalize(arr, spec).transpose(2, 0, 1)
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, want)

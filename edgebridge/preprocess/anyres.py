@@ -25,7 +25,7 @@ from PIL import Image
 
 from edgebridge.errors import ManifestError
 from edgebridge.preprocess import Prepared, register_preprocessor
-from edgebridge.preprocess.image import DEFAULT_MAX_PIXELS, image_info, load_image, rescale_normalize, resize
+from edgebridge.preprocess.image import DEFAULT_MAX_PIXELS, image_info, load_image, normalized_chw, resize
 
 
 def best_resolution(height: int, width: int, pinpoints: Sequence[Sequence[int]]) -> tuple[int, int]:
@@ -158,7 +158,7 @@ def prepare_anyres(items: list[Any], spec: dict[str, Any]) -> Prepared:
         img = load_image(item, max_pixels=int(spec.get("max_pixels", DEFAULT_MAX_PIXELS)))
         frames, grid = ([square_tile(img, spec)], (0, 0)) if square else anyres_tiles(img, spec)
         rows.append(slice(len(tiles), len(tiles) + len(frames)))
-        tiles.extend(np.ascontiguousarray(rescale_normalize(t, spec).transpose(2, 0, 1)) for t in frames)
+        tiles.extend(normalized_chw(t, spec) for t in frames)
         info.append({**image_info(img), "grid": list(grid)})
     counts = [item_tokens(i, spec) for i in info]
     return Prepared(inputs={"pixel_values": np.stack(tiles)}, tokens_per_item=counts, info=info, item_rows=rows,

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from edgebridge.preprocess import MediaOptions, Prepared, register_preprocessor
-from edgebridge.preprocess.image import DEFAULT_MAX_PIXELS, image_info, load_image, rescale_normalize, resize
+from edgebridge.preprocess.image import DEFAULT_MAX_PIXELS, image_info, load_image, normalized_chw, resize
 
 
 def pan_and_scan(arr: np.ndarray, params: Mapping[str, Any]) -> list[np.ndarray]:
@@ -36,7 +36,7 @@ def pan_and_scan(arr: np.ndarray, params: Mapping[str, Any]) -> list[np.ndarray]
 def _pixels(arr: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
     size = spec["resize"]
     img = resize(Image.fromarray(np.ascontiguousarray(arr)), size["height"], size["width"], spec.get("resample", "bilinear"))
-    return np.ascontiguousarray(rescale_normalize(np.asarray(img), spec).transpose(2, 0, 1))
+    return normalized_chw(np.asarray(img), spec)
 
 
 @register_preprocessor("gemma3-images", options=("pan_and_scan",))

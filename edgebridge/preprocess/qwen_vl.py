@@ -4,7 +4,7 @@ As Qwen2-VL's image processor does it (transformers 4.57 ``image_processing_qwen
 
 1. ``smart_resize``: height and width rounded to multiples of ``patch_size * merge_size`` (28),
    scaled so that ``min_pixels <= H * W <= max_pixels``, aspect ratio kept as closely as possible;
-2. resize through PIL (bicubic), rescale, normalize (``image.rescale_normalize``);
+2. resize through PIL (bicubic), rescale, normalize (``image.normalized_chw``);
 3. frames repeated to a multiple of ``temporal_patch_size`` (an image is one frame, repeated);
 4. patches ``[t * h * w, C * temporal * patch * patch]`` in the merger's order: every 2x2 block of
    patches that becomes one LLM token is contiguous.
@@ -40,7 +40,7 @@ import numpy as np
 
 from edgebridge.errors import ImageInputError, InputError
 from edgebridge.preprocess import MediaOptions, Prepared, register_preprocessor
-from edgebridge.preprocess.image import DEFAULT_MAX_PIXELS, image_info, load_image, rescale_normalize, resize
+from edgebridge.preprocess.image import DEFAULT_MAX_PIXELS, image_info, load_image, normalized_chw, resize
 
 MASKED = -1e9  # additive bias between patches of different frames: exp() of it is exactly 0 in float32
 
@@ -210,8 +210,8 @@ def image_frames(item: Any, spec: dict[str, Any], budget: tuple[int, int]) -> tu
             f"a {img.size[0]}x{img.size[1]} image needs at least {height * width // factor ** 2} tokens "
             f"({height}x{width} pixels), more than the budget of {budget[1] // factor ** 2}.",
             hint="Raise --max-image-tokens, or crop the image closer to its content.")
-    arr = rescale_normalize(np.asarray(resize(img, height, width, spec.get("resample", "bicubic"))), spec)
-    return arr.transpose(2, 0, 1)[None], {**image_info(img), "resized": [height, width]}
+    chw = normalized_chw(np.asarray(resize(img, height, width, spec.get("resample", "bicubic"))), spec)
+    return chw[None], {**image_info(img), "resized": [height, width]}
 
 
 @register_preprocessor("qwen-vl-patches", options=("min_image_tokens", "max_image_tokens"))
@@ -246,8 +246,8 @@ def video_frames(video: Any, spec: dict[str, Any], budget: tuple[int, int]) -> t
     height, width = smart_resize(frames.shape[1], frames.shape[2], factor, *budget)
     from PIL import Image
 
-    out = [rescale_normalize(np.asarray(resize(Image.fromarray(f), height, width, spec.get("resample", "bicubic"))),
-                             spec).transpose(2, 0, 1) for f in frames]
+    out = [normalized_chw(np.asarray(resize(Image.fromarray(f), height, width, spec.get("resample", "bicubic"))), spec)
+           for f in frames]
     return np.stack(out), {"width": int(frames.shape[2]), "height": int(frames.shape[1]), "resized": [height, width]}
 
 

@@ -21,14 +21,14 @@ import numpy as np
 from PIL import Image
 
 from edgebridge.preprocess import Prepared, register_preprocessor
-from edgebridge.preprocess.image import DEFAULT_MAX_PIXELS, image_info, load_image, rescale_normalize, resize
+from edgebridge.preprocess.image import DEFAULT_MAX_PIXELS, image_info, load_image, normalized_chw, resize
 
 MAX_IMAGE_SIZE = 4096  # Idefics3's absolute bound on a side
 
 
 def _finish(tiles: list[np.ndarray], spec: dict[str, Any]) -> list[np.ndarray]:
     """HWC uint8 tiles -> CHW float32 (rescale + normalise as the processor)."""
-    return [np.ascontiguousarray(rescale_normalize(t, spec).transpose(2, 0, 1)) for t in tiles]
+    return [normalized_chw(t, spec) for t in tiles]
 
 
 # --- Idefics3 / SmolVLM ------------------------------------------------------------------------------
