@@ -42,7 +42,7 @@ from edgebridge.exporters.gguf.archs import arch_spec
 from edgebridge.exporters.gguf.weights import gguf_weights
 from edgebridge.exporters.gguf.writer import TextModel
 from edgebridge.exporters.onnx_files import data_file, save_external
-from edgebridge.exporters.prefill_attention import fuse_for_prefill
+from edgebridge.exporters.prefill_attention import CachedRows, fuse_for_prefill
 from edgebridge.exporters.prefill_int8 import ACTIVATIONS, quantize as quantize_int8
 from edgebridge.manifest import Artifact, Parity, canonical_precision
 from edgebridge.parity import enforce, logit_metrics, violations
@@ -118,8 +118,6 @@ class PrefillModule(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, media_embeds: torch.Tensor, media_mask: torch.Tensor,
                 positions: torch.Tensor | None = None):
-        from transformers import DynamicCache
-
         tokens = self.lm.get_input_embeddings()(input_ids)
         x = torch.where(media_mask[..., None], media_embeds, tokens)
         # Row indices and the causal mask from tensor ops, so the traced graph keeps ``n`` dynamic
@@ -128,16 +126,14 @@ class PrefillModule(torch.nn.Module):
         # transformers' Qwen-VL does (llama.cpp masks by t, then h and w: the same order for a prompt).
         pos = torch.cumsum(torch.ones_like(input_ids[0]), 0) - 1  # [n]
         causal = torch.where(pos[None, :] <= pos[:, None], 0.0, torch.finfo(torch.float32).min)  # [n, n]
-        # a cache passed in: Qwen-VL's text model makes none while traced
+        rows = CachedRows(len(self.lm.model.layers))
         out = self.lm.model(inputs_embeds=x, attention_mask=causal[None, None],
                             position_ids=positions[:, None, :] if self.mrope else pos[None],
-                            cache_position=pos, use_cache=True, past_key_values=DynamicCache(config=self.lm.config))
-        ks, vs = [], []
-        for layer in out.past_key_values.layers:  # keys / values [1, n, H * d]
-            ks.append(layer.keys[0])  # [n, H * d]: PrefillAttention caches rows per position
-            vs.append(layer.values[0])
+                            cache_position=pos, use_cache=False, cached_rows=rows)
         logits = self.lm.lm_head(out.last_hidden_state[:, -1])
-        return logits, torch.stack([k.half() for k in ks]), torch.stack([v.half() for v in vs])  # f16 before the copy
+        # [L, n, H * d], f16 before the copy; concatenated along the batch axis each layer's rows have
+        # (indexing it away first is a copy per layer and tensor in the graph)
+        return logits, torch.cat([k.half() for k in rows.keys]), torch.cat([v.half() for v in rows.values])
 
 
 def write_graph(text: TextModel, dst: Path, precision: str, scratch: Path, activations: str = ACTIVATIONS[0]

@@ -44,20 +44,18 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: 
 
 
 class RotaryEmbedding(torch.autograd.Function):
-    """``x [1, n, heads*d]`` rotated by ``cos / sin [n, d/2]`` at positions 0..n-1 (pairs or halves, as
-    ``_rotate``). Eager here; exported as onnxruntime's contrib kernel."""
+    """``x [1, m, heads*d]`` rotated by rows ``positions [1, m]`` of ``cos / sin [n, d/2]`` (pairs or halves,
+    as ``_rotate``). Eager here; exported as onnxruntime's contrib kernel."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, interleaved: bool):
-        n = x.shape[1]
-        return _rotate(x[0].view(n, heads, -1), cos, sin, interleaved).reshape(1, n, -1)
+    def forward(ctx: Any, x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                heads: int, interleaved: bool):
+        m = x.shape[1]
+        rows = positions[0]
+        return _rotate(x[0].view(m, heads, -1), cos[rows], sin[rows], interleaved).reshape(1, m, -1)
 
     @staticmethod
-    def symbolic(g: Any, x: Any, cos: Any, sin: Any, heads: int, interleaved: bool):
-        length = g.op("Gather", g.op("Shape", x), g.op("Constant", value_t=torch.tensor(1)), axis_i=0)
-        positions = g.op("Unsqueeze", g.op("Range", g.op("Constant", value_t=torch.tensor(0)), length,
-                                           g.op("Constant", value_t=torch.tensor(1))),
-                         g.op("Constant", value_t=torch.tensor([0])))  # [1, n]: 0..n-1
+    def symbolic(g: Any, x: Any, positions: Any, cos: Any, sin: Any, heads: int, interleaved: bool):
         out = g.op(ROTARY_OP, x, positions, cos, sin, interleaved_i=int(interleaved), num_heads_i=heads)
         out.setType(x.type())
         return out
@@ -77,8 +75,8 @@ def _rows_in_order(linear: torch.nn.Linear, heads: int) -> torch.nn.Linear:
 class PrefillAttention(torch.nn.Module):
     """A transformers llama / mistral / qwen2 / Qwen-VL text attention layer with its rotary as onnxruntime's
     kernel; called as transformers calls it (with the additive causal mask the prefill graph builds), it
-    writes its rotated K and its V into the cache it is given as ``[1, n, Hkv*d]``, one row per position
-    (not transformers' ``[1, Hkv, n, d]``: the graph's outputs take them as they are)."""
+    puts its rotated K and its V into the ``cached_rows`` it is given as ``[1, n, Hkv*d]``, one row per
+    position (not transformers' ``[1, Hkv, n, d]``: the graph's outputs take them as they are)."""
 
     def __init__(self, attn: torch.nn.Module, config: Any, interleaved: bool, last_row_only: bool = False) -> None:
         super().__init__()
@@ -104,28 +102,47 @@ class PrefillAttention(torch.nn.Module):
         return table[0, :, : self.head_dim // 2]
 
     def forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
-                attention_mask: torch.Tensor | None = None, past_key_values: Any = None, **_: Any):
+                attention_mask: torch.Tensor | None = None, cache_position: torch.Tensor | None = None,
+                cached_rows: CachedRows | None = None, **_: Any):
         cos, sin = (self._half_angles(t) for t in position_embeddings)
-        n, d = hidden_states.shape[1], self.head_dim
-        k = RotaryEmbedding.apply(self.k_proj(hidden_states), cos, sin, self.kv_heads, self.interleaved)
-        rows, q_cos, q_sin = hidden_states, cos, sin
-        if self.last_row_only:  # one query, at the last position (a one-row angle table: its row 0)
-            rows, q_cos, q_sin, attention_mask = hidden_states[:, -1:], cos[-1:], sin[-1:], None
-        m = rows.shape[1]
-        q = RotaryEmbedding.apply(self.q_proj(rows), q_cos, q_sin, self.heads, self.interleaved)
+        d = self.head_dim
+        # each row's angles: its row of the table (0..n-1, the graph's row indices: computed once for
+        # every layer, where a Range per kernel call would repeat them)
+        table_rows = (cache_position if cache_position is not None else torch.arange(hidden_states.shape[1]))[None]
+        k = RotaryEmbedding.apply(self.k_proj(hidden_states), table_rows, cos, sin, self.kv_heads, self.interleaved)
+        rows, q_rows = hidden_states, table_rows
+        if self.last_row_only:  # one query, at the last position
+            rows, q_rows, attention_mask = hidden_states[:, -1:], table_rows[:, -1:], None
+        q = RotaryEmbedding.apply(self.q_proj(rows), q_rows, cos, sin, self.heads, self.interleaved)
         v = self.v_proj(hidden_states)
-        if past_key_values is not None:  # one row per position, as llama.cpp's cache holds them: no transposes
-            past_key_values.update(k, v, self.layer_idx)
-        q = q.view(1, m, -1, d).transpose(1, 2)
-        k, v = (t.view(1, n, -1, d).transpose(1, 2) for t in (k, v))  # [1, H, n, d]
+        if cached_rows is not None:  # one row per position, as llama.cpp's cache holds them: no transposes
+            cached_rows.put(self.layer_idx, k, v)
+        # shapes as constants with -1 for the length: a traced ``x.shape[1]`` becomes Shape / Gather /
+        # Unsqueeze / Concat before every Reshape
+        q = q.view(1, -1, self.heads, d).transpose(1, 2)
+        k, v = (t.view(1, -1, self.kv_heads, d).transpose(1, 2) for t in (k, v))  # [1, H, n, d]
         group = self.heads // self.kv_heads
         if group > 1:
-            k, v = (t[:, :, None].expand(1, self.kv_heads, group, n, d).reshape(1, self.heads, n, d) for t in (k, v))
+            k, v = (t[:, :, None].expand(-1, -1, group, -1, -1).reshape(1, self.heads, -1, d) for t in (k, v))
         scores = torch.matmul(q, k.transpose(2, 3)) * self.scale
         if attention_mask is not None:
             scores = scores + attention_mask
         out = torch.matmul(torch.softmax(scores, dim=-1), v)
-        return self.o_proj(out.transpose(1, 2).reshape(1, m, self.heads * d)), None
+        return self.o_proj(out.transpose(1, 2).reshape(1, -1, self.heads * d)), None
+
+
+class CachedRows:
+    """Every layer's rotated K and its V, ``[1, n, Hkv*d]``, as ``PrefillAttention`` makes them (passed to
+    the text model as the ``cached_rows`` keyword, which transformers hands on to each attention layer).
+    Not transformers' ``DynamicCache``: it concatenates each onto an empty tensor, a Concat node (a copy)
+    per layer and tensor in the traced graph."""
+
+    def __init__(self, layers: int) -> None:
+        self.keys: list[torch.Tensor | None] = [None] * layers
+        self.values: list[torch.Tensor | None] = [None] * layers
+
+    def put(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.keys[layer], self.values[layer] = k, v
 
 
 class LastRowNorm(torch.nn.Module):

@@ -352,8 +352,17 @@ def test_every_family_gets_a_gated_prefill_graph(workdir, kind, tmp_path):
     assert art.quantization["rotary_permuted"] == (text.model_type in ("llama", "mistral"))
     import onnx  # each layer's Q and K rotated by onnxruntime's kernel (prefill_attention.py), no K reorder
 
-    ops = [n.op_type for n in onnx.load(str(tmp_path / "llm_prefill.onnx"), load_external_data=False).graph.node]
+    nodes = onnx.load(str(tmp_path / "llm_prefill.onnx"), load_external_data=False).graph.node
+    ops = [n.op_type for n in nodes]
     assert ops.count("RotaryEmbedding") == 2 * text.config.num_hidden_layers and "Neg" not in ops
+    # the rotary positions once per angle table (the full one, the last row's), not per layer; no copy
+    # of the cached rows (a one-input Concat) and no shape arithmetic (Concat) before each Reshape
+    # the rotary's row indices computed once (no Range per kernel call), the cached rows not copied (no
+    # one-input Concat), and the attention's Reshapes to constant shapes (no Shape / Gather / Concat each)
+    made_by = {out: n for n in nodes for out in n.output}
+    reshapes = [n for n in nodes if n.op_type == "Reshape" and "self_attn" in n.name]
+    assert "Range" not in ops and not [n.name for n in nodes if n.op_type == "Concat" and len(n.input) == 1]
+    assert reshapes and all(made_by[n.input[1]].op_type == "Constant" for n in reshapes)
     assert (MROPE_INPUT in PrefillGraph(tmp_path / "llm_prefill.onnx").session.input_names) == (kind in ("qwen2-vl", "qwen2.5-vl"))
 
 

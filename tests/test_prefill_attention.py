@@ -10,11 +10,11 @@ import torch
 from onnx import TensorProto, helper
 
 from edgebridge.exporters.gguf.writer import permute_rotary
-from edgebridge.exporters.prefill_attention import ROTARY_OP, PrefillAttention, RotaryEmbedding
+from edgebridge.exporters.prefill_attention import ROTARY_OP, CachedRows, PrefillAttention, RotaryEmbedding
 
 
 def _kernel(heads: int, interleaved: bool) -> ort.InferenceSession:
-    """One ``RotaryEmbedding`` node as ``RotaryEmbedding.symbolic`` writes it (positions 0..n-1)."""
+    """One ``RotaryEmbedding`` node as ``RotaryEmbedding.symbolic`` writes it."""
     domain, op = ROTARY_OP.split("::")
     node = helper.make_node(op, ["x", "positions", "cos", "sin"], ["y"], domain=domain,
                             interleaved=int(interleaved), num_heads=heads)
@@ -28,16 +28,18 @@ def _kernel(heads: int, interleaved: bool) -> ort.InferenceSession:
 
 
 @pytest.mark.parametrize("interleaved", [True, False])
-@pytest.mark.parametrize("n", [1, 9])
-def test_the_eager_rotary_is_the_kernels(interleaved, n):
+@pytest.mark.parametrize("n, last_only", [(1, False), (9, False), (9, True)])
+def test_the_eager_rotary_is_the_kernels(interleaved, n, last_only):
     """What the graph is traced from computes what onnxruntime's kernel computes (pairs or halves; a
-    one-position prompt too), so the f32 gate against transformers tests the kernel."""
+    one-position prompt; the last row alone at its row of the table), so the f32 gate against
+    transformers tests the kernel."""
     heads, d = 4, 64
     gen = torch.Generator().manual_seed(3)
-    x = torch.randn(1, n, heads * d, generator=gen)
+    positions = torch.tensor([[n - 1]]) if last_only else torch.arange(n)[None]
+    x = torch.randn(1, positions.shape[1], heads * d, generator=gen)
     angles = torch.arange(n)[:, None] * torch.rand(d // 2, generator=gen)[None]
-    ours = RotaryEmbedding.apply(x, angles.cos(), angles.sin(), heads, interleaved)
-    feed = {"x": x.numpy(), "positions": np.arange(n)[None], "cos": angles.cos().numpy(), "sin": angles.sin().numpy()}
+    ours = RotaryEmbedding.apply(x, positions, angles.cos(), angles.sin(), heads, interleaved)
+    feed = {"x": x.numpy(), "positions": positions.numpy(), "cos": angles.cos().numpy(), "sin": angles.sin().numpy()}
     np.testing.assert_allclose(ours.numpy(), _kernel(heads, interleaved).run(None, feed)[0], atol=2e-5)
 
 
@@ -64,23 +66,23 @@ def test_the_prefill_layer_is_transformers_layer_with_keys_in_llamacpps_order():
     config, attn, rotary = _llama_attention(4, 2, 128)
     x = torch.randn(1, 11, 128)
     cos_sin = rotary(x, torch.arange(11)[None])
-    hf_cache, our_cache = DynamicCache(config=config), DynamicCache(config=config)
+    hf_cache, ours = DynamicCache(config=config), CachedRows(1)
     with torch.no_grad():
         want, _ = attn(x, cos_sin, _causal(11), past_key_values=hf_cache)
-        got, _ = PrefillAttention(attn, config, interleaved=True)(x, cos_sin, _causal(11), past_key_values=our_cache)
+        got, _ = PrefillAttention(attn, config, interleaved=True)(x, cos_sin, _causal(11), cached_rows=ours)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     order = torch.from_numpy(permute_rotary(np.arange(32), 1))  # the HF channel of each llama.cpp channel
     rows = lambda t: t.transpose(1, 2).reshape(1, 11, -1)  # noqa: E731 - [1, H, n, d] -> one row per position
-    torch.testing.assert_close(our_cache.layers[0].keys, rows(hf_cache.layers[0].keys[..., order]), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(our_cache.layers[0].values, rows(hf_cache.layers[0].values))
-    # as the last layer: the last row's output alone, the same cache
-    last_cache = DynamicCache(config=config)
+    torch.testing.assert_close(ours.keys[0], rows(hf_cache.layers[0].keys[..., order]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.values[0], rows(hf_cache.layers[0].values))
+    # as the last layer: the last row's output alone, the same cached rows
+    last_rows = CachedRows(1)
     with torch.no_grad():
         last, _ = PrefillAttention(attn, config, True, last_row_only=True)(x, cos_sin, _causal(11),
-                                                                          past_key_values=last_cache)
+                                                                          cached_rows=last_rows)
     assert last.shape == (1, 1, 128)
     torch.testing.assert_close(last, want[:, -1:], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(last_cache.layers[0].keys, our_cache.layers[0].keys)
+    torch.testing.assert_close(last_rows.keys[0], ours.keys[0])
 
 
 def test_the_exported_layer_holds_the_kernel_and_runs_at_other_lengths(tmp_path):
