@@ -2,14 +2,15 @@
 
 Both are exact: a hit returns what recomputing would (the same arrays; the same KV entries).
 
-- ``EmbeddingCache``: encoder + bridge outputs keyed by the sha256 of the encoder's input arrays
-  (after preprocessing), so the same image or clip is encoded once (LRU, ``capacity`` entries); and
+- ``EmbeddingCache``: encoder + bridge outputs keyed by the ``source_digest`` of the items as given
+  (preprocessing is a function of them), else by the sha256 of the encoder's input arrays, so the same
+  image or clip is encoded once (LRU, ``capacity`` entries); and
   the last few calls' preprocessed items keyed by the sha256 of the items as given (``source_digest``:
   a file's bytes, encoded bytes, an image's pixels), so a follow-up about the same image is not decoded
   and preprocessed again (the bench LLaVA: 5.6 of a 25 ms answer to a follow-up; Qwen2.5-VL 8.5 + a
   3 ms digest of 27 ms). Only ``PREPARED_CAPACITY`` entries: each holds its pixel arrays.
 - ``KVPrefix``: what each position of the llama.cpp KV cache holds (a token id, or row r of an
-  embedding run with a given digest). A new prompt keeps the longest common prefix and only the
+  embedding run with a given content key). A new prompt keeps the longest common prefix and only the
   rest is prefilled (a follow-up question about the same image, a fixed system prompt). When the
   whole prompt matches, its last position is recomputed, because its logits are needed.
 """

@@ -242,6 +242,7 @@ class Pipeline:
             with times.stage(f"encode_{modality}"):
                 outputs[modality] = self.stages[modality].run(prepared[modality])
         embeds = {(m, i): arr for m, out in outputs.items() for i, arr in enumerate(out.embeddings or [])}
+        keys = {(m, i): key for m, out in outputs.items() for i, key in enumerate(out.keys or [])}
         with times.stage("prefill"):
-            prefill = self.llm.prefill(plan, embeds)
+            prefill = self.llm.prefill(plan, embeds, keys)
         return _Prompted(plan, prefill, outputs, preprocessing_notes(prepared), prepared)

@@ -112,7 +112,8 @@ class PromptPlan:
 
     def signature(self, media_keys: Mapping[tuple[str, int], Hashable]) -> list[Hashable]:
         """One hashable per position: ``("t", id)`` for a token, ``("e", key, row)`` for row ``row`` of
-        the media run whose content key (a digest of its embeddings) is ``media_keys[(modality, index)]``.
+        the media run whose content key (the embedding cache's key of its inputs, else a digest of its
+        embeddings) is ``media_keys[(modality, index)]``.
         Two prompts share KV-cache entries exactly as far as their signatures agree."""
         out: list[Hashable] = []
         for run in self.runs:

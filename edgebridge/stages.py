@@ -55,6 +55,9 @@ class StageOutput:
 
     embeddings: list[np.ndarray] | None = None
     texts: list[str] | None = None
+    # one content key per embedding array (the embedding cache's key and the item), when cached: the LLM
+    # session's KV-prefix signature takes it instead of digesting the array again
+    keys: list[str] | None = None
 
 
 class ModalityStage(Protocol):
@@ -219,6 +222,8 @@ class EncoderStage:
         prepared = self.cache.prepared_for(source)
         if prepared is None:
             prepared = self._prepare_fresh(items, instruction, options)
+            if source is not None:  # the items as given fix the encoder's inputs: no digest of the arrays
+                prepared.cache_key = f"source:{source}"
             self.cache.keep_prepared(source, prepared)
         return prepared
 
@@ -307,11 +312,12 @@ class EncoderStage:
             key = prepared.cache_key
             hit = self.cache.get(key)
             if hit is not None:
-                return StageOutput(embeddings=hit)
+                return StageOutput(embeddings=hit, keys=_item_keys(key, hit))
         out = self._encode(prepared)
-        if key is not None:
-            self.cache.put(key, out)
-        return StageOutput(embeddings=out)
+        if key is None:
+            return StageOutput(embeddings=out)
+        self.cache.put(key, out)
+        return StageOutput(embeddings=out, keys=_item_keys(key, out))
 
     def _encode(self, prepared: Prepared) -> list[np.ndarray]:
         if self.static is not None:  # fixed-shape graph: chunk/pad rows, pad token axes
@@ -380,3 +386,8 @@ def preprocessing_notes(prepared: dict[str, Prepared]) -> list[str]:
     return notes + [f"{m} input {i}: {info['dropped_frames']} of {info['frames'] + info['dropped_frames']} sampled "
                     "frames dropped to fit max_frames" for m, prep in prepared.items()
                     for i, info in enumerate(prep.info) if info.get("dropped_frames")]
+
+
+def _item_keys(key: str, embeddings: list[np.ndarray]) -> list[str]:
+    """Each item's content key: the embedding cache's key of the call's inputs and the item's index."""
+    return [f"{key}#{i}" for i in range(len(embeddings))]

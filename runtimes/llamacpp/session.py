@@ -172,12 +172,15 @@ class LLMSession:
 
     # --- prefill and decode ---------------------------------------------------------------------
 
-    def prefill(self, plan: PromptPlan, embeds: MediaEmbeddings) -> PrefillResult:
-        """Feed the plan (a prefix shared with the previous call stays cached); the last logits."""
+    def prefill(self, plan: PromptPlan, embeds: MediaEmbeddings,
+                keys: Mapping[tuple[str, int], str] | None = None) -> PrefillResult:
+        """Feed the plan (a prefix shared with the previous call stays cached); the last logits. ``keys``:
+        a content key per embedding array where the caller has one (the embedding cache's); the others
+        are digested here to tell which cached positions a new prompt shares."""
         if not plan.runs:
             raise InputError("the prompt is empty.", hint="Give a prompt or at least one image/audio input.")
         self._check(plan, embeds)
-        signature = self._signature(plan, embeds)
+        signature = self._signature(plan, embeds, keys or {})
         keep, from_pos = _cut(plan, self._prefix_to_keep(plan, signature))
         self.engine.reset(keep, from_pos)
         reused = self.engine.n_past
@@ -214,9 +217,11 @@ class LLMSession:
                         f"{run.modality} item {run.index} should give {run.n_positions} embeddings, the encoder "
                         f"gave {got}.", hint="The bundle's manifest and its encoder graph disagree; re-export it.")
 
-    def _signature(self, plan: PromptPlan, embeds: MediaEmbeddings) -> list[Hashable]:
-        keys = {key: digest(arr) for key, arr in embeds.items()} if self._kv is not None else {}
-        return plan.signature(keys)
+    def _signature(self, plan: PromptPlan, embeds: MediaEmbeddings,
+                   known: Mapping[tuple[str, int], str]) -> list[Hashable]:
+        if self._kv is None:
+            return plan.signature({})
+        return plan.signature({key: known.get(key) or digest(arr) for key, arr in embeds.items()})
 
     def _prefill_handoff(self, plan: PromptPlan, embeds: MediaEmbeddings) -> np.ndarray:
         """The whole prompt through the prefill graph; its KV cache becomes llama.cpp's."""
