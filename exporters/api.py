@@ -25,7 +25,7 @@ from edgebridge.exporters.gguf.export import export_llm, import_gguf, validate_e
 from edgebridge.exporters.prefill import FILE_NAME as PREFILL_FILE, PREFILL_PRECISIONS, export_prefill
 from edgebridge.exporters.prefill import check_supported as check_prefill_supported
 from edgebridge.exporters.prefill_choice import JointChoice, choose_prefill
-from edgebridge.exporters.runtime_choice import choose_runtime
+from edgebridge.exporters.runtime_choice import choose_runtime, match_values_layout
 from edgebridge.exporters.quantize import QuantPlan, parse_budget, parse_quantize, target_defaults
 from edgebridge.exporters.quantize.targets import PROFILE_TARGETS
 from edgebridge.exporters.tools import export_tool
@@ -252,6 +252,9 @@ def _export_llm(family: Family, loaded: Loaded, layout: PromptLayout, writer: Bu
     if options.plan.target == "latency":
         step("LLM: timing decode with flash attention off and on")
         art.details["runtime"] = choose_runtime(writer.path("llm.gguf"))
+        if graph is not None:  # V as llama.cpp will keep it with the setting just chosen
+            layout = match_values_layout(writer.path(PREFILL_FILE), art.details["runtime"]["flash_attn"])
+            graph.quantization = {**(graph.quantization or {}), "values": layout}
     component = Component(role="llm", modality="text", artifacts=artifacts, description=description,
                           inputs=[TensorSpec(name="inputs_embeds", dtype="float32", shape=["tokens", n_embd])],
                           outputs=[TensorSpec(name="logits", dtype="float32", shape=["tokens", n_vocab])])

@@ -99,31 +99,31 @@ def test_state_equals_llamacpps_own_layout(which, setting, request):
     assert min(cosines) >= (0.99999 if which == "llama_fp32" else 0.99), cosines
 
 
-def _per_channel_copy(graph_path, dst):
-    """The graph as bundles before 2026-12-01 wrote it: V ``[L, C, n]`` (a Transpose appended)."""
-    import onnx
-    from onnx import helper
+def _per_channel_copy(graph_path, folder):
+    """The graph with V per channel ``[L, C, n]``: as the export leaves it when flash attention is off
+    (``match_values_layout``), and as bundles before 2026-12-01 wrote it."""
+    import shutil
 
-    model = onnx.load(str(graph_path))
-    out = model.graph.output[2]
-    dims = [d.dim_value or d.dim_param for d in out.type.tensor_type.shape.dim]
-    for node in model.graph.node:
-        node.output[:] = ["v_rows" if o == "v" else o for o in node.output]
-    model.graph.node.append(helper.make_node("Transpose", ["v_rows"], ["v"], perm=[0, 2, 1]))
-    model.graph.output.remove(out)
-    model.graph.output.append(helper.make_tensor_value_info("v", out.type.tensor_type.elem_type,
-                                                            [dims[0], dims[2], dims[1]]))
-    onnx.save_model(model, str(dst), save_as_external_data=True, location=dst.name + ".data")
-    return dst
+    from edgebridge.exporters.runtime_choice import match_values_layout
+
+    folder.mkdir()
+    copy = folder / graph_path.name
+    for path in (graph_path, graph_path.with_name(graph_path.name + ".data")):
+        shutil.copyfile(path, folder / path.name)
+    before = copy.read_bytes()
+    assert match_values_layout(copy, flash_attn=True) == "per position" and copy.read_bytes() == before
+    assert match_values_layout(copy, flash_attn=False) == "per channel"
+    return copy
 
 
 @pytest.mark.parametrize("setting", ["default", "flash_attn"])
-def test_graphs_with_values_per_channel_still_hand_over_the_same_state(llama_fp32, setting, tmp_path):
-    """The graph gives V one row per position now; a bundle's older graph (one row per channel) gives
-    the same llama.cpp state byte for byte, with V kept per channel (flash attention off) or per cell."""
+def test_graphs_with_values_per_channel_hand_over_the_same_state(llama_fp32, setting, tmp_path):
+    """The graph gives V one row per position (llama.cpp's layout with flash attention on); with V per
+    channel (flash attention off: the export's layout then, and older bundles') it gives the same
+    llama.cpp state byte for byte, with V kept per channel (flash attention off) or per cell."""
     gguf, graph_path, art = _files(llama_fp32)
     new = PrefillGraph(graph_path, precision=art.precision)
-    old = PrefillGraph(_per_channel_copy(graph_path, tmp_path / "old.onnx"), precision=art.precision)
+    old = PrefillGraph(_per_channel_copy(graph_path, tmp_path / "per-channel"), precision=art.precision)
     assert new.v_per_position and not old.v_per_position
     with LlamaCppLLM(gguf, SETTINGS[setting].with_(n_ctx=256)) as llm:
         ids = (np.arange(23) * 7 + 3) % llm.n_vocab

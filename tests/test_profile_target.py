@@ -226,7 +226,8 @@ def test_latency_target_records_flash_attention_by_measurement_and_the_runtime_a
                                                                                           monkeypatch):
     """Decode is timed with flash attention off and on after each CONTEXTS-position prompt, in pairs; the
     record keeps it on only when the median paired ratio is above 1 at every context, and a pipeline opened
-    without its own llama settings runs with the recorded choice (with them, with theirs)."""
+    without its own llama settings runs with the recorded choice (with them, with theirs); the prefill
+    graph's values follow the recorded choice."""
     from edgebridge import Pipeline
     from edgebridge.exporters import runtime_choice
     from edgebridge.runtimes.llamacpp import LlamaSettings
@@ -242,9 +243,14 @@ def test_latency_target_records_flash_attention_by_measurement_and_the_runtime_a
     for recorded in (True, False):  # both ways through the runtime, whatever this machine measured
         bundle = tmp_path / f"flash-{recorded}"
         monkeypatch.setattr("edgebridge.exporters.api.choose_runtime", lambda _g, r=recorded: {"flash_attn": r})
-        export_bundle(model, bundle, encoder_formats=["onnx"], profile_target="latency", quantize="encoder=f32,llm=f16")
+        written = export_bundle(model, bundle, encoder_formats=["onnx"], profile_target="latency",
+                                quantize="encoder=f32,llm=f16", prefill="fp32")
+        # the prefill graph's values in the layout llama.cpp keeps with that setting (copied straight)
+        values = "per position" if recorded else "per channel"
+        assert written.llm.artifacts["prefill"].quantization["values"] == values
         with Pipeline.from_bundle(bundle) as pipe:
             assert pipe.llm.report.details["flash_attn"] is recorded
+            assert pipe.llm.handoff.graph.v_per_position is recorded
         with Pipeline.from_bundle(bundle, llm_settings=LlamaSettings(flash_attn=not recorded)) as pipe:
             assert pipe.llm.report.details["flash_attn"] is (not recorded)
     plain = export_bundle(model, tmp_path / "none", encoder_formats=["onnx"], profile_target="none")

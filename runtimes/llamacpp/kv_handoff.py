@@ -197,8 +197,9 @@ def _put(buf: np.ndarray, off: int, values: np.ndarray, dtype: type) -> int:
     (V between the graph's layout and llama.cpp's) is copied in blocks of columns: for the bench LLaVA's
     12 x [219, 768] f16 values 0.53 ms against 1.45 ms in one strided copy (2048 x 1024: 15 vs 67 ms).
     The whole state with V transposed so still takes 0.9-1.2 ms against 0.24 ms straight (the fresh
-    buffer's page faults come on top of the scattered writes): the graph gives V per position, llama.cpp's
-    layout with flash attention on; with it off (``v_trans``) the transposed copy is paid here."""
+    buffer's page faults come on top of the scattered writes): the export writes the graph's V in the
+    layout its recorded flash-attention setting keeps (``runtime_choice.match_values_layout``), so the
+    transposed copy is paid here only when the caller's settings differ from the recorded ones."""
     size = values.size * np.dtype(dtype).itemsize
     dst = buf[off:off + size].view(dtype).reshape(values.shape)
     if values.ndim == 2 and values.T.flags.c_contiguous and not values.flags.c_contiguous:
@@ -244,7 +245,8 @@ class PrefillGraph:
                 f"outputs {self.session.output_names}).", hint="Re-export the bundle with --prefill.")
         self.precision = precision
         self.mrope = MROPE_INPUT in names
-        # v [L, n, C] (one row per position, graphs since 2026-12-01) or [L, C, n]: the dynamic axis tells
+        # v [L, n, C] (one row per position) or [L, C, n] (per channel: flash attention recorded off, or a
+        # graph before 2026-12-01): the dynamic axis tells
         v_shape = self.session.output_shapes[2]
         if len(v_shape) != 3 or (v_shape[1] is None) == (v_shape[2] is None):
             raise BackendError(f"'{Path(path).name}' gives values of shape {v_shape}; expected [L, n, C] or [L, C, n] "
