@@ -101,17 +101,20 @@ def test_non_finite_drift_budgets_are_refused(clip_llama_f32, tmp_path):
     assert proc.returncode == 2 and "not a finite number" in proc.stderr and not (tmp_path / "c").exists()
 
 
-def _poison_token_embeddings(bundle: Path) -> None:
-    """Write NaN over the f32 GGUF's token embeddings and re-record its hash (a bundle that verifies)."""
+def _poison_token_embeddings(bundle: Path, token: int | None = None) -> None:
+    """Write NaN over the f32 GGUF's token embeddings (one ``token``'s row, else all) and re-record its hash
+    (a bundle that verifies)."""
     import gguf
 
     from edgebridge.bundle import sha256_file
 
     path = bundle / "llm.gguf"
     tensor = next(t for t in gguf.GGUFReader(str(path)).tensors if t.name == "token_embd.weight")
+    width = int(tensor.shape[0])  # gguf-py gives ne: the row length first
+    rows = (token, 1) if token is not None else (0, int(tensor.n_elements) // width)
     with open(path, "r+b") as fh:
-        fh.seek(int(tensor.data_offset))
-        fh.write(np.full(int(tensor.n_elements), np.nan, np.float32).tobytes())
+        fh.seek(int(tensor.data_offset) + rows[0] * width * 4)
+        fh.write(np.full(rows[1] * width, np.nan, np.float32).tobytes())
     manifest = json.loads((bundle / "edgebridge.json").read_text())
     manifest["files"]["llm.gguf"]["sha256"] = sha256_file(path)
     (bundle / "edgebridge.json").write_text(json.dumps(manifest))
@@ -127,6 +130,28 @@ def test_nan_in_the_llm_is_an_error_not_token_zero(clip_llama_f32, tmp_path):
         pipe.generate("hello there", max_new_tokens=4)
     proc = run_cli("run", str(bundle), "-p", "hello there", "-n", "4", "--json")
     assert proc.returncode == 2 and "NaN or Inf logits" in proc.stderr and proc.stdout == ""
+
+
+def test_after_nan_logits_the_next_prompt_attends_to_no_leftover(clip_llama_f32, tmp_path):
+    """A fresh prompt clears only the KV cells' metadata (zeroing the tensors cost 0.75 ms a call); the
+    cells left over are masked, but a masked NaN still spreads (0 x NaN). So after a call that gave NaN
+    logits (one token's embedding row broken) the next one zeroes them: a shorter prompt without that
+    token answers as on an intact bundle."""
+    from edgebridge import Pipeline
+    from edgebridge.runtimes.llamacpp import LlamaSettings
+
+    long, short = "USER: tell me about zebras and their stripes please ASSISTANT:", "USER: hi ASSISTANT:"
+    strict = LlamaSettings.strict()
+    with Pipeline.from_bundle(clip_llama_f32.bundle, llm_settings=strict) as intact:
+        want = intact.generate(short, max_new_tokens=8).token_ids
+        harmless = set(intact.llm.tokenize(short)) | set(want)
+        broken = next(t for t in intact.llm.tokenize(long)[3:] if t not in harmless)
+    bundle = copy_bundle(clip_llama_f32.bundle, tmp_path / "nan-row")
+    _poison_token_embeddings(bundle, broken)
+    with Pipeline.from_bundle(bundle, llm_settings=strict) as pipe:
+        with pytest.raises(NonFiniteError, match="NaN or Inf logits"):
+            pipe.generate(long, max_new_tokens=2)
+        assert pipe.generate(short, max_new_tokens=8).token_ids == want
 
 
 def test_links_out_of_the_bundle_are_refused(clip_llama_f32, tmp_path):

@@ -105,6 +105,9 @@ class LLMSession:
         self.token_rows = token_rows
         self.warnings = list(warnings or [])
         self._kv = KVPrefix() if reuse_prefix else None
+        # a call produced NaN / Inf logits since the cache's tensors were last zeroed: its cells may hold
+        # non-finite values, which the next fresh prompt must not attend to even masked (``LlamaCppLLM.reset``)
+        self._buffers_suspect = False
         llm.report.details["prefill"] = handoff.describe() if handoff else {"engine": LLAMACPP}
         if self.prefill_speed is not None and reuse_prefix:
             llm.report.details["prefill"]["prefix_rule"] = self.prefill_speed.describe()
@@ -182,7 +185,10 @@ class LLMSession:
         self._check(plan, embeds)
         signature = self._signature(plan, embeds, keys or {})
         keep, from_pos = _cut(plan, self._prefix_to_keep(plan, signature))
-        self.engine.reset(keep, from_pos)
+        if self._buffers_suspect:
+            keep = 0  # a kept prefix could hold them too
+        self.engine.reset(keep, from_pos, clear_buffers=self._buffers_suspect)
+        self._buffers_suspect = False
         reused = self.engine.n_past
         if self._kv is not None:
             self._kv.clear()  # until the prefill completes, the cache holds nothing we can vouch for
@@ -194,14 +200,21 @@ class LLMSession:
             logits, engine = self._prefill_llamacpp(plan, embeds, reused), LLAMACPP
         if self._kv is not None:
             self._kv.set(signature)
-        return PrefillResult(_finite(logits), engine, reused)
+        return PrefillResult(self._finite(logits), engine, reused)
 
     def step(self, token: int) -> np.ndarray:
         """Decode one token at the next position; a view of its logits ``[V]`` (valid until the next call)."""
         logits = self.engine.step(token)
         if self._kv is not None:
             self._kv.append(("t", token))
-        return _finite(logits)
+        return self._finite(logits)
+
+    def _finite(self, logits: np.ndarray) -> np.ndarray:
+        try:
+            return _finite(logits)
+        except NonFiniteError:
+            self._buffers_suspect = True
+            raise
 
     def _check(self, plan: PromptPlan, embeds: MediaEmbeddings) -> None:
         if plan.multi_axis and not self.engine.mrope:
