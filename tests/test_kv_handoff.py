@@ -161,6 +161,24 @@ def test_greedy_tokens_equal_llamacpp_prefill(llama_fp32, photo, setting):
         assert c.token_ids == d.token_ids
 
 
+def test_the_first_token_comes_before_the_cache_is_written(llama_fp32, photo):
+    """The graph's logits give the first token; its cache goes into llama.cpp's context when the context is
+    next used (the second token: every multi-token test here; a follow-up keeping the prefix: below), so a
+    one-token answer leaves the context empty while the session counts the prompt, and the follow-up still
+    answers as llama.cpp's own prefill does."""
+    fast, plain = _pair(llama_fp32.bundle, SETTINGS["strict"])
+    with fast, plain:
+        fast.llm.prefill_speed = None  # keep the prefix whatever the export's timing says
+        one = fast.generate(PROMPT, images=[photo], max_new_tokens=1)
+        assert one.timings["prefill_engine"] == "onnxruntime+handoff"
+        assert fast.llm.engine.n_past == 0 and fast.llm.n_past == one.prompt_tokens
+        assert one.token_ids == plain.generate(PROMPT, images=[photo], max_new_tokens=1).token_ids
+        follow = PROMPT + " A cat. USER: and its colour? ASSISTANT:"
+        c = fast.generate(follow, images=[photo], max_new_tokens=8)
+        assert c.timings["reused_prefix_positions"] >= one.prompt_tokens - 2
+        assert c.token_ids == plain.generate(follow, images=[photo], max_new_tokens=8).token_ids
+
+
 def test_a_new_image_after_a_shared_header_is_prefilled_by_the_graph(llama_fp32, photo):
     """The text before the image is cached from the previous call; keeping it would leave the rest of the
     prompt to llama.cpp's prefill (the graph starts at position 0). Where the graph's rate is the faster
