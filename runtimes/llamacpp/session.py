@@ -201,13 +201,12 @@ class LLMSession:
         if self.token_rows is not None:
             logits, engine = self._prefill_prefix_lm(plan, embeds), LLAMACPP
         elif self.handoff is not None and reused == 0 and self._handoff_takes(plan):
-            logits, state = self._prefill_handoff(plan, embeds)
-            self._pending, engine = state if np.isfinite(logits).all() else None, HANDOFF
+            (logits, self._pending), engine = self._prefill_handoff(plan, embeds), HANDOFF
         else:
             logits, engine = self._prefill_llamacpp(plan, embeds, reused), LLAMACPP
         if self._kv is not None:
             self._kv.set(signature)
-        return PrefillResult(self._finite(logits), engine, reused)
+        return PrefillResult(self._checked(logits), engine, reused)
 
     def step(self, token: int) -> np.ndarray:
         """Decode one token at the next position; a view of its logits ``[V]`` (valid until the next call)."""
@@ -215,7 +214,7 @@ class LLMSession:
         logits = self.engine.step(token)
         if self._kv is not None:
             self._kv.append(("t", token))
-        return self._finite(logits)
+        return self._checked(logits)
 
     def _install(self) -> None:
         """Write the prefill graph's pending cache into the context (the bench LLaVA: 1.3-2.9 ms, off the
@@ -230,11 +229,13 @@ class LLMSession:
                 self._kv.clear()  # the context holds none of the prompt
             raise
 
-    def _finite(self, logits: np.ndarray) -> np.ndarray:
+    def _checked(self, logits: np.ndarray) -> np.ndarray:
+        """``_finite``, remembering a failure: the cache may then hold non-finite values (a pending one is
+        dropped; the context's tensors are zeroed before the next prompt)."""
         try:
             return _finite(logits)
         except NonFiniteError:
-            self._buffers_suspect = True
+            self._buffers_suspect, self._pending = True, None
             raise
 
     def _check(self, plan: PromptPlan, embeds: MediaEmbeddings) -> None:
