@@ -1,4 +1,5 @@
-"""One encoder + bridge component: the ONNX graph once, then every format at its precision, gated.
+"""One encoder + bridge component: the ONNX graph once (for onnxruntime, its attention as onnxruntime's kernel:
+``encoder_attention.py``), then every format at its precision, gated.
 
 Per format the precisions of the plan are tried in order (``choose_within_budget``): the strict
 gate for ``f32`` (seeded inputs, two batch sizes, ``ENCODER_TOLERANCE``), the drift budget on
@@ -18,6 +19,7 @@ import torch
 from edgebridge.bundle import BundleWriter
 from edgebridge.exporters.engine_choice import choose_engine, run_item, side_by_side_ms, timing_options
 from edgebridge.exporters.encoder import (
+    ENCODER_TOLERANCE,
     OPSET,
     Case,
     export_onnx,
@@ -27,6 +29,7 @@ from edgebridge.exporters.encoder import (
     static_example,
     tensor_specs,
 )
+from edgebridge.exporters.encoder_attention import KERNEL, agrees, fuse_attention
 from edgebridge.exporters.families.base import EncoderExport
 from edgebridge.exporters.onnx_files import save_external
 from edgebridge.exporters.quantize import TIMING_ROUNDS, QuantPlan, Trial, choose, verdict
@@ -56,6 +59,8 @@ class _Prepared:
 
     enc: EncoderExport
     onnx_f32: Path
+    onnxruntime_f32: Path  # what the onnxruntime artifact starts from (its attention as onnxruntime's kernel)
+    attention: dict[str, Any]  # what was done to it, for the manifest
     cases: list[Case]
     eval_cases: list[Case]
     calib: CalibrationSet | None
@@ -94,6 +99,9 @@ def _prepare(enc: EncoderExport, scratch: Path, plan: QuantPlan, step: Step,
     onnx_f32.parent.mkdir(parents=True, exist_ok=True)
     step(f"{enc.component}: exporting ONNX (torch.onnx, dynamo, opset 20{', static shapes' if static else ''})")
     bridge_nodes = export_onnx(enc, onnx_f32, static_inputs=example)
+    onnxruntime_f32, attention = onnx_f32, {}
+    if "onnx" in plan.encoder:
+        onnxruntime_f32, attention = _onnxruntime_graph(onnx_f32, cases, static, enc.component, step)
     calib = quant_calib = None
     eval_cases: list[Case] = []
     if plan.quantizes_encoders:
@@ -102,7 +110,24 @@ def _prepare(enc: EncoderExport, scratch: Path, plan: QuantPlan, step: Step,
         quant_calib = _static_calibration(calib, static) if static else calib
         eval_cases = [reference_case(enc, {k: torch.from_numpy(v) for k, v in item.items()})
                       for item in calib.evaluate]
-    return _Prepared(enc, onnx_f32, cases, eval_cases, calib, quant_calib, static, bridge_nodes)
+    return _Prepared(enc, onnx_f32, onnxruntime_f32, attention, cases, eval_cases, calib, quant_calib, static,
+                     bridge_nodes)
+
+
+def _onnxruntime_graph(onnx_f32: Path, cases: list[Case], static: StaticShape | None, component: str,
+                       step: Step) -> tuple[Path, dict[str, Any]]:
+    """The f32 graph the onnxruntime artifact is made from: the attention as onnxruntime's kernel where the
+    rewrite matches and gives the exported graph's outputs (``encoder_attention.py``), else the exported
+    graph; and what was done, for the manifest (``details.attention``)."""
+    fused = onnx_f32.with_name("f32-onnxruntime.onnx")
+    layers = fuse_attention(onnx_f32, fused)
+    if not layers:
+        return onnx_f32, {"kernel": "none", "reason": "no attention the rewrite matches"}
+    step(f"{component}: attention as onnxruntime's kernel ({layers} layers), checked against the exported graph")
+    why = agrees(onnx_f32, fused, [c.inputs for c in cases], ENCODER_TOLERANCE["max_abs"], static)
+    if why:
+        return onnx_f32, {"kernel": "none", "reason": why}
+    return fused, {"kernel": KERNEL, "layers": layers}
 
 
 def _export_format(prep: _Prepared, fmt: str, writer: BundleWriter, scratch: Path,
@@ -146,8 +171,9 @@ def _export_format(prep: _Prepared, fmt: str, writer: BundleWriter, scratch: Pat
             quantization["trials"] = [t.as_dict() for t in trials]
         if selection is not None:
             quantization["selection"] = selection
+    details = {"opset": OPSET, "attention": prep.attention} if fmt == "onnx" else {}
     return Artifact(format=fmt, files=rel_files, precision=kept.precision, parity=chosen.parity,
-                    quantization=quantization, details={"opset": OPSET} if fmt == "onnx" else {})
+                    quantization=quantization, details=details)
 
 
 def _trial(prep: _Prepared, fmt: str, precision: str, scratch: Path, plan: QuantPlan,
@@ -155,7 +181,8 @@ def _trial(prep: _Prepared, fmt: str, precision: str, scratch: Path, plan: Quant
     """Write ``fmt`` at ``precision``, measure its parity (strict gate or drift budget) and latency."""
     enc = prep.enc
     step(f"{enc.component}: {fmt} {precision} (write, parity, latency)")
-    files, method = _produce(fmt, precision, prep.onnx_f32, scratch / enc.component / fmt / precision,
+    source = prep.onnxruntime_f32 if fmt == "onnx" else prep.onnx_f32
+    files, method = _produce(fmt, precision, source, scratch / enc.component / fmt / precision,
                              enc.component, prep.quant_calib, plan.options)
     backend = FORMATS[fmt].backend
     engine_opts = timing_options(fmt)
