@@ -4,7 +4,6 @@ that disagrees is refused."""
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import pytest
 
