@@ -82,21 +82,27 @@ def fuse_attention(src: Path, dst: Path) -> int:
 def agrees(plain: Path, fused: Path, cases: list[dict[str, np.ndarray]], max_abs: float,
            static: StaticShape | None = None) -> str | None:
     """None when ``fused`` gives ``plain``'s outputs on every case within ``max_abs`` (a static-shape graph
-    run as the runtime runs it: padded or chunked to its shape); else why not."""
+    run as the runtime runs it: padded or chunked to its shape); else why not, including a rewritten graph
+    that onnxruntime refuses to load or run (a kernel whose output shape is not the one it replaced)."""
     from edgebridge.exporters.engine_choice import run_item
     from edgebridge.runtimes.registry import open_encoder
 
-    sessions = [open_encoder("onnxruntime", [p]) for p in (plain, fused)]
+    def outputs(path: Path) -> list[np.ndarray]:
+        session = open_encoder("onnxruntime", [path])
+        try:  # run_static gives the first output, a plain run the list of outputs
+            return [run_item(session, inputs, static) if static else session.run(inputs)[0] for inputs in cases]
+        finally:
+            session.close()
+
+    want = outputs(plain)
     try:
-        for inputs in cases:
-            # run_static gives the first output, a plain run the list of outputs
-            want, got = (run_item(s, inputs, static) if static else s.run(inputs)[0] for s in sessions)
-            worst = float(np.max(np.abs(got - want))) if want.size else 0.0
-            if not np.isfinite(worst) or worst > max_abs:
-                return f"the rewritten graph differs from the exported one by max-abs {worst:.3g} > {max_abs:g}"
-    finally:
-        for s in sessions:
-            s.close()
+        got = outputs(fused)
+    except Exception as exc:  # noqa: BLE001 - any refusal of the rewrite keeps the exported graph
+        return f"onnxruntime does not run the rewritten graph ({str(exc).splitlines()[0][:200]})"
+    for w, g in zip(want, got):
+        worst = float(np.max(np.abs(g - w))) if w.size else 0.0
+        if g.shape != w.shape or not np.isfinite(worst) or worst > max_abs:
+            return f"the rewritten graph differs from the exported one by max-abs {worst:.3g} > {max_abs:g}"
     return None
 
 

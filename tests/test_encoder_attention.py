@@ -52,7 +52,8 @@ def test_the_bundle_says_what_its_onnx_attention_is(workdir):
 
 def test_a_rewrite_that_disagrees_is_refused(workdir, tmp_path):
     """What the pattern walk does not check, the agreement check does: the same rewrite with a wrong head
-    count gives other outputs and is refused with the difference."""
+    count gives other outputs and is refused with the difference; one onnxruntime cannot run is refused
+    too (the exported graph is then kept, not the export failed)."""
     plain, cases = _tower(tiny_llava(workdir, ("clip", "llama")), tmp_path)
     fused = tmp_path / "fused.onnx"
     assert fuse_attention(plain, fused)
@@ -63,6 +64,11 @@ def test_a_rewrite_that_disagrees_is_refused(workdir, tmp_path):
     onnx.save(model, str(fused))
     why = agrees(plain, fused, cases, ENCODER_TOLERANCE["max_abs"])
     assert why is not None and "differs from the exported one by max-abs" in why
+    for node in (n for n in model.graph.node if n.op_type == "MultiHeadAttention"):
+        next(a for a in node.attribute if a.name == "num_heads").i = 5  # does not divide the width
+    onnx.save(model, str(fused))
+    why = agrees(plain, fused, cases, ENCODER_TOLERANCE["max_abs"])
+    assert why is not None and why.startswith("onnxruntime does not run the rewritten graph")
 
 
 @pytest.mark.slow
