@@ -19,9 +19,10 @@ prompt (an image prompt's length), greedy decode of ``--tokens`` tokens, per lev
   1, 2, 4 and 8 tokens per GGUF type (what a verification costs against a plain step).
 
 Each row's bytes read per token (weights + K/V at the context, from the GGUF's tensor table) over the
-machine's streaming bandwidth measured in the same run gives its memory-bound ceiling; the table
-prints what fraction of it decode reaches, and each row against OpenVINO GenAI's fastest decode when a
-``peers.py`` result is in ``bench-out``. Rounds alternate the configurations. Asserts nothing.
+machine's read bandwidth measured in the same run (``decode_profile.read_bandwidth``) gives its
+memory-bound ceiling; the table prints what fraction of it decode reaches, and each row against
+OpenVINO GenAI's fastest decode when a ``peers.py`` result is in ``bench-out``. Rounds alternate the
+configurations. Asserts nothing.
 """
 
 from __future__ import annotations
@@ -200,17 +201,6 @@ def _drift(bench_dir: Path) -> dict[str, str]:
                             f" ({'within' if t['passed'] else 'over'} budget)" for t in trials}
 
 
-def _genai_decode(bench_dir: Path) -> float | None:
-    """OpenVINO GenAI's fastest cold decode tok/s from the newest peers.py result that measured it, if any."""
-    for run in sorted(bench_dir.glob("peers-2*.json"), reverse=True):  # dated results, not the children's files
-        results = json.loads(run.read_text())["results"]
-        rates = [r["cold"]["stages"]["decode_tokens_per_s"]["p50"] for name, r in results.items()
-                 if name.startswith("OpenVINO GenAI") and "decode_tokens_per_s" in (r.get("cold") or {}).get("stages", {})]
-        if rates:
-            return max(rates)
-    return None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -220,7 +210,7 @@ def main() -> None:
     args = parser.parse_args()
     from common import BENCH_DIR, bench_ggufs, bench_model, machine, print_table
 
-    from edgebridge.profiling.system import memory_bandwidth
+    from decode_profile import genai_decode, read_bandwidth
 
     paths = bench_ggufs(bench_model("llava", vision="clip", text="llama"), BENCH_DIR / "ggufs")
     mixed = {name: _mix(paths["f32"], BENCH_DIR / "ggufs" / f"llm-mix-{i}.gguf", base, overrides)
@@ -232,7 +222,8 @@ def main() -> None:
     notes: dict[str, str] = {}
     bandwidth = []
     for _ in range(args.rounds):
-        bandwidth.append(memory_bandwidth(threads=args.threads)["bytes_per_s"])
+        rate_bytes, probe = read_bandwidth(args.threads, BENCH_DIR)
+        bandwidth.append(rate_bytes)
         for name, c in configs.items():
             if c.get("bare"):
                 rates[name].append(_bare(paths[c["gguf"]], args.context, args.tokens, args.threads))
@@ -243,10 +234,10 @@ def main() -> None:
                 rate, traffic[name] = _ours(paths[c["gguf"]], c, args.context, args.tokens, args.threads)
                 rates[name].append(rate)
     bw = statistics.median(bandwidth)
-    drift, genai = _drift(BENCH_DIR), _genai_decode(BENCH_DIR)
+    drift, genai = _drift(BENCH_DIR), (genai_decode(BENCH_DIR, "llava") or (None,))[0]
     drift.update(_measured_drift(paths["f32"], mixed))
     print(machine())
-    print(f"streaming bandwidth (read + write, numpy copy, {args.threads} threads): {bw / 1e9:.1f} GB/s")
+    print(f"read bandwidth ({probe}, {args.threads} threads, median of the rounds): {bw / 1e9:.1f} GB/s")
     rows = []
     for name, c in configs.items():
         rate = statistics.median(rates[name])
