@@ -1,6 +1,6 @@
 """Where a decode step's time goes, stage by stage, against each stage's limit on this machine.
 
-    .venv/bin/python benchmarks/decode_profile.py [--model llava|qwen2.5-vl] [--context 220] [--tokens 64]
+    .venv/bin/python benchmarks/decode_profile.py [--model llava|qwen2.5-vl] [--context 220] [--tokens 32]
                                                   [--rounds 12] [--gguf PATH ...]
 
 Issue 18 asks for decode >= 1.5x OpenVINO GenAI's and, where that is out of reach, for the arithmetic
@@ -89,7 +89,8 @@ def child(args: argparse.Namespace) -> None:
 
     from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
 
-    settings = LlamaSettings(n_ctx=1024, threads=args.threads, flash_attn=args.flash_attn)
+    n_ctx = max(1024, args.context + args.tokens + 8)
+    settings = LlamaSettings(n_ctx=n_ctx, threads=args.threads, flash_attn=args.flash_attn)
     with LlamaCppLLM(Path(args.child), settings) as llm:
         prompt = [int(t) for t in (np.arange(args.context) * 7 + 3) % llm.n_vocab]
         first = llm.eval_tokens(prompt)
