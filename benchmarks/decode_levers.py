@@ -36,6 +36,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from decode_profile import genai_decode, prompt_ids, read_bandwidth  # noqa: E402
+
 TYPES = ("f32", "f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0")
 # name -> (base type, {tensor-name regex: type}): fewer bytes than q8_0 where the drift allows
 MIXES = {
@@ -60,12 +62,6 @@ def _configs() -> dict[str, dict]:
     return configs
 
 
-def _prompt(n_vocab: int, context: int) -> list[int]:
-    import numpy as np
-
-    return [int(t) for t in (np.arange(context) * 7 + 3) % n_vocab]
-
-
 def _proposal(history: list[int]) -> list[int]:
     """The ``DRAFT`` tokens after the latest earlier occurrence of the last ``NGRAM`` (down to 1) tokens."""
     for n in range(NGRAM, 0, -1):
@@ -84,7 +80,7 @@ def _lookup(path: Path, context: int, tokens: int, threads: int) -> tuple[float,
     from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
 
     with LlamaCppLLM(path, LlamaSettings(n_ctx=1024, threads=threads)) as llm:
-        prompt = _prompt(llm.n_vocab, context)
+        prompt = prompt_ids(llm.n_vocab, context)
         plain = [int(np.argmax(llm.eval_tokens(prompt)))]
         while len(plain) < tokens:
             plain.append(int(np.argmax(llm.eval_tokens([plain[-1]]))))
@@ -111,7 +107,7 @@ def _batch_ms(path: Path, context: int, threads: int) -> list[float]:
     from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
 
     with LlamaCppLLM(path, LlamaSettings(n_ctx=1024, threads=threads)) as llm:
-        prompt = _prompt(llm.n_vocab, context + max(BATCHES))
+        prompt = prompt_ids(llm.n_vocab, context + max(BATCHES))
         llm.eval_tokens(prompt[:context], "none")
         times = []
         for k in BATCHES:
@@ -134,7 +130,7 @@ def _ours(path: Path, settings: dict, context: int, tokens: int, threads: int) -
     s = LlamaSettings(n_ctx=1024, threads=settings.get("threads", threads),
                       kv_type=settings.get("kv_type", "f16"), flash_attn=settings.get("flash_attn", False))
     with LlamaCppLLM(path, s) as llm:
-        logits = llm.eval_tokens(_prompt(llm.n_vocab, context))
+        logits = llm.eval_tokens(prompt_ids(llm.n_vocab, context))
         start = time.perf_counter()
         for _ in range(tokens):
             logits = llm.eval_tokens([int(np.argmax(logits))])
@@ -151,7 +147,7 @@ def _bare(path: Path, context: int, tokens: int, threads: int) -> float:
 
         llm = bare.llm
         llm.reset()
-        llm.eval(_prompt(llm.n_vocab(), context))
+        llm.eval(prompt_ids(llm.n_vocab(), context))
         start = time.perf_counter()
         for _ in range(tokens):
             llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
@@ -210,7 +206,6 @@ def main() -> None:
     args = parser.parse_args()
     from common import BENCH_DIR, bench_ggufs, bench_model, machine, print_table
 
-    from decode_profile import genai_decode, read_bandwidth
 
     paths = bench_ggufs(bench_model("llava", vision="clip", text="llama"), BENCH_DIR / "ggufs")
     mixed = {name: _mix(paths["f32"], BENCH_DIR / "ggufs" / f"llm-mix-{i}.gguf", base, overrides)

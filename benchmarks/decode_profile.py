@@ -82,6 +82,13 @@ def _numpy_read_bandwidth(threads: int, mib: int = 256) -> float:
     return matrix.nbytes / best
 
 
+def prompt_ids(n_vocab: int, context: int) -> list[int]:
+    """The synthetic prompt both decode benchmarks decode after (``context`` ids spread over the vocabulary)."""
+    import numpy as np
+
+    return [int(t) for t in (np.arange(context) * 7 + 3) % n_vocab]
+
+
 def child(args: argparse.Namespace) -> None:
     """Decode in this process (perf's target): prompt, then ``rounds`` x ``tokens`` steps, recorded
     only while decoding when a control FIFO is given."""
@@ -92,8 +99,7 @@ def child(args: argparse.Namespace) -> None:
     n_ctx = max(1024, args.context + args.tokens + 8)
     settings = LlamaSettings(n_ctx=n_ctx, threads=args.threads, flash_attn=args.flash_attn)
     with LlamaCppLLM(Path(args.child), settings) as llm:
-        prompt = [int(t) for t in (np.arange(args.context) * 7 + 3) % llm.n_vocab]
-        first = llm.eval_tokens(prompt)
+        first = llm.eval_tokens(prompt_ids(llm.n_vocab, args.context))
         _perf_control(args.ctl, "enable")
         rates = []
         for _ in range(args.rounds):
@@ -125,7 +131,7 @@ def profile(gguf: Path, flash_attn: bool, args: argparse.Namespace) -> tuple[dic
     cmd += ["--flash-attn"] if flash_attn else []
     perf = shutil.which("perf")
     if not perf:
-        return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout), None
+        return _figures(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout), None
     with tempfile.TemporaryDirectory() as tmp:
         control, ack, data = (Path(tmp) / n for n in ("ctl", "ack", "perf.data"))
         os.mkfifo(control)
@@ -134,10 +140,15 @@ def profile(gguf: Path, flash_attn: bool, args: argparse.Namespace) -> tuple[dic
         run = subprocess.run([*record, "--", *cmd, "--ctl", f"{control},{ack}"], capture_output=True, text=True)
         if run.returncode != 0:  # perf not permitted here: time without it
             print(f"perf record failed ({run.stderr.strip()[-200:]}); timing without the split")
-            return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout), None
+            return _figures(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout), None
         report = subprocess.run([perf, "report", "-i", str(data), "--stdio", "--no-children", "--sort", "dso,sym"],
                                 check=True, capture_output=True, text=True).stdout
-    return json.loads(run.stdout.strip().splitlines()[-1]), stage_shares(report)
+    return _figures(run.stdout), stage_shares(report)
+
+
+def _figures(stdout: str) -> dict:
+    """The child's figures: its last line of output (JSON)."""
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def stage_shares(report: str) -> dict[str, float]:
