@@ -1,7 +1,7 @@
 """Where a decode step's time goes, stage by stage, against each stage's limit on this machine.
 
     .venv/bin/python benchmarks/decode_profile.py [--model llava|qwen2.5-vl] [--context 220] [--tokens 32]
-                                                  [--rounds 12] [--gguf PATH ...]
+                                                  [--rounds 12] [--gguf PATH ...] [--symbols N]
 
 Issue 18 asks for decode >= 1.5x OpenVINO GenAI's and, where that is out of reach, for the arithmetic
 against the machine's measured peaks and how far each stage is from its limit. This script gives both
@@ -17,7 +17,8 @@ settings the export recorded (flash attention):
 - **the split of the step's CPU time** by Linux ``perf`` (when installed and permitted), recorded only
   while decoding (perf's control FIFO): the weights' quantized dot products, attention over the K/V
   cache (f16 dot products, softmax, the K/V writes), OpenMP's barriers between graph nodes, the
-  activations' quantization, the other ggml ops, and the host (Python, llama.cpp's graph set-up).
+  activations' quantization, the other ggml ops, and the host (Python, llama.cpp's graph set-up);
+  ``--symbols N`` also prints the N busiest symbols.
 
 Each stage's limit: the weights' bytes (and the K/V cache's at llama.cpp's padded cell count) over
 the read bandwidth; no floor for the rest. Prints what 1.5x GenAI's fastest decode (newest
@@ -43,7 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # stage -> pattern on "dso symbol" (first match wins; the rest of libggml is "other ggml ops")
 STAGES = (
     ("weights (quantized dot products)", r"ggml_vec_dot_(q\d|iq|tq)|tinyBLAS_Q|ggml_gemv_|ggml_gemm_"),
-    ("attention (K/V cache)", r"ggml_vec_dot_f16|soft_max|flash_attn|fp32_to_fp16|set_rows|vec_mad_f16"),
+    # mul_mat_one_chunk: the attention scores' block-of-rows kernel (patch 0004) is inlined there; the
+    # weights' products only loop over their dot-product calls in it
+    ("attention (K/V cache)", r"ggml_vec_dot_f16|mul_mat_one_chunk|soft_max|flash_attn|fp32_to_fp16|set_rows|vec_mad_f16"),
     ("thread barriers (OpenMP)", r"^libgomp|ggml_barrier"),
     ("activation quantization", r"quantize_row_q8"),
     ("other ggml ops", r"^libggml"),
@@ -125,7 +128,8 @@ def _perf_control(ctl: str | None, command: str) -> None:
 
 
 def profile(gguf: Path, flash_attn: bool, args: argparse.Namespace) -> tuple[dict, dict[str, float] | None]:
-    """(the child's figures, stage -> share of CPU time) for one GGUF; shares None without perf."""
+    """(the child's figures, stage -> share of CPU time) for one GGUF; shares None without perf. Prints the
+    ``args.symbols`` busiest symbols of the decode steps."""
     cmd = [sys.executable, __file__, "--child", str(gguf), "--context", str(args.context), "--tokens",
            str(args.tokens), "--rounds", str(args.rounds), "--threads", str(args.threads)]
     cmd += ["--flash-attn"] if flash_attn else []
@@ -143,6 +147,10 @@ def profile(gguf: Path, flash_attn: bool, args: argparse.Namespace) -> tuple[dic
             return _figures(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout), None
         report = subprocess.run([perf, "report", "-i", str(data), "--stdio", "--no-children", "--sort", "dso,sym"],
                                 check=True, capture_output=True, text=True).stdout
+    if args.symbols:
+        samples = [line.split() for line in report.splitlines() if re.match(r"\s*[\d.]+%", line)]
+        for share, dso, _, *symbol in samples[:args.symbols]:  # "12.3%  libx.so  [.]  symbol"
+            print(f"    {share:>7} {dso} {' '.join(symbol)[:110]}")
     return _figures(run.stdout), stage_shares(report)
 
 
@@ -214,6 +222,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--gguf", type=Path, action="append", default=[], help="profile this GGUF too")
     parser.add_argument("--flash-attn", action="store_true", help="flash attention for --gguf files")
+    parser.add_argument("--symbols", type=int, default=0, help="print the N busiest symbols of the decode steps")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--ctl", help=argparse.SUPPRESS)
     args = parser.parse_args()

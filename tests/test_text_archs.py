@@ -129,12 +129,13 @@ def test_each_feature_changes_the_logits(kind, feature, tmp_path_factory):
 
 
 def test_gemma_residual_is_ggml_float16_gelu(tmp_path_factory, monkeypatch):
-    """The gemma gate is 1e-2, not 1e-3, because of ggml's float16 GELU table alone: rounding GELU's input
-    and output to float16 in transformers brings the f32 GGUF back within 1e-3."""
+    """The gemma gate is 1e-2, not 1e-3, mostly because of ggml's float16 GELU table: rounding GELU's input
+    and output to float16 in transformers brings the f32 GGUF's residual down by 4x or more."""
     b = built("gemma3", tmp_path_factory)
     ids = _ids(b)
     got, ref = _logits(b, ids)
-    assert np.abs(got - ref).max() > 1e-3  # the residual is there...
+    residual = np.abs(got - ref).max()
+    assert residual > 1e-3  # the residual is there...
     mlp = b.model.model.layers[0].mlp
     plain = type(mlp.act_fn).forward
 
@@ -145,7 +146,10 @@ def test_gemma_residual_is_ggml_float16_gelu(tmp_path_factory, monkeypatch):
     monkeypatch.setattr(type(mlp.act_fn), "forward", float16_gelu)
     with torch.no_grad():
         emulated = b.model(input_ids=torch.tensor([ids])).logits[0].numpy()
-    assert np.abs(got - emulated).max() <= 1e-3  # ...and it is the table
+    # ...and it is mostly the table: what is left is under 1e-3 with ggml's AVX-512 kernels and 1.3e-3 (of
+    # 5.8e-3) with its AVX2 ones, whose other approximations (exp, tanh) round differently; not the table
+    # would leave it whole
+    assert np.abs(got - emulated).max() <= 0.25 * residual
 
 
 def mixed_strings(n: int = 200, seed: int = 11) -> list[str]:
