@@ -57,7 +57,7 @@ def test_large_buffers_are_huge_page_aligned_and_advised():
         assert address % HUGE == 0, f"{address:#x} is not 2 MiB aligned"
         # advice, not a guarantee: whether the kernel then has huge pages to give depends on its memory
         assert "hg" in _vm_flags(address), _vm_flags(address)
-        assert small % 64 == 0 and "hg" not in _vm_flags(small)  # small buffers as before
+        assert small % 64 == 0  # small buffers as before (their mapping may hold advised neighbours)
     finally:
         base.ggml_aligned_free(address, size)
         base.ggml_aligned_free(small, 4096)
