@@ -148,6 +148,31 @@ def clip_llama_f16(workdir) -> Exported:
     return exported_llava(workdir, ("clip", "llama"), "f16")
 
 
+@pytest.fixture(scope="session")
+def wide_llama_gguf(workdir) -> Path:
+    """An f32 llama GGUF whose FFN has 1024 rows (16 chunks of 64 rows: what the llama.cpp patches on
+    decode's work split change on 2 threads) and whose weights fill several MiB."""
+    from tests.test_text_archs import _causal_lm, _gguf
+
+    folder = workdir / "wide-llama"
+    model, _ = _causal_lm("llama", folder, hidden_size=256, intermediate_size=1024, num_attention_heads=4,
+                          num_key_value_heads=2, head_dim=64)
+    return _gguf("llama", folder, model)
+
+
+def ggml_base_library():
+    """ctypes handle on ``libggml-base.so.0``, the copy libllama links against (the wheel also ships
+    unversioned copies, separate files); skips where llama.cpp's ggml is linked in."""
+    import ctypes
+
+    from edgebridge.runtimes.llamacpp._lib import library_dir
+
+    lib = library_dir()
+    if lib is None or not (lib / "libggml-base.so.0").exists():
+        pytest.skip("llama.cpp built without its dynamically loaded ggml libraries")
+    return ctypes.CDLL(str(lib / "libggml-base.so.0"))
+
+
 def copy_bundle(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst

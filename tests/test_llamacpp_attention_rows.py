@@ -16,7 +16,8 @@ import ctypes
 import numpy as np
 import pytest
 
-from edgebridge.runtimes.llamacpp._lib import ggml_library, library_dir
+from edgebridge.runtimes.llamacpp._lib import ggml_library
+from tests.conftest import ggml_base_library
 
 GGML_TYPE_F32, GGML_TYPE_F16 = 0, 1
 GGML_BACKEND_DEVICE_TYPE_CPU = 0
@@ -36,10 +37,7 @@ class _Ggml:
     """The few ggml calls a one-product graph needs (ggml-base for the graph, libggml for the CPU backend)."""
 
     def __init__(self) -> None:
-        registry, lib = ggml_library(), library_dir()
-        if registry is None or lib is None or not (lib / "libggml-base.so").exists():
-            pytest.skip("llama.cpp built without its dynamically loaded ggml libraries")
-        base = ctypes.CDLL(str(lib / "libggml-base.so"))
+        base, registry = ggml_base_library(), ggml_library()
         p, i64, sz = ctypes.c_void_p, ctypes.c_int64, ctypes.c_size_t
         self.init = _sig(base, "ggml_init", p, _InitParams)
         self.free = _sig(base, "ggml_free", None, p)

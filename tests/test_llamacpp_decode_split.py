@@ -10,17 +10,6 @@ import pytest
 from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
 
 
-@pytest.fixture(scope="module")
-def wide_llama(tmp_path_factory):
-    """A llama whose FFN has 1024 rows: 16 chunks of 64 rows, the case the patch changes on 2 threads."""
-    from tests.test_text_archs import _causal_lm, _gguf
-
-    tmp = tmp_path_factory.mktemp("decode-split")
-    model, _ = _causal_lm("llama", tmp, hidden_size=256, intermediate_size=1024, num_attention_heads=4,
-                          num_key_value_heads=2, head_dim=64)
-    return tmp, _gguf("llama", tmp, model)
-
-
 def _greedy_steps(path, threads: int, steps: int = 8) -> list[np.ndarray]:
     with LlamaCppLLM(path, LlamaSettings(n_ctx=128, threads=threads)) as llm:
         logits = [np.array(llm.eval_tokens(list(range(1, 40))))]
@@ -30,11 +19,11 @@ def _greedy_steps(path, threads: int, steps: int = 8) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("precision", ["q8_0", "q6_k"])
-def test_two_threads_decode_one_threads_logits_bit_for_bit(wide_llama, precision):
+def test_two_threads_decode_one_threads_logits_bit_for_bit(wide_llama_gguf, precision):
     from edgebridge.exporters.quantize.gguf_quant import quantize_gguf
 
-    tmp, f32 = wide_llama
-    path = tmp / f"llm-{precision}.gguf"
+    f32 = wide_llama_gguf
+    path = f32.parent / f"llm-{precision}.gguf"
     if not path.exists():
         quantize_gguf(f32, path, precision)
     one, two = _greedy_steps(path, threads=1), _greedy_steps(path, threads=2)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
-from edgebridge.runtimes.llamacpp._lib import library_dir
+from tests.conftest import ggml_base_library
 
 THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 HUGE = 2 << 20
@@ -38,10 +38,7 @@ def _vm_flags(address: int) -> list[str]:
 
 
 def _ggml_base():
-    lib = library_dir()
-    if lib is None or not (lib / "libggml-base.so.0").exists():
-        pytest.skip("llama.cpp built without its dynamically loaded ggml libraries")
-    base = ctypes.CDLL(str(lib / "libggml-base.so.0"))  # the copy libllama links against
+    base = ggml_base_library()
     base.ggml_aligned_malloc.restype, base.ggml_aligned_malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
     base.ggml_aligned_free.restype, base.ggml_aligned_free.argtypes = None, [ctypes.c_void_p, ctypes.c_size_t]
     return base
@@ -63,20 +60,10 @@ def test_large_buffers_are_huge_page_aligned_and_advised():
         base.ggml_aligned_free(small, 4096)
 
 
-@pytest.fixture(scope="module")
-def llama_gguf(tmp_path_factory):
-    from tests.test_text_archs import _causal_lm, _gguf
-
-    tmp = tmp_path_factory.mktemp("huge-pages")
-    model, _ = _causal_lm("llama", tmp, hidden_size=256, intermediate_size=1024, num_attention_heads=4,
-                          num_key_value_heads=2, head_dim=64)
-    return _gguf("llama", tmp, model)
-
-
 @pytest.mark.parametrize("mapped", [False, True])
-def test_weights_are_read_unless_mapping_is_asked(llama_gguf, mapped):
+def test_weights_are_read_unless_mapping_is_asked(wide_llama_gguf, mapped):
     settings = LlamaSettings(n_ctx=128, mmap_weights=mapped)
-    with LlamaCppLLM(llama_gguf, settings) as llm:
+    with LlamaCppLLM(wide_llama_gguf, settings) as llm:
         buffers = llm.report.details["weight_buffers_mib"]
         logits = llm.eval_tokens(list(range(1, 9)))
     assert llm.report.details["mmap_weights"] is mapped
@@ -84,9 +71,9 @@ def test_weights_are_read_unless_mapping_is_asked(llama_gguf, mapped):
     assert logits is not None and logits.shape[-1] > 0
 
 
-def test_read_and_mapped_weights_give_the_same_logits(llama_gguf):
+def test_read_and_mapped_weights_give_the_same_logits(wide_llama_gguf):
     runs = []
     for mapped in (False, True):
-        with LlamaCppLLM(llama_gguf, LlamaSettings(n_ctx=128, mmap_weights=mapped, threads=1)) as llm:
+        with LlamaCppLLM(wide_llama_gguf, LlamaSettings(n_ctx=128, mmap_weights=mapped, threads=1)) as llm:
             runs.append(llm.eval_tokens(list(range(1, 9))).copy())
     assert (runs[0] == runs[1]).all()
