@@ -4,9 +4,9 @@
 quantized to uint8 at run time with one scale (``DynamicQuantizeMatMul``). One row far from the others
 (a media row, a large-norm position) sets the scale for all of them.
 
-``per-token`` (written here): int8 weights with one scale per output channel, and each MatMul's input
-quantized with one scale per row, i.e. per prompt position; the granularity llama.cpp (blocks of 32
-within a row) and OpenVINO's dynamic quantization (groups of 32) use for their activations. Each MatMul
+``per-token`` (written here): int8 weights (within +-63, below) with one scale per output channel, and
+each MatMul's input quantized with one scale per row, i.e. per prompt position; the granularity llama.cpp
+(blocks of 32 within a row) and OpenVINO's dynamic quantization (groups of 32) use for their activations. Each MatMul
 ``x [.., n, K] @ W [K, N]`` (W a constant) becomes::
 
     s  = max(|x|) / 127 over each row, at least 1e-12       [.., n, 1]
@@ -25,7 +25,10 @@ Qwen2.5-VL (12x768 qwen2), hand-over into q8_0 against llama.cpp's own q8_0 pref
 0.853 KL 4.2e-4, per-token 0.912 KL 2.8e-4 (against the f32 GGUF: 0.843 -> 0.961); LLaVA (12x768 llama)
 into q8_0 against the f32 GGUF: 0.922 KL 3.6e-4 -> 0.961 KL 1.8e-4. The cost: +8-10% graph time (196
 positions 30.4 -> 33.1 ms, 219 positions 39.5 -> 42.8 ms). So the export tries per-tensor first and
-per-token when per-tensor is beyond the drift budget (``prefill.py``, ``prefill_choice.py``).
+per-token when per-tensor is beyond the drift budget (``prefill.py``, ``prefill_choice.py``). Those
+figures are of +-127 weights on a VNNI CPU; since 2026-12-01 the weights are 7-bit (``WEIGHT_LEVELS``),
+which an AVX2-only CPU needs: there the +-127 per-token graph drifted 25x more than per-tensor (KL 3.6e-2
+vs 1.5e-3 on the tiny Qwen2.5-VL of ``tests/test_kv_handoff.py``), the int16 saturation below.
 
 Host side: onnx and numpy only.
 """
@@ -37,10 +40,15 @@ from typing import Any
 
 import numpy as np
 
+from edgebridge.exporters.quantize.onnx_quant import WEIGHTS_7BIT
+
 ACTIVATIONS = ("per-tensor", "per-token")
 ZERO_POINT = 128
 EPS = 1e-12
 CONTRIB = "com.microsoft"  # MatMulIntegerToFloat: an onnxruntime CPU kernel
+# 7-bit weights: uint8 rows around zero point 128 times +-127 saturate the int16 pair sums of MLAS's
+# u8s8 GEMM on CPUs without VNNI (``quantize/onnx_quant.py``, WEIGHTS_7BIT, measured there).
+WEIGHT_LEVELS = 63
 
 
 def quantize(src: Path, dst: Path, activations: str) -> dict[str, Any]:
@@ -49,13 +57,15 @@ def quantize(src: Path, dst: Path, activations: str) -> dict[str, Any]:
     if activations == "per-tensor":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
-        return {"method": "onnxruntime.quantization.quantize_dynamic", "weights": "int8, one scale per tensor",
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+                         reduce_range=True)
+        return {"method": "onnxruntime.quantization.quantize_dynamic",
+                "weights": f"{WEIGHTS_7BIT}, one scale per tensor",
                 "activations": "per-tensor", "activation_type": "uint8, quantized at run time"}
     if activations == "per-token":
         n = _per_token(src, dst)
         return {"method": "edgebridge per-token int8 (exporters/prefill_int8.py)",
-                "weights": "int8, one scale per output channel", "activations": "per-token",
+                "weights": f"{WEIGHTS_7BIT}, one scale per output channel", "activations": "per-token",
                 "activation_type": "uint8 (symmetric, zero point 128), one scale per position, quantized at "
                                    "run time", "matmuls": n}
     raise ValueError(f"unknown activation scheme {activations!r}; expected one of {ACTIVATIONS}")
@@ -102,10 +112,10 @@ def _per_token(src: Path, dst: Path) -> int:
 
 
 def _weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``W [K, N]`` -> (int8 weights, one f32 scale per output channel); symmetric, +-127."""
+    """``W [K, N]`` -> (int8 weights, one f32 scale per output channel); symmetric, +-``WEIGHT_LEVELS``."""
     w = w.astype(np.float32)
-    scale = np.maximum(np.abs(w).max(axis=0), EPS) / 127.0
-    return np.clip(np.rint(w / scale), -127, 127).astype(np.int8), scale.astype(np.float32)
+    scale = np.maximum(np.abs(w).max(axis=0), EPS) / WEIGHT_LEVELS
+    return np.clip(np.rint(w / scale), -WEIGHT_LEVELS, WEIGHT_LEVELS).astype(np.int8), scale.astype(np.float32)
 
 
 def _node(helper: Any, op: str, inputs: list[str], out: str, **attrs: Any) -> Any:

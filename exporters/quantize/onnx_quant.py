@@ -4,8 +4,8 @@
 |-------------|---------------------------------------------------------------------------------|
 | f32         | the exported graph as is                                                        |
 | f16         | ``onnxruntime.transformers.float16`` (weights and compute fp16, fp32 inputs/outputs) |
-| int8        | ``quantize_dynamic``: int8 weights of MatMul/Gemm, activations quantized at run time |
-| int8-static | ``quantize_static``, QDQ format: int8 weights (per channel), uint8 activations calibrated (MinMax) on the calibration set; the first and last weight layers stay float (``boundary_layers``) |
+| int8        | ``quantize_dynamic``: int8 (7-bit, ``WEIGHTS_7BIT``) weights of MatMul/Gemm, activations quantized at run time |
+| int8-static | ``quantize_static``, QDQ format: int8 (7-bit) weights per channel, uint8 activations calibrated (MinMax) on the calibration set; the first and last weight layers stay float (``boundary_layers``) |
 
 Why the boundary layers stay float: the first layer (patch embedding / audio conv) reads raw
 normalized inputs and the last one writes the LLM's input embeddings; quantizing either costs the
@@ -26,6 +26,12 @@ from edgebridge.exporters.quantize.calibration import CalibrationSet
 PRECISIONS = ("f32", "f16", "int8", "int8-static")
 NEEDS_CALIBRATION = {"int8-static"}
 QUANTIZED_OPS = ["MatMul", "Gemm", "Conv"]
+# Weights within +-63 (onnxruntime's ``reduce_range``): on x86 CPUs without VNNI (AVX2 only) MLAS's
+# uint8 x int8 GEMM sums pairs of products in int16 (vpmaddubsw), and 255 * 127 * 2 saturates it;
+# 255 * 63 * 2 does not. Measured 2026-12-01 on an AVX2-only EPYC: a K=256 MatMulIntegerToFloat with
+# +-127 weights was off by up to 70876 (of 307726), with +-63 exact. A bundle runs wherever it is copied,
+# so the weights are written for the CPU without VNNI whatever CPU exports them.
+WEIGHTS_7BIT = "int8 within +-63 (7 bits: exact on CPUs without VNNI)"
 
 
 def boundary_layers(model: Any) -> list[str]:
@@ -82,8 +88,9 @@ def quantize_onnx(src: Path, dst: Path, precision: str, calib: CalibrationSet | 
         with tempfile.TemporaryDirectory(prefix="edgebridge-ortq-") as work:
             pre = _preprocessed(src, Path(work))
             if precision == "int8":
-                quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
-                return {"method": "onnxruntime.quantization.quantize_dynamic", "weights": "int8",
+                quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, reduce_range=True,
+                                 op_types_to_quantize=["MatMul", "Gemm"])
+                return {"method": "onnxruntime.quantization.quantize_dynamic", "weights": WEIGHTS_7BIT,
                         "ops": ["MatMul", "Gemm"]}
             if calib is None or not calib.calibrate:
                 raise ExportError("int8-static quantization needs a calibration set.")
@@ -93,10 +100,11 @@ def quantize_onnx(src: Path, dst: Path, precision: str, calib: CalibrationSet | 
             quantize_static(
                 str(pre), str(dst), _Reader(calib.calibrate),
                 quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                per_channel=True, calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=QUANTIZED_OPS,
-                nodes_to_exclude=kept_float,
+                per_channel=True, reduce_range=True, calibrate_method=CalibrationMethod.MinMax,
+                op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=kept_float,
             )
-            return {"method": "onnxruntime.quantization.quantize_static", "format": "QDQ", "weights": "int8 per-channel",
+            return {"method": "onnxruntime.quantization.quantize_static", "format": "QDQ",
+                    "weights": WEIGHTS_7BIT + ", per channel",
                     "activations": "uint8", "calibration": "MinMax", "ops": QUANTIZED_OPS,
                     "kept_float": kept_float, "calibration_items": len(calib.calibrate)}
     except ExportError:
