@@ -95,7 +95,7 @@ $(TIKTOKEN):
 	  mv $$tmp/openai_whisper-20250625/whisper/assets/gpt2.tiktoken $@ && rm -rf $$tmp
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 # The tests without the slow end-to-end ones (a quick check while developing).
 test-fast: setup
