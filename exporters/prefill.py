@@ -157,9 +157,9 @@ def write_graph(text: TextModel, dst: Path, precision: str, scratch: Path, activ
     with torch.no_grad():
         torch.onnx.export(module, example, str(fp32), input_names=names,
                           output_names=list(GRAPH_OUTPUTS), opset_version=OPSET, dynamo=False,
-                          dynamic_axes={"input_ids": {1: "positions"}, "media_embeds": {1: "positions"},
-                                        "media_mask": {1: "positions"}, "k": {1: "positions"},
-                                        "v": {1: "positions"}, MROPE_INPUT: {1: "positions"}})
+                          # the positions axis of every input and of K and V (logits: the last row only);
+                          # only names the graph has, or torch warns on the terminal
+                          dynamic_axes={name: {1: "positions"} for name in (*names, "k", "v")})
     method: dict[str, Any] = {"method": "torch.onnx.export (TorchScript)", "opset": OPSET,
                               "rotary_permuted": spec.permute_qk, "rotary": "com.microsoft.RotaryEmbedding",
                               "last_layer": "K and V of every position; query, attention output and FFN of the last"}

@@ -35,6 +35,8 @@ Host side: onnx and numpy only.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +53,33 @@ CONTRIB = "com.microsoft"  # MatMulIntegerToFloat: an onnxruntime CPU kernel
 WEIGHT_LEVELS = 63
 
 
+class _PreprocessingAdvice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Please consider to run pre-processing before quantization")
+
+
+@contextlib.contextmanager
+def _without_preprocessing_advice():
+    """onnxruntime logs advice to run its pre-processing first, on the root logger, for every graph quantized
+    without it; the prefill graph is quantized as exported (the gates measure that graph), so the advice would
+    only interrupt the export's progress lines."""
+    advice = _PreprocessingAdvice()
+    logging.getLogger().addFilter(advice)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(advice)
+
+
 def quantize(src: Path, dst: Path, activations: str) -> dict[str, Any]:
     """Write the f32 graph ``src`` as an int8 graph at ``dst`` (one file, for ``save_external`` to split);
     returns the method for the manifest."""
     if activations == "per-tensor":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
-                         reduce_range=True)
+        with _without_preprocessing_advice():
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+                             reduce_range=True)
         return {"method": "onnxruntime.quantization.quantize_dynamic",
                 "weights": f"{WEIGHTS_7BIT}, one scale per tensor",
                 "activations": "per-tensor", "activation_type": "uint8, quantized at run time"}

@@ -445,6 +445,28 @@ def test_per_token_activations_drift_less_and_the_export_falls_back_to_them(qwen
     assert loose.quantization["bytes"] == size["per-tensor"]  # written over the per-token files, nothing appended
 
 
+def test_the_int8_prefill_graph_is_written_without_library_warnings(workdir, tmp_path, caplog):
+    """An export prints its own progress only: writing a llama's graph, torch warned of dynamic axes named
+    for inputs the graph lacks (M-RoPE's positions), and onnxruntime's quantize_dynamic logged advice on the
+    root logger (shown as ``WARNING:root:...``) between the progress lines."""
+    import logging
+    import warnings
+
+    from edgebridge.exporters.families import family_for
+    from edgebridge.exporters.prefill import draft_prefill
+
+    model_dir = tiny_llava(workdir, ("clip", "llama"))
+    family = family_for(model_dir)
+    loaded = family.load(model_dir)
+    # the filters in force (torch's own ignores its tracer's notes), so what a terminal would show is recorded
+    with caplog.at_level(logging.WARNING), warnings.catch_warnings(record=True) as shown:
+        draft = draft_prefill(family.text_model(loaded), family.causal_lm(loaded), tmp_path / "llm_prefill.onnx",
+                              "int8", activations="per-tensor")
+    draft.discard()
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [str(w.message) for w in shown if not issubclass(w.category, DeprecationWarning)]
+
+
 def _op_types(graph) -> set[str]:
     import onnx
 
