@@ -452,14 +452,14 @@ def test_the_int8_prefill_graph_is_written_without_library_warnings(workdir, tmp
     import logging
     import warnings
 
+    from torch.jit import TracerWarning
+
     from edgebridge.exporters.families import family_for
     from edgebridge.exporters.prefill import draft_prefill
 
     model_dir = tiny_llava(workdir, ("clip", "llama"))
     family = family_for(model_dir)
     loaded = family.load(model_dir)
-    from torch.jit import TracerWarning
-
     with caplog.at_level(logging.WARNING), warnings.catch_warnings(record=True) as shown:
         # torch hides its tracer's notes from its own modules with a filter added when it is imported; when
         # another test imported it first, pytest's per-test warning capture dropped that filter
