@@ -53,9 +53,8 @@ CONTRIB = "com.microsoft"  # MatMulIntegerToFloat: an onnxruntime CPU kernel
 WEIGHT_LEVELS = 63
 
 
-class _PreprocessingAdvice(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Please consider to run pre-processing before quantization")
+def _not_preprocessing_advice(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Please consider to run pre-processing before quantization")
 
 
 @contextlib.contextmanager
@@ -63,12 +62,12 @@ def _without_preprocessing_advice():
     """onnxruntime logs advice to run its pre-processing first, on the root logger, for every graph quantized
     without it; the prefill graph is quantized as exported (the gates measure that graph), so the advice would
     only interrupt the export's progress lines."""
-    advice = _PreprocessingAdvice()
-    logging.getLogger().addFilter(advice)
+    root = logging.getLogger()
+    root.addFilter(_not_preprocessing_advice)
     try:
         yield
     finally:
-        logging.getLogger().removeFilter(advice)
+        root.removeFilter(_not_preprocessing_advice)
 
 
 def quantize(src: Path, dst: Path, activations: str) -> dict[str, Any]:
