@@ -43,7 +43,7 @@ from edgebridge.exporters.gguf.weights import gguf_weights
 from edgebridge.exporters.gguf.writer import TextModel
 from edgebridge.exporters.onnx_files import data_file, save_external
 from edgebridge.exporters.prefill_attention import CachedRows, fuse_for_prefill
-from edgebridge.exporters.prefill_int8 import ACTIVATIONS, quantize as quantize_int8
+from edgebridge.exporters.prefill_int8 import SCHEMES, quantize as quantize_int8
 from edgebridge.manifest import Artifact, Parity, canonical_precision
 from edgebridge.parity import enforce, logit_metrics, violations
 from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
@@ -136,10 +136,10 @@ class PrefillModule(torch.nn.Module):
         return logits, torch.cat([k.half() for k in rows.keys]), torch.cat([v.half() for v in rows.values])
 
 
-def write_graph(text: TextModel, dst: Path, precision: str, scratch: Path, activations: str = ACTIVATIONS[0]
+def write_graph(text: TextModel, dst: Path, precision: str, scratch: Path, scheme: str = SCHEMES[0]
                 ) -> dict[str, Any]:
-    """Export the prefill graph of ``text`` to ``dst`` at ``precision`` (int8: with ``activations`` quantized
-    per tensor or per token, ``prefill_int8.py``); returns the method for the manifest."""
+    """Export the prefill graph of ``text`` to ``dst`` at ``precision`` (int8: in one of
+    ``prefill_int8.SCHEMES``); returns the method for the manifest."""
     spec = arch_spec(text.model_type)
     lm = causal_lm_from(text)
     n_bytes = sum(p.numel() * 4 for p in lm.parameters())
@@ -165,8 +165,8 @@ def write_graph(text: TextModel, dst: Path, precision: str, scratch: Path, activ
                               "last_layer": "K and V of every position; query, attention output and FFN of the last"}
     final = fp32
     if precision == "int8":
-        final = scratch / f"prefill-int8-{activations}.onnx"
-        method.update(quantize_int8(fp32, final, activations), exported_with="torch.onnx.export (TorchScript)")
+        final = scratch / f"prefill-int8-{scheme}.onnx"
+        method.update(quantize_int8(fp32, final, scheme), exported_with="torch.onnx.export (TorchScript)")
     method["external_data"] = save_external(final, dst)[1].name
     return method
 
@@ -288,10 +288,16 @@ class PrefillDraft:
         return self.method.get("activations")
 
     @property
+    def scheme(self) -> str | None:
+        """One of ``prefill_int8.SCHEMES`` for an int8 graph; None for f32."""
+        return self.method.get("scheme")
+
+    @property
     def label(self) -> str:
         if not self.activations:
             return self.precision
-        return f"int8, {self.activations} activations, {self.method['weights']} weights"
+        unsigned = " as 8-bit unsigned" if self.scheme == "per-token-u8" else ""
+        return f"int8, {self.activations} activations, {self.method['weights']} weights{unsigned}"
 
     def discard(self) -> None:
         """Close the graph's session and delete its files."""
@@ -301,24 +307,24 @@ class PrefillDraft:
 
 
 def draft_prefill(text: TextModel, reference_lm: torch.nn.Module, dst: Path, precision: str, *,
-                  activations: str = ACTIVATIONS[0], weights: str = "float",
+                  scheme: str = SCHEMES[0], weights: str = "float",
                   step: Callable[[str], None] = lambda _: None) -> PrefillDraft:
     """Write the prefill graph of ``text`` at ``dst`` and check its logits against transformers (the f32
-    graph is held to ``STRICT_TOLERANCE``; the int8 one's figures are recorded). ``activations``: how an
-    int8 graph quantizes its MatMul inputs (``prefill_int8.ACTIVATIONS``); ``weights``: what ``text``
+    graph is held to ``STRICT_TOLERANCE``; the int8 one's figures are recorded). ``scheme``: how an int8
+    graph quantizes its MatMuls (``prefill_int8.SCHEMES``); ``weights``: what ``text``
     holds, ``float`` or the GGUF type it was read back from (``gguf_weights``), recorded."""
     precision = canonical_precision(precision)  # fp32, the old spelling, still accepted
     if precision not in PREFILL_PRECISIONS:
         raise ExportError(f"unknown prefill precision '{precision}'.",
                           hint=f"Choose from: {', '.join(PREFILL_PRECISIONS)}.")
-    if activations not in ACTIVATIONS:
-        raise ExportError(f"unknown activation scheme '{activations}'.", hint=f"Choose from: {', '.join(ACTIVATIONS)}.")
+    if scheme not in SCHEMES:
+        raise ExportError(f"unknown int8 scheme '{scheme}'.", hint=f"Choose from: {', '.join(SCHEMES)}.")
     check_supported(text.model_type)
     vocab_rows = min(int(text.config.vocab_size), int(reference_lm.get_input_embeddings().weight.shape[0]))
     cases = _cases(reference_lm, vocab_rows, mrope=arch_spec(text.model_type).mrope)
     with tempfile.TemporaryDirectory(prefix="edgebridge-prefill-") as scratch:
-        step(f"prefill graph: exporting ONNX ({precision}{f', {activations} activations, {weights} weights' if precision == 'int8' else ''})")
-        method = write_graph(text, dst, precision, Path(scratch), activations)
+        step(f"prefill graph: exporting ONNX ({precision}{f', {scheme} scheme, {weights} weights' if precision == 'int8' else ''})")
+        method = write_graph(text, dst, precision, Path(scratch), scheme)
     method["weights"] = weights
     step("prefill graph: logits against transformers")
     graph = PrefillGraph(dst, precision=precision)
@@ -355,21 +361,25 @@ def gate_prefill(draft: PrefillDraft, gguf_path: Path, budget: dict[str, float],
 def export_prefill(text: TextModel, reference_lm: torch.nn.Module, gguf_path: Path, dst: Path, precision: str,
                    budget: dict[str, float], *, step: Callable[[str], None] = lambda _: None) -> Artifact:
     """Write, gate and describe the prefill artifact for the bundle whose GGUF is ``gguf_path``. An int8
-    graph whose per-tensor activations drift beyond the budget is written again with per-token ones
-    (slower by ~10%, closer to the float graph: ``prefill_int8.py``) before the export refuses it; the
-    artifact's ``quantization.refused`` keeps the first verdict."""
-    weights = "float"
+    graph beyond the budget is written again in the next of ``prefill_int8.SCHEMES`` (per-token
+    activations: ~10% slower, closer to the float graph; then 8-bit unsigned weights: slower still, closer
+    again) before the export refuses it with the last verdict; the artifact's ``quantization.refused``
+    keeps the verdicts of the schemes it passed over."""
+    weights, schemes = "float", [SCHEMES[0]]
     if canonical_precision(precision) == "int8":  # the f32 graph is held to transformers' float weights
         text, weights = gguf_weights(text, gguf_path)
-    draft = draft_prefill(text, reference_lm, dst, precision, weights=weights, step=step)
-    try:
-        return gate_prefill(draft, gguf_path, budget, step=step)
-    except ParityError as exc:
-        if draft.activations != "per-tensor":  # an f32 graph has no other scheme to try
-            raise
-        refused = {draft.activations: exc.message}
-    draft.discard()
-    art = gate_prefill(draft_prefill(text, reference_lm, dst, precision, activations="per-token",
-                                     weights=weights, step=step), gguf_path, budget, step=step)
-    art.quantization["refused"] = refused
+        schemes = list(SCHEMES)
+    refused: dict[str, str] = {}
+    for scheme in schemes:
+        draft = draft_prefill(text, reference_lm, dst, precision, scheme=scheme, weights=weights, step=step)
+        try:
+            art = gate_prefill(draft, gguf_path, budget, step=step)
+            break
+        except ParityError as exc:
+            draft.discard()
+            if scheme == schemes[-1]:
+                raise
+            refused[scheme] = exc.message
+    if refused:
+        art.quantization["refused"] = refused
     return art

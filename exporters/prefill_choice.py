@@ -15,11 +15,12 @@ gemma decoders, Qwen3-VL ...) keeps llama.cpp, with the reason; so does a graph 
   (``targets.py``) with the graph's measured saving per prompt position, and the best kept (ties within
   the margin: the fewest bytes, so llama.cpp alone).
 - One graph per type, from that type's own weights (``gguf/weights.py``: the bench Qwen2.5-VL's per-token
-  hand-over into q6_k went from top-1 0.882, refused, to 0.922), per-tensor activations (faster) first and
-  per-token ones (~10% slower, closer to the float graph: ``prefill_int8.py``) where those drift beyond
-  the budget. Every graph that passes stays on disk beside the bundle's prefill path until the pair is
-  chosen (the kept pair need not be the fastest: within the tie margin, the fewest bytes); the winner is
-  moved there and the others removed.
+  hand-over into q6_k went from top-1 0.882, refused, to 0.922), in the schemes of ``prefill_int8.py``
+  fastest first: per-tensor activations, per-token ones (~10% slower, closer to the float graph) where
+  those drift beyond the budget, then per-token with 8-bit unsigned weights (slower again, closer again).
+  Every graph that passes stays on disk beside the bundle's prefill path until the pair is chosen (the
+  kept pair need not be the fastest: within the tie margin, the fewest bytes); the winner is moved there
+  and the others removed.
 - The GGUF type fixed (``choose_prefill``): the graph is kept only when it measured faster than
   llama.cpp's prefill of the same positions (by more than the tie margin) and fits the memory budget.
 """
@@ -34,7 +35,7 @@ from edgebridge.exporters.onnx_files import data_file, save_external
 from edgebridge.exporters.gguf.export import GGUFCandidate
 from edgebridge.exporters.gguf.weights import gguf_weights
 from edgebridge.exporters.prefill import PrefillDraft, check_supported, draft_prefill, export_prefill, gate_prefill
-from edgebridge.exporters.prefill_int8 import ACTIVATIONS
+from edgebridge.exporters.prefill_int8 import SCHEMES
 from edgebridge.exporters.quantize import TIE, QuantPlan, over_memory, smallest_of_best
 from edgebridge.exporters.quantize.targets import ANSWER_TOKENS, PROMPT_POSITIONS
 from edgebridge.manifest import Artifact
@@ -58,7 +59,7 @@ def choose_prefill(text: Any, reference_lm: Callable[[], Any], gguf_path: Path, 
                                                                       f"{exc.message}"}
     speed, size = art.quantization["speed"], art.quantization["bytes"]
     graph_ms, llama_ms, n = speed["prefill_ms"], speed["llamacpp_prefill_ms"], speed["positions"]
-    measured = (f"{n} positions: the int8 graph ({art.quantization['activations']} activations) + hand-over "
+    measured = (f"{n} positions: the int8 graph ({art.quantization['scheme']} scheme) + hand-over "
                 f"{graph_ms:g} ms, llama.cpp {llama_ms:g} ms on this machine")
     over = over_memory(size, plan.memory_left(used_bytes))
     if graph_ms * (1 + TIE) >= llama_ms:
@@ -69,7 +70,8 @@ def choose_prefill(text: Any, reference_lm: Callable[[], Any], gguf_path: Path, 
         kept, reason = True, f"faster ({measured}); {size / 2**20:.1f} MB of int8 weights beside the GGUF"
     record = {"kept": kept, "engine": "onnxruntime+handoff" if kept else "llama.cpp", "graph_ms": graph_ms,
               "llamacpp_ms": llama_ms, "positions": n, "graph_bytes": size,
-              "activations": art.quantization["activations"], "reason": reason}
+              "activations": art.quantization["activations"], "scheme": art.quantization["scheme"],
+              "reason": reason}
     if not kept:
         _remove(dst)
         return None, record
@@ -131,7 +133,7 @@ class JointChoice:
         measured = f"{len(options)} pairs of GGUF type and prefill engine within the budgets"
         if engine == GRAPH:
             kept = graphs.gated[precision]
-            reason = (f"{precision} with the {GRAPH} ({kept['activations']} activations, {kept['weights']} "
+            reason = (f"{precision} with the {GRAPH} ({kept['scheme']} scheme, {kept['weights']} "
                       f"weights): {answer:g} ms for a {PROMPT_POSITIONS}-position prompt + "
                       f"{ANSWER_TOKENS} tokens, the best of {measured}; {kept_alone} with llama.cpp's prefill "
                       f"{options[(kept_alone, 'llama.cpp')][0]:g} ms")
@@ -150,16 +152,17 @@ class JointChoice:
         if engine == GRAPH:
             g = graphs.gated[precision]
             record |= {"graph_ms": g["prefill_ms"], "llamacpp_ms": g["llamacpp_prefill_ms"], "positions": g["positions"],
-                       "graph_bytes": g["bytes"], "activations": g["activations"], "weights": g["weights"]}
+                       "graph_bytes": g["bytes"], "activations": g["activations"], "scheme": g["scheme"],
+                       "weights": g["weights"]}
         return record
 
 
 class _Graphs:
     """One ``JointChoice``'s int8 graphs: one per GGUF type that could still win, written from that type's own
-    weights (``gguf/weights.py``) and gated into it; per-tensor activations first, per-token when those drift
-    beyond the budget (``prefill_int8.py``). Each graph that passed stays on disk until the choice is made
-    (as the GGUF candidates do): the pair kept may not be the fastest one (within the tie margin, the
-    fewest bytes), so it cannot be settled earlier."""
+    weights (``gguf/weights.py``) and gated into it, in ``prefill_int8.SCHEMES`` order until one passes.
+    Each graph that passed stays on disk until the choice is made (as the GGUF candidates do): the pair
+    kept may not be the fastest one (within the tie margin, the fewest bytes), so it cannot be settled
+    earlier."""
 
     def __init__(self, choice: JointChoice, reference: Any, alone: dict[str, float]) -> None:
         self.choice, self.reference, self.alone = choice, reference, alone
@@ -178,9 +181,9 @@ class _Graphs:
         refused = ""
         # the graph's weights named by the candidate: a mix's file type says only its base type
         text, _ = gguf_weights(self.choice.text, cand.path)
-        for activations in ACTIVATIONS:
+        for scheme in SCHEMES:
             draft = draft_prefill(text, self.reference, _draft_path(self.choice.dst, precision), "int8",
-                                  activations=activations, weights=precision, step=self.choice.step)
+                                  scheme=scheme, weights=precision, step=self.choice.step)
             over = over_memory(cand.trial.bytes + draft.bytes, self.left)
             if over:
                 draft.discard()
@@ -206,7 +209,7 @@ class _Graphs:
         saved = PROMPT_POSITIONS * (g["llamacpp_prefill_ms"] - g["prefill_ms"]) / g["positions"]
         self.with_graph[precision] = round(max(self.alone[precision] - saved, decode_ms), 3)
         self.gated[precision] = {**g, "bytes": draft.bytes, "activations": draft.activations,
-                                 "weights": draft.method["weights"]}
+                                 "scheme": draft.scheme, "weights": draft.method["weights"]}
         self.verdicts[precision] = refused + (f"hand-over within budget ({draft.label}); {g['positions']} positions: "
                                               f"graph + hand-over {g['prefill_ms']:g} ms, llama.cpp "
                                               f"{g['llamacpp_prefill_ms']:g} ms")

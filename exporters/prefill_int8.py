@@ -1,4 +1,5 @@
-"""The int8 prefill graph's two activation schemes: one scale per MatMul input, or one per prompt position.
+"""The int8 prefill graph's three schemes: activations with one scale per MatMul input or one per prompt
+position, and the latter with full 8-bit unsigned weights.
 
 ``per-tensor`` is onnxruntime's ``quantize_dynamic``: int8 weights, and each MatMul's whole input
 quantized to uint8 at run time with one scale (``DynamicQuantizeMatMul``). One row far from the others
@@ -15,6 +16,13 @@ each MatMul's input quantized with one scale per row, i.e. per prompt position; 
                                                              onnxruntime kernel, then the row scales
 
 The MatMuls that read one input (Q, K and V; the FFN's gate and up) share its quantized rows.
+
+``per-token-u8`` is ``per-token`` with weights of the full 8 bits, stored as uint8 around zero point 128
+(+-127), so onnxruntime runs its uint8 x uint8 GEMM: exact on every x86 CPU, where uint8 x int8 needs the
+7-bit weights (below), but 1.38-2.02x slower on the prefill shapes of an AVX2-only EPYC (measured
+2026-12-02: 220 x 2048 x 768 7.8 vs 3.9 ms). Tried last, when the 7-bit schemes drift beyond the budget:
+on that CPU every 7-bit graph of the bench LLaVA was refused (top-1 0.892 against the 0.9 gate), and
+llama.cpp's own prefill of its 219 positions took 543 ms there, so a slower graph still answers sooner.
 
 uint8 with zero point 128 rather than int8: onnxruntime's int8 x int8 integer GEMM has no fast kernel on
 this CPU (258 vs 36 ms for the bench Qwen2.5-VL's 128 positions). Symmetric rows keep one zero point, so
@@ -44,7 +52,9 @@ import numpy as np
 
 from edgebridge.exporters.quantize.onnx_quant import WEIGHTS_7BIT
 
-ACTIVATIONS = ("per-tensor", "per-token")
+WEIGHTS_8BIT_UNSIGNED = "uint8 around 128, +-127 (8 bits: onnxruntime's uint8 x uint8 GEMM, exact on every x86 CPU)"
+
+SCHEMES = ("per-tensor", "per-token", "per-token-u8")  # in the order the export tries them: fastest first
 ZERO_POINT = 128
 EPS = 1e-12
 CONTRIB = "com.microsoft"  # MatMulIntegerToFloat: an onnxruntime CPU kernel
@@ -70,28 +80,30 @@ def _without_preprocessing_advice():
         root.removeFilter(_not_preprocessing_advice)
 
 
-def quantize(src: Path, dst: Path, activations: str) -> dict[str, Any]:
-    """Write the f32 graph ``src`` as an int8 graph at ``dst`` (one file, for ``save_external`` to split);
-    returns the method for the manifest."""
-    if activations == "per-tensor":
+def quantize(src: Path, dst: Path, scheme: str) -> dict[str, Any]:
+    """Write the f32 graph ``src`` as an int8 graph at ``dst`` (one file, for ``save_external`` to split) in
+    one of ``SCHEMES``; returns the method for the manifest."""
+    if scheme == "per-tensor":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         with _without_preprocessing_advice():
             quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
                              reduce_range=True)
-        return {"method": "onnxruntime.quantization.quantize_dynamic",
+        return {"method": "onnxruntime.quantization.quantize_dynamic", "scheme": scheme,
                 "weights": f"{WEIGHTS_7BIT}, one scale per tensor",
                 "activations": "per-tensor", "activation_type": "uint8, quantized at run time"}
-    if activations == "per-token":
-        n = _per_token(src, dst)
-        return {"method": "edgebridge per-token int8 (exporters/prefill_int8.py)",
-                "weights": f"{WEIGHTS_7BIT}, one scale per output channel", "activations": "per-token",
+    if scheme in ("per-token", "per-token-u8"):
+        unsigned = scheme == "per-token-u8"
+        n = _per_token(src, dst, unsigned)
+        weights = WEIGHTS_8BIT_UNSIGNED if unsigned else WEIGHTS_7BIT
+        return {"method": "edgebridge per-token int8 (exporters/prefill_int8.py)", "scheme": scheme,
+                "weights": f"{weights}, one scale per output channel", "activations": "per-token",
                 "activation_type": "uint8 (symmetric, zero point 128), one scale per position, quantized at "
                                    "run time", "matmuls": n}
-    raise ValueError(f"unknown activation scheme {activations!r}; expected one of {ACTIVATIONS}")
+    raise ValueError(f"unknown int8 scheme {scheme!r}; expected one of {SCHEMES}")
 
 
-def _per_token(src: Path, dst: Path) -> int:
+def _per_token(src: Path, dst: Path, unsigned: bool) -> int:
     """Rewrite every MatMul by a constant 2-D weight in ``src``; returns how many."""
     import onnx
     from onnx import helper, numpy_helper
@@ -105,7 +117,7 @@ def _per_token(src: Path, dst: Path) -> int:
         if w is None or len(w.dims) != 2:
             nodes.append(node)
             continue
-        wq, sw = _weights(numpy_helper.to_array(w))
+        wq, sw = _weights(numpy_helper.to_array(w), unsigned)
         name = f"{node.name or node.output[0]}_int8"
         graph.initializer.extend([numpy_helper.from_array(wq, name + "_w"), numpy_helper.from_array(sw, name + "_ws")])
         replaced.add(node.input[1])
@@ -113,7 +125,7 @@ def _per_token(src: Path, dst: Path) -> int:
         if x not in rows:  # Q, K and V (the FFN's gate and up) read one input: quantize it once
             rows[x] = name
             nodes += _quantized_rows(helper, x, name)
-        nodes += _integer_matmul(helper, rows[x], node.output[0], name)
+        nodes += _integer_matmul(helper, rows[x], node.output[0], name, unsigned)
     graph.initializer.extend([numpy_helper.from_array(np.array(1 / 127, np.float32), "pt_inv127"),
                               numpy_helper.from_array(np.array(EPS, np.float32), "pt_eps"),
                               numpy_helper.from_array(np.array([-1], np.int64), "pt_flat"),
@@ -131,11 +143,15 @@ def _per_token(src: Path, dst: Path) -> int:
     return len(replaced)
 
 
-def _weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``W [K, N]`` -> (int8 weights, one f32 scale per output channel); symmetric, +-``WEIGHT_LEVELS``."""
+def _weights(w: np.ndarray, unsigned: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``W [K, N]`` -> (integer weights, one f32 scale per output channel); symmetric: int8 within
+    +-``WEIGHT_LEVELS``, or (``unsigned``) +-127 stored as uint8 around ``ZERO_POINT``."""
+    levels = 127 if unsigned else WEIGHT_LEVELS
     w = w.astype(np.float32)
-    scale = np.maximum(np.abs(w).max(axis=0), EPS) / WEIGHT_LEVELS
-    return np.clip(np.rint(w / scale), -WEIGHT_LEVELS, WEIGHT_LEVELS).astype(np.int8), scale.astype(np.float32)
+    scale = np.maximum(np.abs(w).max(axis=0), EPS) / levels
+    q = np.clip(np.rint(w / scale), -levels, levels)
+    q = (q + ZERO_POINT).astype(np.uint8) if unsigned else q.astype(np.int8)
+    return q, scale.astype(np.float32)
 
 
 def _node(helper: Any, op: str, inputs: list[str], out: str, **attrs: Any) -> Any:
@@ -157,11 +173,12 @@ def _quantized_rows(helper: Any, x: str, name: str) -> list[Any]:
     ]
 
 
-def _integer_matmul(helper: Any, rows: str, y: str, name: str) -> list[Any]:
+def _integer_matmul(helper: Any, rows: str, y: str, name: str, unsigned: bool) -> list[Any]:
     """``y = x @ W`` from ``x``'s quantized rows (``_quantized_rows`` under the name ``rows``) and ``name``'s
-    int8 weights: the integer GEMM and the channel scales in one onnxruntime kernel, then the row scales."""
+    integer weights: the integer GEMM and the channel scales in one onnxruntime kernel, then the row scales.
+    Unsigned weights take the zero point too (``pt_zero``, 128)."""
+    inputs = [f"{rows}_q", f"{name}_w", "pt_one", f"{name}_ws", "pt_zero"] + (["pt_zero"] if unsigned else [])
     return [
-        _node(helper, "MatMulIntegerToFloat", [f"{rows}_q", f"{name}_w", "pt_one", f"{name}_ws", "pt_zero"],
-              f"{name}_y0", domain=CONTRIB),
+        _node(helper, "MatMulIntegerToFloat", inputs, f"{name}_y0", domain=CONTRIB),
         _node(helper, "Mul", [f"{name}_y0", f"{rows}_s"], y),
     ]

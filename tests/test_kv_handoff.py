@@ -414,35 +414,52 @@ def qwen25_vl_text(workdir, tmp_path_factory):
     return text, family.causal_lm(loaded), gguf
 
 
-def test_per_token_activations_drift_less_and_the_export_falls_back_to_them(qwen25_vl_text, tmp_path):
-    """The per-token int8 graph's hand-over is closer to llama.cpp's own prefill than the per-tensor one's;
-    with a budget between the two, ``--prefill int8`` keeps the per-token graph and records the per-tensor
-    verdict; below both, the export refuses with the per-token figure; above both, per-tensor is kept."""
+def test_each_int8_scheme_drifts_less_than_the_last_and_the_export_falls_back_in_order(qwen25_vl_text, tmp_path):
+    """Per-token activations hand over closer to llama.cpp's own prefill than per-tensor ones, and 8-bit
+    unsigned weights closer than the 7-bit ones; with a budget between two schemes, ``--prefill int8`` keeps
+    the first that passes and records the verdicts it passed over; below all, the export refuses with the
+    last scheme's figure; above all, per-tensor is kept."""
     from edgebridge.errors import ParityError
     from edgebridge.exporters.prefill import draft_prefill, export_prefill, measure_handoff
 
     text, reference, gguf = qwen25_vl_text
     kl, size = {}, {}
-    for scheme in ("per-tensor", "per-token"):
+    for scheme in ("per-tensor", "per-token", "per-token-u8"):
         (tmp_path / scheme).mkdir()
-        draft = draft_prefill(text, reference, tmp_path / scheme / "llm_prefill.onnx", "int8", activations=scheme)
-        assert draft.activations == scheme
-        assert ("MatMulIntegerToFloat" in _op_types(draft.path)) == (scheme == "per-token")
+        draft = draft_prefill(text, reference, tmp_path / scheme / "llm_prefill.onnx", "int8", scheme=scheme)
+        assert draft.scheme == scheme and draft.activations == scheme.removesuffix("-u8")
+        assert ("MatMulIntegerToFloat" in _op_types(draft.path)) == (scheme != "per-tensor")
+        low, high = _weight_range(draft.path)  # uint8 around 128 uses all 8 bits; int8 stays within 7
+        assert (low, high) == (1, 255) if scheme == "per-token-u8" else -64 <= low < 0 < high <= 64
         kl[scheme], size[scheme] = measure_handoff(draft.graph, gguf, draft.cases)[0]["kl_mean"], draft.bytes
         draft.discard()
-    assert 0 < kl["per-token"] < kl["per-tensor"], kl
+    assert 0 < kl["per-token-u8"] < kl["per-token"] < kl["per-tensor"], kl
     dst = tmp_path / "ladder" / "llm_prefill.onnx"
     dst.parent.mkdir()
     between = {"kl_mean": (kl["per-token"] * kl["per-tensor"]) ** 0.5}
     art = export_prefill(text, reference, gguf, dst, "int8", between)
-    assert art.quantization["activations"] == "per-token" and art.parity.passed
-    assert "kl_mean" in art.quantization["refused"]["per-tensor"] and "per-tensor" in art.quantization["refused"]["per-tensor"]
+    assert art.quantization["scheme"] == "per-token" and art.parity.passed
+    assert list(art.quantization["refused"]) == ["per-tensor"] and "kl_mean" in art.quantization["refused"]["per-tensor"]
     assert art.parity.metrics["kl_mean"] <= between["kl_mean"] and "MatMulIntegerToFloat" in _op_types(dst)
-    with pytest.raises(ParityError, match="per-token activations.*kl_mean"):
-        export_prefill(text, reference, gguf, dst, "int8", {"kl_mean": kl["per-token"] / 10})
+    last = {"kl_mean": (kl["per-token-u8"] * kl["per-token"]) ** 0.5}
+    art = export_prefill(text, reference, gguf, dst, "int8", last)
+    assert art.quantization["scheme"] == "per-token-u8" and list(art.quantization["refused"]) == ["per-tensor", "per-token"]
+    with pytest.raises(ParityError, match="per-token activations.*as 8-bit unsigned.*kl_mean"):
+        export_prefill(text, reference, gguf, dst, "int8", {"kl_mean": kl["per-token-u8"] / 2})
     loose = export_prefill(text, reference, gguf, dst, "int8", {"kl_mean": kl["per-tensor"] * 10})
-    assert loose.quantization["activations"] == "per-tensor" and "refused" not in loose.quantization
-    assert loose.quantization["bytes"] == size["per-tensor"]  # written over the per-token files, nothing appended
+    assert loose.quantization["scheme"] == "per-tensor" and "refused" not in loose.quantization
+    assert loose.quantization["bytes"] == size["per-tensor"]  # written over the other files, nothing appended
+
+
+def _weight_range(graph) -> tuple[int, int]:
+    """The smallest and largest integer weight in an int8 graph (int8 or uint8 initializers)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(graph))
+    ints = [numpy_helper.to_array(t).astype(np.int16) for t in model.graph.initializer
+            if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and len(t.dims) == 2]
+    return min(int(w.min()) for w in ints), max(int(w.max()) for w in ints)
 
 
 def test_the_int8_prefill_graph_is_written_without_library_warnings(workdir, tmp_path, caplog):
@@ -465,7 +482,7 @@ def test_the_int8_prefill_graph_is_written_without_library_warnings(workdir, tmp
         # another test imported it first, pytest's per-test warning capture dropped that filter
         TracerWarning.ignore_lib_warnings()
         draft = draft_prefill(family.text_model(loaded), family.causal_lm(loaded), tmp_path / "llm_prefill.onnx",
-                              "int8", activations="per-tensor")
+                              "int8", scheme="per-tensor")
     draft.discard()
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert not [str(w.message) for w in shown if not issubclass(w.category, DeprecationWarning)]

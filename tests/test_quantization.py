@@ -361,13 +361,12 @@ def test_a_mix_keeps_its_base_type_and_puts_the_ffn_at_its_own(tmp_path):
 
 
 def test_int8_weights_are_seven_bit_so_cpus_without_vnni_do_not_saturate(quantized):
-    """Every int8 weight the encoder graphs hold is within +-64 (``WEIGHTS_7BIT``); the engine fact behind
-    it: onnxruntime's uint8 x int8 GEMM is exact with +-63 weights on every x86 CPU (AVX2's int16 pair sums
-    saturate at +-127; a VNNI CPU is exact either way)."""
+    """Every int8 weight the encoder graphs hold is within +-64 (``WEIGHTS_7BIT``); the engine facts behind
+    it and the prefill graph's ``per-token-u8`` scheme: onnxruntime's uint8 x int8 GEMM is exact with +-63
+    weights on every x86 CPU (AVX2's int16 pair sums saturate at +-127; a VNNI CPU is exact either way),
+    and its uint8 x uint8 GEMM with the full 8 bits (1-255 around zero point 128)."""
     import onnx
-    from onnx import helper, numpy_helper
-
-    import onnxruntime as ort
+    from onnx import numpy_helper
 
     for key in ("c", "b"):
         comp = quantized[key].manifest.components["vision_encoder"].artifacts["onnx"]
@@ -375,15 +374,27 @@ def test_int8_weights_are_seven_bit_so_cpus_without_vnni_do_not_saturate(quantiz
         int8 = [numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
         assert int8 and max(int(np.abs(w.astype(np.int16)).max()) for w in int8) <= 64, key
     rng = np.random.default_rng(0)
-    w = rng.integers(-63, 64, (256, 64)).astype(np.int8)
     a = rng.integers(1, 256, (8, 256)).astype(np.uint8)
+    signed = rng.integers(-63, 64, (256, 64)).astype(np.int8)
+    np.testing.assert_array_equal(_integer_product(a, signed), (a.astype(np.int64) - 128) @ signed.astype(np.int64))
+    extremes = np.where(rng.random((256, 64)) < 0.5, 1, 255).astype(np.uint8)  # the largest pair sums
+    np.testing.assert_array_equal(_integer_product(a, extremes),
+                                  (a.astype(np.int64) - 128) @ (extremes.astype(np.int64) - 128))
+
+
+def _integer_product(a: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``(a - 128) @ (w - zero)`` through onnxruntime's MatMulIntegerToFloat (zero: 128 for uint8 ``w``)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    import onnxruntime as ort
+
     consts = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(1.0, np.float32), "one"),
-              numpy_helper.from_array(np.ones(64, np.float32), "ws"),
+              numpy_helper.from_array(np.ones(w.shape[1], np.float32), "ws"),
               numpy_helper.from_array(np.array(128, np.uint8), "z")]
-    node = helper.make_node("MatMulIntegerToFloat", ["a", "w", "one", "ws", "z"], ["y"], domain="com.microsoft")
+    inputs = ["a", "w", "one", "ws", "z"] + (["z"] if w.dtype == np.uint8 else [])
+    node = helper.make_node("MatMulIntegerToFloat", inputs, ["y"], domain="com.microsoft")
     model = helper.make_model(helper.make_graph(
-        [node], "g", [helper.make_tensor_value_info("a", onnx.TensorProto.UINT8, [8, 256])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [8, 64])], consts),
+        [node], "g", [helper.make_tensor_value_info("a", TensorProto.UINT8, list(a.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [a.shape[0], w.shape[1]])], consts),
         opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
-    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"a": a})[0]
-    np.testing.assert_array_equal(got, (a.astype(np.int64) - 128) @ w.astype(np.int64))
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"a": a})[0]
