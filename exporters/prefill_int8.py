@@ -21,8 +21,9 @@ The MatMuls that read one input (Q, K and V; the FFN's gate and up) share its qu
 (+-127), so onnxruntime runs its uint8 x uint8 GEMM: exact on every x86 CPU, where uint8 x int8 needs the
 7-bit weights (below), but 1.38-2.02x slower on the prefill shapes of an AVX2-only EPYC (measured
 2026-12-02: 220 x 2048 x 768 7.8 vs 3.9 ms). Tried last, when the 7-bit schemes drift beyond the budget:
-on that CPU every 7-bit graph of the bench LLaVA was refused (top-1 0.892 against the 0.9 gate), and
-llama.cpp's own prefill of its 219 positions took 543 ms there, so a slower graph still answers sooner.
+on that CPU the 7-bit graphs into the bench LLaVA's q8_0 and q8_0-ffn-q6_k GGUFs were refused (top-1
+0.873-0.892 against the 0.9 gate) and llama.cpp prefilled its 219 positions in 543 ms; the 8-bit one passed
+(0.96) and prefilled them in 273 ms, so a slower graph can still answer sooner (the export measures it).
 
 uint8 with zero point 128 rather than int8: onnxruntime's int8 x int8 integer GEMM has no fast kernel on
 this CPU (258 vs 36 ms for the bench Qwen2.5-VL's 128 positions). Symmetric rows keep one zero point, so
