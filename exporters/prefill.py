@@ -43,7 +43,7 @@ from edgebridge.exporters.gguf.weights import gguf_weights
 from edgebridge.exporters.gguf.writer import TextModel
 from edgebridge.exporters.onnx_files import data_file, save_external
 from edgebridge.exporters.prefill_attention import CachedRows, fuse_for_prefill
-from edgebridge.exporters.prefill_int8 import SCHEMES, quantize as quantize_int8
+from edgebridge.exporters.prefill_int8 import SCHEMES, UNSIGNED, quantize as quantize_int8
 from edgebridge.manifest import Artifact, Parity, canonical_precision
 from edgebridge.parity import enforce, logit_metrics, violations
 from edgebridge.runtimes.llamacpp import LlamaCppLLM, LlamaSettings
@@ -296,7 +296,7 @@ class PrefillDraft:
     def label(self) -> str:
         if not self.activations:
             return self.precision
-        unsigned = " as 8-bit unsigned" if self.scheme == "per-token-u8" else ""
+        unsigned = " as 8-bit unsigned" if self.scheme == UNSIGNED else ""
         return f"int8, {self.activations} activations, {self.method['weights']} weights{unsigned}"
 
     def discard(self) -> None:

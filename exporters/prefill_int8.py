@@ -55,7 +55,8 @@ from edgebridge.exporters.quantize.onnx_quant import WEIGHTS_7BIT
 
 WEIGHTS_8BIT_UNSIGNED = "uint8 around 128, +-127 (8 bits: onnxruntime's uint8 x uint8 GEMM, exact on every x86 CPU)"
 
-SCHEMES = ("per-tensor", "per-token", "per-token-u8")  # in the order the export tries them: fastest first
+UNSIGNED = "per-token-u8"  # the scheme whose weights are uint8 (the label and the kernel inputs differ)
+SCHEMES = ("per-tensor", "per-token", UNSIGNED)  # in the order the export tries them: fastest first
 ZERO_POINT = 128
 EPS = 1e-12
 CONTRIB = "com.microsoft"  # MatMulIntegerToFloat: an onnxruntime CPU kernel
@@ -93,8 +94,8 @@ def quantize(src: Path, dst: Path, scheme: str) -> dict[str, Any]:
         return {"method": "onnxruntime.quantization.quantize_dynamic", "scheme": scheme,
                 "weights": f"{WEIGHTS_7BIT}, one scale per tensor",
                 "activations": "per-tensor", "activation_type": "uint8, quantized at run time"}
-    if scheme in ("per-token", "per-token-u8"):
-        unsigned = scheme == "per-token-u8"
+    if scheme in SCHEMES[1:]:
+        unsigned = scheme == UNSIGNED
         n = _per_token(src, dst, unsigned)
         weights = WEIGHTS_8BIT_UNSIGNED if unsigned else WEIGHTS_7BIT
         return {"method": "edgebridge per-token int8 (exporters/prefill_int8.py)", "scheme": scheme,
