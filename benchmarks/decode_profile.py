@@ -168,8 +168,29 @@ def stage_shares(report: str) -> dict[str, float]:
             continue
         share, label = float(match[1]) / 100, f"{match[2]} {match[3]}"
         stage = next((name for name, pattern in STAGES if re.search(pattern, label)), HOST)
+        if stage == STAGES[4][0] and converts_f16(match[2], match[3]):
+            stage = STAGES[1][0]
         shares[stage] += share
     return shares
+
+
+def converts_f16(dso: str, symbol: str) -> bool:
+    """Whether an address perf could not name in the ggml CPU library sits among f16 -> f32 conversions
+    (``vcvtph2ps``). The wheel's library keeps only exported symbols, and patch 0004's f16 rows kernel
+    is inlined into a static function, so perf shows it as bare addresses (8-10% of the step on the
+    AVX2-only VM, counted as "other ggml ops" until 2026-12-02). In a step over quantized weights
+    the only f16 data is the K/V cache."""
+    if not (dso.startswith("libggml-cpu") and re.fullmatch(r"0x[0-9a-f]+", symbol)):
+        return False
+    import llama_cpp
+
+    library, address = Path(llama_cpp.__file__).parent / "lib" / dso, int(symbol, 16)
+    objdump = shutil.which("objdump")
+    if not objdump or not library.is_file():
+        return False
+    code = subprocess.run([objdump, "-d", f"--start-address={address - 48:#x}", f"--stop-address={address + 48:#x}",
+                           str(library)], capture_output=True, text=True).stdout
+    return "vcvtph2ps" in code
 
 
 def genai_decode(bench_dir: Path, model: str) -> tuple[float, str] | None:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 
 from edgebridge import __version__
 from edgebridge.bundle import BundleWriter
-from edgebridge.errors import EdgebridgeError, ExportError
+from edgebridge.errors import EdgebridgeError, ExportError, UnsupportedModelError
 from edgebridge.exporters.encoder import ENCODER_TOLERANCE
 from edgebridge.exporters.encoder_artifacts import export_encoder
 from edgebridge.exporters.families import family_for
@@ -235,7 +235,7 @@ def _export_llm(family: Family, loaded: Loaded, layout: PromptLayout, writer: Bu
         art = import_gguf(Path(gguf), family, loaded, layout, writer.path("llm.gguf"), options.plan, n_embd, step=step)
         text_type, n_vocab = art.details["architecture"], int(art.details["vocab_size"])
         description = f"existing GGUF {Path(gguf).name} ({text_type})"
-        text = family.text_model(loaded) if options.prefill or options.prefill_open else None
+        text = _source_text_model(family, loaded, art, options)
         joint = None
     else:
         text = family.text_model(loaded)
@@ -261,6 +261,22 @@ def _export_llm(family: Family, loaded: Loaded, layout: PromptLayout, writer: Bu
     return component, text_type
 
 
+def _source_text_model(family: Family, loaded: Loaded, gguf: Artifact, options: ExportOptions) -> Any:
+    """The HF text model beside an existing GGUF, when a prefill graph is asked for or to be chosen. A family
+    whose LLM exists only as the GGUF (the assistant) has none: ``--prefill`` is refused, and a latency
+    target records that llama.cpp prefills (it used to fail the whole default CLI export)."""
+    if not (options.prefill or options.prefill_open):
+        return None
+    try:
+        return family.text_model(loaded)
+    except UnsupportedModelError as exc:
+        if options.prefill:
+            raise
+        gguf.details["prefill_choice"] = {"kept": False, "engine": "llama.cpp",
+                                          "reason": f"no prefill graph: {exc.message}"}
+        return None
+
+
 def _prefill_graph(family: Family, loaded: Loaded, text: Any, gguf: Artifact, writer: BundleWriter,
                    options: ExportOptions, joint: JointChoice | None, used_bytes: int, step: Step) -> Artifact | None:
     """The prefill artifact: as ``--prefill`` asked, as chosen with the GGUF type (``JointChoice``), or
@@ -272,7 +288,7 @@ def _prefill_graph(family: Family, loaded: Loaded, text: Any, gguf: Artifact, wr
     if joint is not None and joint.record is not None:
         gguf.details["prefill_choice"] = joint.record
         return joint.graph
-    if not options.prefill_open:
+    if not options.prefill_open or text is None:
         return None
     graph, gguf.details["prefill_choice"] = choose_prefill(
         text, lambda: family.causal_lm(loaded), gguf_path, graph_path, options.plan,

@@ -5,9 +5,9 @@ bench LLaVA's 12 x 768 llama decoded slower with it once the context grew (112 v
 positions, which is why ``LlamaSettings`` keeps it off); on this AVX-512 machine the bench LLaVA and
 Qwen2.5-VL GGUFs decode 5-7% faster with it at 256 and 1024 positions (medians of 9 paired rounds;
 single pairs ranged 0.87-1.19x). So with a ``latency`` target the export times greedy decode with it
-off and on after prompts of ``CONTEXTS`` positions, the two back to back in each of ``ROUNDS`` rounds
-(their order alternating), and records it on when the median of the paired ratios is above 1 at every
-context. Pairs, not separate medians: this machine's slow spells last tens of seconds, and with 3
+off and on after prompts of ``CONTEXTS`` positions (each setting loaded and prompted once per context),
+the two back to back in each of ``ROUNDS`` rounds (their order alternating), and records it on when the
+median of the paired ratios is above 1 at every context. Pairs, not separate medians: this machine's slow spells last tens of seconds, and with 3
 rounds of separate medians the same GGUF was recorded off (on/off 0.90x at 256 positions) at one
 export and 1.03x at the next. The runtime applies the recorded setting unless the caller passes its
 own llama settings (``Pipeline.from_bundle(llm_settings=...)``). The prefill graph's values are then
@@ -34,13 +34,14 @@ def choose_runtime(gguf: Path) -> dict[str, Any]:
     """The ``runtime`` record for the GGUF's details: ``flash_attn``, what was measured and why."""
     rates: dict[tuple[int, bool], list[float]] = {}
     ratios: dict[int, list[float]] = {n: [] for n in CONTEXTS}
-    for r in range(ROUNDS):
-        for positions in CONTEXTS:
-            pair = {}
-            for flash in ((False, True) if r % 2 == 0 else (True, False)):
-                pair[flash] = decode_rate(gguf, positions, flash)
-                rates.setdefault((positions, flash), []).append(pair[flash])
-            ratios[positions].append(pair[True] / pair[False])
+    for positions in CONTEXTS:
+        with _Prompted(gguf, positions, False) as off, _Prompted(gguf, positions, True) as on:
+            for r in range(ROUNDS):
+                pair = {}
+                for flash, llm in (((False, off), (True, on)) if r % 2 == 0 else ((True, on), (False, off))):
+                    pair[flash] = llm.decode_rate()
+                    rates.setdefault((positions, flash), []).append(pair[flash])
+                ratios[positions].append(pair[True] / pair[False])
     measured = {str(n): {"off": round(statistics.median(rates[(n, False)]), 1),
                          "on": round(statistics.median(rates[(n, True)]), 1),
                          "on_vs_off": round(statistics.median(ratios[n]), 3)} for n in CONTEXTS}
@@ -52,14 +53,35 @@ def choose_runtime(gguf: Path) -> dict[str, Any]:
     return {"flash_attn": faster, "decode_tokens_per_s": measured, "reason": reason}
 
 
-def decode_rate(gguf: Path, positions: int, flash: bool) -> float:
-    """Greedy decode tokens/s over ``STEPS`` steps after a ``positions``-token prompt."""
-    with LlamaCppLLM(gguf, LlamaSettings(n_ctx=positions + STEPS + 8, first_cells=None, flash_attn=flash)) as llm:
-        ids = (np.arange(positions) * 7 + 3) % (llm.n_vocab - 1) + 1
-        token = int(np.argmax(llm.eval_tokens(ids.tolist())))
-        start = time.perf_counter()
+class _Prompted:
+    """The GGUF loaded with flash attention on or off and a ``positions``-token prompt decoded once;
+    each ``decode_rate`` drops the previous round's answer and decodes from the same cached prompt.
+    Loading and prefilling once per setting and context, not per round: SmolLM2-135M's choice took
+    262 s with 28 loads and prompts, 51 s with 4 (AVX2-only 2-core VM; the same decision)."""
+
+    def __init__(self, gguf: Path, positions: int, flash: bool) -> None:
+        self.gguf, self.positions, self.flash = gguf, positions, flash
+
+    def __enter__(self) -> "_Prompted":
+        settings = LlamaSettings(n_ctx=self.positions + STEPS + 8, first_cells=None, flash_attn=self.flash)
+        self.llm = LlamaCppLLM(self.gguf, settings)
+        try:
+            ids = (np.arange(self.positions) * 7 + 3) % (self.llm.n_vocab - 1) + 1
+            self.first = int(np.argmax(self.llm.eval_tokens(ids.tolist())))
+        except BaseException:
+            self.llm.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.llm.close()
+
+    def decode_rate(self) -> float:
+        """Greedy decode tokens/s over ``STEPS`` steps after the prompt."""
+        self.llm.reset(self.positions)
+        token, start = self.first, time.perf_counter()
         for _ in range(STEPS):
-            token = int(np.argmax(llm.step(token)))
+            token = int(np.argmax(self.llm.step(token)))
         return STEPS / (time.perf_counter() - start)
 
 
