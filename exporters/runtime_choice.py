@@ -5,13 +5,14 @@ bench LLaVA's 12 x 768 llama decoded slower with it once the context grew (112 v
 positions, which is why ``LlamaSettings`` keeps it off); on this AVX-512 machine the bench LLaVA and
 Qwen2.5-VL GGUFs decode 5-7% faster with it at 256 and 1024 positions (medians of 9 paired rounds;
 single pairs ranged 0.87-1.19x). So with a ``latency`` target the export times greedy decode with it
-off and on after prompts of ``CONTEXTS`` positions (each setting loaded and prompted once per context),
-the two back to back in each of ``ROUNDS`` rounds (their order alternating), and records it on when the
-median of the paired ratios is above 1 at every context. Pairs, not separate medians: this machine's slow spells last tens of seconds, and with 3
-rounds of separate medians the same GGUF was recorded off (on/off 0.90x at 256 positions) at one
-export and 1.03x at the next. The runtime applies the recorded setting unless the caller passes its
-own llama settings (``Pipeline.from_bundle(llm_settings=...)``). The prefill graph's values are then
-put in the layout that setting keeps (``match_values_layout``).
+off and on after prompts of ``CONTEXTS`` positions (each setting loaded and prompted once per context:
+the GGUF is held twice while they are timed), the two back to back in each of ``ROUNDS`` rounds (their
+order alternating), and records it on when the median of the paired ratios is above 1 at every context.
+Pairs, not separate medians: this machine's slow spells last tens of seconds, and with 3 rounds of
+separate medians the same GGUF was recorded off (on/off 0.90x at 256 positions) at one export and 1.03x
+at the next. The runtime applies the recorded setting unless the caller passes its own llama settings
+(``Pipeline.from_bundle(llm_settings=...)``). The prefill graph's values are then put in the layout
+that setting keeps (``match_values_layout``).
 """
 
 from __future__ import annotations
