@@ -24,7 +24,7 @@ from edgebridge.exporters.families.base import Family, Loaded, read_config
 from edgebridge.exporters.gguf.export import export_llm, import_gguf, validate_existing_gguf
 from edgebridge.exporters.prefill import FILE_NAME as PREFILL_FILE, PREFILL_PRECISIONS, export_prefill
 from edgebridge.exporters.prefill import check_supported as check_prefill_supported
-from edgebridge.exporters.prefill_choice import JointChoice, choose_prefill
+from edgebridge.exporters.prefill_choice import JointChoice, choose_prefill, declined
 from edgebridge.exporters.runtime_choice import choose_runtime, match_values_layout
 from edgebridge.exporters.quantize import QuantPlan, parse_budget, parse_quantize, target_defaults
 from edgebridge.exporters.quantize.targets import PROFILE_TARGETS
@@ -272,8 +272,7 @@ def _source_text_model(family: Family, loaded: Loaded, gguf: Artifact, options: 
     except UnsupportedModelError as exc:
         if options.prefill:
             raise
-        gguf.details["prefill_choice"] = {"kept": False, "engine": "llama.cpp",
-                                          "reason": f"no prefill graph: {exc.message}"}
+        gguf.details["prefill_choice"] = declined(exc)
         return None
 
 

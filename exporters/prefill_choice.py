@@ -43,6 +43,11 @@ from edgebridge.manifest import Artifact
 GRAPH = "int8 prefill graph"
 
 
+def declined(exc: UnsupportedModelError) -> dict[str, Any]:
+    """The decision record where no prefill graph can be made for the LLM: llama.cpp prefills."""
+    return {"kept": False, "engine": "llama.cpp", "reason": f"no prefill graph: {exc.message}"}
+
+
 def choose_prefill(text: Any, reference_lm: Callable[[], Any], gguf_path: Path, dst: Path, plan: QuantPlan,
                    used_bytes: int, step: Callable[[str], None]) -> tuple[Artifact | None, dict[str, Any]]:
     """(the prefill artifact if kept, the decision record). ``used_bytes``: weights already kept (encoders
@@ -50,7 +55,7 @@ def choose_prefill(text: Any, reference_lm: Callable[[], Any], gguf_path: Path, 
     try:
         check_supported(text.model_type)
     except UnsupportedModelError as exc:
-        return None, {"kept": False, "engine": "llama.cpp", "reason": f"no prefill graph: {exc.message}"}
+        return None, declined(exc)
     try:
         art = export_prefill(text, reference_lm(), gguf_path, dst, "int8", plan.budget["llm"], step=step)
     except ExportError as exc:  # beyond the drift budget, or a hand-over llama.cpp's state layout refuses
