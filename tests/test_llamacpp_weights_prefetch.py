@@ -16,7 +16,7 @@ import ctypes
 import numpy as np
 import pytest
 
-from edgebridge.runtimes.llamacpp._lib import _best_cpu_variant, library_dir, llama
+from edgebridge.runtimes.llamacpp._lib import backend_info, library_dir
 
 GGML_TYPE_Q8_0, GGML_TYPE_Q6_K, GGML_TYPE_Q8_K = 8, 14, 15
 AVX2_VARIANTS = ("haswell", "skylakex", "cannonlake", "cascadelake", "icelake", "cooperlake", "zen4",
@@ -36,12 +36,10 @@ class _TraitsCpu(ctypes.Structure):
 @pytest.fixture(scope="module")
 def vec_dot():
     """type -> the loaded CPU variant's vec_dot; skips where that variant is not an AVX2 build."""
-    llama()
-    lib_dir = library_dir()
-    variant = _best_cpu_variant(lib_dir) if lib_dir is not None else None
-    if variant is None or variant.stem.removeprefix("libggml-cpu-") not in AVX2_VARIANTS:
-        pytest.skip(f"the CPU variant here ({variant and variant.name}) does not run the AVX2 kernels")
-    cpu = ctypes.CDLL(str(variant))
+    variant, lib_dir = backend_info()["cpu_variant"], library_dir()  # the one the runtime loaded
+    if variant not in AVX2_VARIANTS or lib_dir is None:
+        pytest.skip(f"the CPU variant here ({variant}) does not run the AVX2 kernels")
+    cpu = ctypes.CDLL(str(lib_dir / f"libggml-cpu-{variant}.so"))
     cpu.ggml_get_type_traits_cpu.restype = ctypes.POINTER(_TraitsCpu)
     cpu.ggml_get_type_traits_cpu.argtypes = [ctypes.c_int]
 
